@@ -481,3 +481,569 @@ class GRU4Rec(SequentialBackbone):
     def encode(self, sequences):
         hidden, _ = self.gru(self.dropout(self.item_embedding(sequences)))             # (B, L, D)
         return self.output(hidden)
+
+
+def build_backbone(name: str, split: SplitData, args) -> nn.Module:
+    """The backbone `name` with the defaults of `BACKBONE_DEFAULTS` unless a flag overrides them."""
+    if name not in BACKBONES:
+        raise RecError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if (name in SEQUENTIAL_BACKBONES) != split.sequential:
+        raise RecError(f"the split was built for a {'sequential' if split.sequential else 'general'} backbone, "
+                       f"not {name}")
+    dim, layers, dropout = args.dim, args.layers, args.dropout
+    if name == "mf":
+        return MF(split.n_users, split.n_items, dim)
+    if name == "lightgcn":
+        return LightGCN(split.n_users, split.n_items, dim, layers, split.train_user, split.train_item)
+    if name == "sasrec":
+        return SASRec(split.n_items, dim, split.max_len, layers, args.heads, dropout)
+    if name == "gru4rec":
+        return GRU4Rec(split.n_items, dim, split.max_len, layers, dropout)
+    return Mamba4Rec(split.n_items, dim, split.max_len, layers, dropout)
+
+
+# Per-backbone defaults of the flags left unset (None) on the command line, with their sources.
+BACKBONE_DEFAULTS = {
+    "mf":        dict(dim=64, layers=0, dropout=0.0, heads=1, max_len=50, reg_weight=0.0),   # RecBole BPR
+    "lightgcn":  dict(dim=64, layers=3, dropout=0.0, heads=1, max_len=50, reg_weight=1e-4),  # LightGCN paper
+    "sasrec":    dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
+    "gru4rec":   dict(dim=64, layers=1, dropout=0.2, heads=1, max_len=50, reg_weight=0.0),   # RecBole GRU4Rec
+    "mamba4rec": dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS code
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Negative-sampling plumbing shared by every method
+# ----------------------------------------------------------------------------------------------------------
+class PositiveSets:
+    """Each user's training items as a sorted CSR on the model's device, with exact uniform sampling of the
+    items a user has NOT interacted with.
+
+    Uniform sampling needs no rejection: with the user's positives p_0 < p_1 < ... (items 1..n), a_j = p_j - 1 - j
+    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r},
+    one binary search. Every draw is exact and costs O(log |positives|), whatever the user's history size.
+    """
+
+    def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
+        user, item = torch.as_tensor(user).cpu(), torch.as_tensor(item).cpu()
+        self.n_users, self.n_items = n_users, n_items
+        key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
+        users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
+        self.count = torch.bincount(users_sorted, minlength=n_users).to(device)                   # (U,)
+        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(
+            users_sorted, minlength=n_users).cumsum(0)]).to(device)                               # (U+1,)
+        self.key = key.to(device)                                                                 # (E,)
+        self.items = items_sorted.to(device)
+        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j
+        self.below_key = (users_sorted * (n_items + 1) + below).to(device)                        # sorted
+
+    def to(self, device):
+        for name in ("count", "ptr", "key", "items", "below_key"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def contains(self, users, items):
+        """Boolean tensor: is items[...] a training positive of users[...] (broadcast)."""
+        query = users * (self.n_items + 1) + items
+        index = torch.searchsorted(self.key, query).clamp(max=len(self.key) - 1)
+        return self.key[index] == query
+
+    def dense_mask(self, users):
+        """(B, I+1) bool, True at the users' positives and at the padding item."""
+        mask = torch.zeros(len(users), self.n_items + 1, dtype=torch.bool, device=users.device)
+        starts, counts = self.ptr[users], self.count[users]
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - \
+            torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        mask[rows, self.items[torch.repeat_interleave(starts, counts) + offsets]] = True
+        mask[:, 0] = True
+        return mask
+
+    def check_can_sample(self, users):
+        full = self.count[users] >= self.n_items
+        if bool(full.any()):
+            raise RecError(f"user {int(users[full][0])} has interacted with every item, so no negative exists; "
+                           "drop such users (e.g. with --k-core) or use a larger catalogue")
+
+
+def uniform_negatives(positives: PositiveSets, users, k: int, generator: torch.Generator):
+    """RNS (Rendle et al., BPR 2009): k items per user, uniform over the items the user has not interacted
+    with in training, drawn independently (with replacement). Also the candidate pool of DNS and MDCNS (Eq. 2).
+    users (B,) -> (B, k)."""
+    positives.check_can_sample(users)
+    n_free = (positives.n_items - positives.count[users]).unsqueeze(1)                        # (B, 1)
+    u = torch.rand(len(users), k, generator=generator, device=users.device)
+    r = (u * n_free).long().clamp(max=n_free - 1)                                            # (B, k) in [0, free)
+    base = (users * (positives.n_items + 1)).unsqueeze(1)                                    # (B, 1)
+    below = torch.searchsorted(positives.below_key, base + r, right=True) - positives.ptr[users].unsqueeze(1)
+    return r + 1 + below                                                                     # (B, k)
+
+
+class AliasTable:
+    """Walker's alias method for G categorical distributions over items 0..I at once (O(1) per draw).
+    weights (G, I+1), non-negative, each row with positive mass."""
+
+    def __init__(self, weights: torch.Tensor):
+        weights = weights.double().cpu()
+        G, n = weights.shape
+        scaled = (weights / weights.sum(1, keepdim=True) * n).numpy().copy()   # mean 1 per row
+        accept = np.ones((G, n))
+        alias = np.tile(np.arange(n), (G, 1))
+        for g in range(G):   # Vose's construction, O(n) per distribution (G is the number of distributions)
+            small = list(np.flatnonzero(scaled[g] < 1.0))
+            large = list(np.flatnonzero(scaled[g] >= 1.0))
+            while small and large:
+                s, l = small.pop(), large.pop()
+                accept[g, s], alias[g, s] = scaled[g, s], l
+                scaled[g, l] -= 1.0 - scaled[g, s]
+                (small if scaled[g, l] < 1.0 else large).append(l)
+        self.accept = torch.from_numpy(accept).float()                          # (G, I+1)
+        self.alias = torch.from_numpy(alias).long()                             # (G, I+1)
+        self.n = n
+
+    def to(self, device):
+        self.accept, self.alias = self.accept.to(device), self.alias.to(device)
+        return self
+
+    def draw(self, rows, k: int, generator: torch.Generator):
+        """rows (B,) distribution indices -> (B, k) items."""
+        device = rows.device
+        column = torch.randint(0, self.n, (len(rows), k), generator=generator, device=device)
+        coin = torch.rand(len(rows), k, generator=generator, device=device)
+        rows = rows.unsqueeze(1).expand(-1, k)
+        keep = coin < self.accept[rows, column]
+        return torch.where(keep, column, self.alias[rows, column])
+
+
+def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, positives: PositiveSets,
+                       users, k: int, generator: torch.Generator, rounds: int = 4):
+    """k negatives per user from p(i | u) ∝ weights[group_of_user[u], i] over the items i the user has not
+    interacted with; uniform over those items when the user's positives hold all of the group's mass (the
+    ICPNS official fallback). PNS is the one-group case, ICPNS one group per community.
+
+    Exact: `rounds` of rejection from the group's alias table (an accepted draw has exactly the conditional
+    law), then every unfinished draw is finished by a masked multinomial over the user's non-positive items,
+    which is the same law. Users whose positives hold most of the mass thus never loop.
+    weights (G, I+1) with weights[:, 0] = 0; users (B,) -> (B, k).
+    """
+    positives.check_can_sample(users)
+    groups = group_of_user[users]                                                              # (B,)
+    out = torch.zeros(len(users), k, dtype=torch.long, device=users.device)
+    todo = torch.ones(len(users), k, dtype=torch.bool, device=users.device)
+    for _ in range(rounds):
+        draw = table.draw(groups, k, generator)                                                # (B, k)
+        accept = todo & ~positives.contains(users.unsqueeze(1), draw) & (draw > 0)
+        out = torch.where(accept, draw, out)
+        todo &= ~accept
+    rows = todo.any(1).nonzero().squeeze(1)
+    if len(rows):
+        masked = weights[groups[rows]].double() * ~positives.dense_mask(users[rows])           # (R, I+1)
+        empty = masked.sum(1) == 0
+        masked[empty] = (~positives.dense_mask(users[rows][empty])).double()                   # fallback: uniform
+        draws = torch.multinomial(masked, k, replacement=True, generator=generator)            # (R, k)
+        out[rows] = torch.where(todo[rows], draws, out[rows])
+    return out
+
+
+def score_items(queries, item_table, items):
+    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N)."""
+    return torch.einsum("pd,pnd->pn", queries, item_table[items])
+
+
+def bpr_loss(positive_scores, negative_scores):
+    """BPR (Rendle et al., 2009): mean of -log sigmoid(s+ - s-); positive_scores broadcast against negatives."""
+    return -F.logsigmoid(positive_scores - negative_scores).mean()
+
+
+def bce_loss(positive_scores, negative_scores):
+    """Binary cross-entropy with one positive and its negatives (SASRec): -log s(s+) - mean log(1 - s(s-))."""
+    return -(F.logsigmoid(positive_scores).mean() + F.logsigmoid(-negative_scores).mean())
+
+
+LOSSES = {"bpr": bpr_loss, "bce": bce_loss}
+
+
+@dataclass
+class Examples:
+    """A training batch flattened to examples: one per (user, positive) pair for general backbones, one per
+    position of each sequence for sequential ones (the efficient equivalent of prefix augmentation)."""
+
+    queries: torch.Tensor      # (P, D)
+    item_table: torch.Tensor   # (I+1, D)
+    users: torch.Tensor        # (P,) whose training positives a negative must avoid
+    positives: torch.Tensor    # (P,) target items
+
+
+def examples(model: nn.Module, batch) -> Examples:
+    """Run `model` on a batch from `training_batches` and flatten it into per-example queries."""
+    if model.sequential:
+        sequences, targets, users = batch
+        queries, item_table = model(sequences, every_position=True)                   # (B, L, D)
+        keep = targets > 0                                                              # (B, L)
+        position_users = users.unsqueeze(1).expand_as(targets)[keep]                   # (P,)
+        return Examples(queries[keep], item_table, position_users, targets[keep])
+    users, items = batch
+    queries, item_table = model(users)
+    return Examples(queries, item_table, users, items)
+
+
+def training_batches(split: SplitData, batch_size: int, generator: torch.Generator, device):
+    """One epoch of shuffled batches: interactions (users, items) for general backbones (interaction-uniform,
+    RecBole's convention), sequence windows (sequences, targets, users) for sequential ones."""
+    if split.sequential:
+        tensors = (split.train_sequences, split.train_targets, split.train_sequence_user)
+    else:
+        tensors = (split.train_user, split.train_item)
+    order = torch.randperm(len(tensors[0]), generator=generator)
+    for start in range(0, len(order), batch_size):
+        index = order[start:start + batch_size]
+        yield tuple(t[index].to(device) for t in tensors)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. Full-ranking evaluation
+# ----------------------------------------------------------------------------------------------------------
+METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
+
+
+def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
+    """Per-metric SUMS over the rows of `scores` (use `ranking_metrics` for means).
+
+    Tie policy (pessimistic): a target never gains from a tie. Among items with equal scores, every
+    non-target ranks before every target, so the rank of a target is 1 + #{non-targets scoring >= it} +
+    #{targets ranked before it}. A constant model therefore scores (almost) zero, not 100%
+    (mlcommons/training_policies#131).
+    """
+    ks = [int(k) for k in ks]
+    n_items = scores.shape[1]
+    if max(ks) > n_items:
+        raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
+    K = max(ks)
+    n_targets = positives.sum(1)                                                         # (B,)
+    most = max(int(n_targets.max()), 1) if len(n_targets) else 1
+    # the targets' scores in descending order (B, T); columns beyond a row's target count are not targets
+    target_scores = torch.topk(scores.masked_fill(~positives, -float("inf")), most, dim=1).values
+    is_target = torch.arange(most, device=scores.device) < n_targets.unsqueeze(1)         # (B, T)
+    top_others = torch.topk(scores.masked_fill(positives, -float("inf")), K, dim=1).values  # (B, K) descending
+    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K)
+    others_above = (top_others.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(2)         # (B, T)
+    rank = others_above + torch.arange(1, most + 1, device=scores.device)                 # (B, T), 1-based
+    rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row
+    discount = 1.0 / torch.log2(rank.double() + 1)                                       # (B, T)
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=scores.device).double()), 0)  # (K,)
+    sums = {}
+    for k in ks:
+        hit = rank <= k                                                                  # (B, T)
+        n_hit = hit.sum(1).double()
+        first = rank[:, 0]                                                               # best-ranked target
+        idcg = ideal[n_targets.clamp(min=1, max=k) - 1]
+        sums[f"recall@{k}"] = (n_hit / n_targets.clamp(min=1)).sum().item()
+        sums[f"ndcg@{k}"] = ((discount * hit).sum(1) / idcg).sum().item()
+        sums[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first.double(), 0.0).sum().item()
+        sums[f"hit@{k}"] = (n_hit > 0).double().sum().item()
+        sums[f"precision@{k}"] = (n_hit / k).sum().item()
+    return sums
+
+
+def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
+    """Recall, NDCG, MRR, Hit and Precision at each K in `ks`, averaged over the rows, with RecBole's formulas
+    (recbole/evaluator/metrics.py; FIELD.md b.1) and the pessimistic tie policy of `ranking_metric_sums`.
+
+    scores:    float (rows x items); masked entries (padding, history) are -inf
+    positives: bool, same shape; every row must hold at least one positive
+    Returns {"recall@K", "ndcg@K", "mrr@K", "hit@K", "precision@K"} as unrounded floats.
+
+    recall@K = hits in top K / |targets|; ndcg@K = sum_{hits} 1/log2(rank+1) / sum_{i<=min(|targets|,K)}
+    1/log2(i+1); mrr@K = 1/rank of the first hit (0 if beyond K); hit@K = 1[any hit]; precision@K = hits / K.
+    """
+    if scores.shape != positives.shape or positives.dtype != torch.bool:
+        raise RecError("ranking_metrics needs scores and a bool positives tensor of the same shape")
+    if not bool(positives.any(1).all()):
+        raise RecError("every row passed to ranking_metrics needs at least one positive")
+    sums = ranking_metric_sums(scores, positives, ks)
+    return {name: value / len(scores) for name, value in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024) -> dict:
+    """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
+    Padding and the row's masked (history) items score -inf; the metrics are means over the rows."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = {}
+    for start in range(0, len(rows), batch_size):
+        end = min(start + batch_size, len(rows))
+        queries, item_table = model(rows.query[start:end].to(device))
+        scores = queries @ item_table.T                                                  # (B, I+1)
+        scores[:, 0] = -float("inf")
+        masked_rows, masked_items = csr_slice(rows.masked_ptr, rows.masked_items, start, end)
+        scores[masked_rows.to(device), masked_items.to(device)] = -float("inf")
+        target_rows, target_items = csr_slice(rows.target_ptr, rows.target_items, start, end)
+        positives = torch.zeros_like(scores, dtype=torch.bool)
+        positives[target_rows.to(device), target_items.to(device)] = True
+        for name, value in ranking_metric_sums(scores, positives, ks).items():
+            totals[name] = totals.get(name, 0.0) + value
+    model.train(was_training)
+    return {name: value / len(rows) for name, value in totals.items()}
+
+
+def csr_slice(ptr, values, start: int, end: int):
+    """(row - start, value) pairs of rows start..end-1 of a CSR."""
+    counts = ptr[start + 1:end + 1] - ptr[start:end]
+    rows = torch.repeat_interleave(torch.arange(end - start), counts)
+    return rows, values[ptr[start]:ptr[end]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. Command line, seeding, the training loop, results.json
+# ----------------------------------------------------------------------------------------------------------
+def base_parser(description: str) -> argparse.ArgumentParser:
+    """The flags every method file shares. Flags left at None take the backbone's or dataset's default."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = parser.add_argument_group("data and protocol")
+    data.add_argument("--dataset", default="synthetic",
+                      help="'synthetic' (generated from --seed, offline), a registered dataset name "
+                           f"({', '.join(sorted(DATASETS))}), or a path to a CSV/TSV file user,item[,rating[,ts]]")
+    data.add_argument("--data-dir", default="data", help="where datasets are found or downloaded to, one "
+                      "folder per dataset (e.g. ../shared/data)")
+    add_data_arguments(data)
+    data.add_argument("--split", default="loo", choices=SPLITS,
+                      help="loo: leave-one-out by time (SASRec); ratio: per-user random 8:1:1 (RecBole/ICPNS, "
+                           "general backbones); user: 70/20/10 of the users (MDCNS, sequential backbones)")
+    data.add_argument("--mask-history", default=True, action=argparse.BooleanOptionalAction,
+                      help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
+                           "--no-mask-history reproduces RecBole's sequential evaluation")
+    data.add_argument("--max-len", type=int, default=None,
+                      help="sequence length L of sequential backbones (default: sasrec 200, others 50)")
+    model = parser.add_argument_group("backbone")
+    model.add_argument("--backbone", default="mf", choices=BACKBONES, help="the model being trained")
+    model.add_argument("--dim", type=int, default=None, help="embedding size D (default: sasrec 50, others 64)")
+    model.add_argument("--layers", type=int, default=None,
+                       help="LightGCN propagation layers (3) / attention blocks (SASRec 2) / GRU layers (1) / "
+                            "Mamba layers (2)")
+    model.add_argument("--heads", type=int, default=None, help="SASRec attention heads (default 1)")
+    model.add_argument("--dropout", type=float, default=None,
+                       help="dropout of sequential backbones (sasrec 0.2, gru4rec 0.2, mamba4rec 0.5)")
+    model.add_argument("--reg-weight", type=float, default=None,
+                       help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B (LightGCN 1e-4, "
+                            "MF 0); general backbones only")
+    train = parser.add_argument_group("training and evaluation")
+    train.add_argument("--loss", default="bpr", choices=sorted(LOSSES), help="pairwise BPR or pointwise BCE")
+    train.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="examples per step: interactions for mf/lightgcn (default 2048), sequences for "
+                            "sequential backbones (default 128)")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--seed", type=int, default=2020, help="seeds python, numpy, torch and every sampler")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto = cuda when available")
+    train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
+    train.add_argument("--patience", type=int, default=10,
+                       help="stop after this many validations without improvement of --valid-metric")
+    train.add_argument("--valid-metric", default="ndcg@10", help="early-stopping metric, e.g. ndcg@10, recall@20")
+    train.add_argument("--ks", default="5,10,20", help="cut-offs K of every metric, comma-separated")
+    train.add_argument("--eval-batch-size", type=int, default=1024, help="rows ranked at once")
+    train.add_argument("--out-dir", default=None,
+                       help="where results.json goes (default runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def resolve_args(args, method: str):
+    """Fill per-backbone defaults, check the flags, pick the device. Returns args (modified)."""
+    defaults = BACKBONE_DEFAULTS[args.backbone]
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.batch_size is None:
+        args.batch_size = 128 if args.backbone in SEQUENTIAL_BACKBONES else 2048
+    try:
+        args.ks = sorted({int(k) for k in str(args.ks).split(",")})
+    except ValueError:
+        raise RecError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
+    if min(args.ks) < 1:
+        raise RecError("--ks must be positive")
+    metric, _, k = args.valid_metric.partition("@")
+    if metric not in METRICS or not k.isdigit() or int(k) not in args.ks:
+        raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
+                       f"--ks ({args.ks})")
+    for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size"):
+        if getattr(args, name) < 1:
+            raise RecError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.patience < 0:
+        raise RecError("--patience must be at least 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RecError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if args.device == "auto" else args.device)
+    args.method = method
+    if args.out_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        name = os.path.basename(args.dataset).replace(".", "_")
+        args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
+    return args
+
+
+def seed_everything(seed: int):
+    """One seeding block: python, numpy, torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def prepare(args, method: str):
+    """Resolve flags, seed, load and split the data. Returns (args, split)."""
+    args = resolve_args(args, method)
+    seed_everything(args.seed)
+    if args.dataset == "synthetic":
+        data = make_synthetic(args.seed)
+    else:
+        data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
+    print(data.describe())
+    split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
+                          args.mask_history)
+    s = split.statistics
+    print(f"split {args.split}: {s['train_examples']:,} training examples, {s['valid_rows']:,} validation rows, "
+          f"{s['test_rows']:,} test rows; full ranking over {split.n_items:,} items, "
+          f"{'history masked' if args.mask_history or not split.sequential else 'history not masked'}")
+    if max(args.ks) > split.n_items:
+        raise RecError(f"K={max(args.ks)} is larger than the number of items ({split.n_items})")
+    return args, split
+
+
+def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train") -> dict:
+    """Train `model` with Adam, validating every `--eval-every` epochs; stop after `--patience` validations
+    without improvement of `--valid-metric`, restore the best state. The test set is not touched here.
+
+    batch_loss(model, batch, generator) -> scalar loss, for a batch of `training_batches`.
+    parameters: what Adam updates (default: the model's); a fresh optimizer every call.
+    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds.
+    """
+    device = torch.device(args.device)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
+    order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU
+    sample_generator = torch.Generator(device).manual_seed(args.seed + 1)  # samplers, on the model's device
+    best_score, best_epoch, best_state, best_valid, stale = -1.0, 0, None, None, 0
+    history, epoch_seconds = [], []
+    for epoch in range(1, args.epochs + 1):
+        model.train()
+        start, total, steps = time.perf_counter(), 0.0, 0
+        n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user))
+                      // args.batch_size)
+        bar = tqdm(training_batches(split, args.batch_size, order_generator, device), total=n_batches,
+                   desc=f"{stage} epoch {epoch}", leave=False, disable=args.quiet)
+        for batch in bar:
+            loss = batch_loss(model, batch, sample_generator)
+            if not torch.isfinite(loss):
+                raise RecError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr or check the data")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        epoch_seconds.append(time.perf_counter() - start)
+        line = f"{stage} epoch {epoch:3d}  loss {total / max(steps, 1):.4f}  {epoch_seconds[-1]:.1f}s"
+        if epoch % args.eval_every == 0 or epoch == args.epochs:
+            valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
+            history.append({"stage": stage, "epoch": epoch, "loss": total / max(steps, 1),
+                            "seconds": sum(epoch_seconds), "valid": valid})
+            score = valid[args.valid_metric]
+            line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
+                                           for k in args.ks)
+            if score > best_score:
+                best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
+                best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+                line += "  *"
+            else:
+                stale += 1
+        print(line, flush=True)
+        if history and stale > args.patience:
+            print(f"early stop: {args.valid_metric} did not improve for {stale} validations")
+            break
+    model.load_state_dict(best_state)
+    return {"history": history, "best_epoch": best_epoch, "valid": best_valid, "epoch_seconds": epoch_seconds}
+
+
+def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
+    """The batch loss of a method that only changes how negatives are drawn:
+    negatives_fn(examples, generator) -> (P, k) item ids; loss = BPR or BCE over (positive, negatives)
+    + the L2 penalty of general backbones."""
+    loss_fn = LOSSES[loss_name]
+
+    def batch_loss(model, batch, generator):
+        ex = examples(model, batch)
+        negatives = negatives_fn(ex, generator)                                          # (P, k)
+        positive_scores = (ex.queries * ex.item_table[ex.positives]).sum(-1, keepdim=True)  # (P, 1)
+        negative_scores = score_items(ex.queries, ex.item_table, negatives)              # (P, k)
+        loss = loss_fn(positive_scores, negative_scores)
+        if reg_weight and not model.sequential:
+            users, items = model.ego_embeddings(ex.users, torch.cat([ex.positives, negatives.flatten()]))
+            loss = loss + reg_weight * 0.5 * (users.pow(2).sum() + items.pow(2).sum()) / len(ex.users)
+        return loss
+
+    return batch_loss
+
+
+def training_positives(split: SplitData, device) -> PositiveSets:
+    """Every user's training items (what no negative may be), on `device`."""
+    return PositiveSets(split.train_user, split.train_item, split.n_users, split.n_items, device)
+
+
+def uniform_sampler(positives: PositiveSets, k: int = 1):
+    """RNS as a `negatives_fn` for `standard_loss`: k uniform non-interacted items per example."""
+    return lambda ex, generator: uniform_negatives(positives, ex.users, k, generator)
+
+
+def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain") -> dict:
+    """Train `model` with one uniform negative per positive and BPR (RNS), with validation early stopping:
+    the RNS baseline and ICPNS's pre-training stage."""
+    positives = training_positives(split, args.device)
+    return fit(args, split, model, standard_loss(uniform_sampler(positives), "bpr", args.reg_weight),
+               stage=stage)
+
+
+def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
+    """Evaluate the restored best model on test once, write results.json atomically, print the summary."""
+    start = time.perf_counter()
+    test = evaluate(model, split.test, args.ks, args.eval_batch_size)
+    config = {k: v for k, v in vars(args).items() if k not in ("method",)}
+    result = {"method": args.method, "dataset": args.dataset, "backbone": args.backbone, "seed": args.seed,
+              "config": config, "data": split.statistics, **record, "test": test,
+              "train_seconds": sum(record["epoch_seconds"]), "eval_seconds": time.perf_counter() - start,
+              **(extra or {})}
+    os.makedirs(args.out_dir, exist_ok=True)
+    path = os.path.join(args.out_dir, "results.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(path + ".tmp", path)
+    print(f"best epoch {record['best_epoch']}  test " + "  ".join(
+        f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
+    print(f"wrote {path}")
+    return result
+
+
+def run_cli(main):
+    """Run main(); print a RecError or an interrupt as one line and exit non-zero, no traceback."""
+    try:
+        main()
+    except RecError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: no results written", file=sys.stderr)
+        sys.exit(130)
+
+
+# --- TEMPORARY until the data section lands
+DATASETS = {}
+
+
+def add_data_arguments(parser):
+    parser.add_argument("--min-rating", type=float, default=None)
+    parser.add_argument("--k-core", type=int, default=None)
+
+
+def load_dataset(name, data_dir="data", min_rating=None, k_core=None):
+    raise RecError(f"unknown dataset {name!r}")
