@@ -407,7 +407,7 @@ def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_ite
     degree = torch.bincount(rows, minlength=n).float()
     inv_sqrt = degree.pow(-0.5)
     values = inv_sqrt[rows] * inv_sqrt[cols]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n)).coalesce()
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
 
 
 class SequentialBackbone(nn.Module):

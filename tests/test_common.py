@@ -1,0 +1,464 @@
+"""common.py: splits, metrics, backbones, sampling plumbing, the training loop. Each test fails when its rule
+breaks; slow literal versions of the rules are the oracles."""
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import common
+from common import Interactions, RecError
+
+
+def random_interactions(seed=0, n_users=40, n_items=30, max_len=12):
+    rng = np.random.default_rng(seed)
+    users, items, times = [], [], []
+    for u in range(n_users):
+        n = rng.integers(1, max_len + 1)
+        chosen = rng.choice(n_items, n, replace=False)
+        users += [u] * n
+        items += list(chosen)
+        times += list(rng.permutation(n))
+    return Interactions.from_raw(users, items, times)
+
+
+# ---------------------------------------------------------------------------------------------- interactions
+def test_from_raw_sorts_by_time_stably_and_remaps_ids():
+    data = Interactions.from_raw(["b", "a", "b", "b"], [10, 20, 30, 10], order=[5, 1, 5, 2])
+    # user "b" appears first -> 0; items by first appearance: 10 -> 1, 20 -> 2, 30 -> 3
+    assert data.user.tolist() == [0, 0, 0, 1]
+    assert data.item.tolist() == [1, 1, 3, 2]   # b: t=2 (10), t=5 (10, file row 0), t=5 (30, file row 2)
+    assert data.position.tolist() == [0, 1, 2, 0]
+    assert (data.n_users, data.n_items) == (2, 3)
+
+
+def test_statistics():
+    data = Interactions.from_raw([0, 0, 1], [1, 2, 1])
+    s = data.statistics()
+    assert s == {"users": 2, "items": 2, "interactions": 3, "density": 0.75, "mean_sequence_length": 1.5}
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def recbole_split_counts(n, ratios=(0.8, 0.1, 0.1)):
+    """RecBole's `_calcu_split_ids`, transcribed literally."""
+    cnt = [int(ratios[i] * n) for i in range(len(ratios))]
+    cnt[0] = n - sum(cnt[1:])
+    for i in range(1, len(ratios)):
+        if cnt[0] <= 1:
+            break
+        if 0 < ratios[i] * n < 1:
+            cnt[i] += 1
+            cnt[0] -= 1
+    return cnt
+
+
+def parts_by_user(data, split, sequential=False):
+    """(train, valid, test) item sets per user, read back from a SplitData."""
+    train = {u: set() for u in range(data.n_users)}
+    for u, i in zip(split.train_user.tolist(), split.train_item.tolist()):
+        train[u].add(i)
+    out = []
+    for rows in (split.valid, split.test):
+        sets = {}
+        for r in range(len(rows)):
+            items = rows.target_items[rows.target_ptr[r]:rows.target_ptr[r + 1]].tolist()
+            sets[int(rows.query[r])] = set(items)
+        out.append(sets)
+    return train, out[0], out[1]
+
+
+def test_ratio_split_follows_recbole_rounding_and_never_leaks():
+    data = random_interactions(seed=1, n_users=60, max_len=25)
+    split = common.split_dataset(data, "ratio", seed=3, sequential=False)
+    train, valid, test = parts_by_user(data, split)
+    for u in range(data.n_users):
+        n = int((data.user == u).sum())
+        expected = recbole_split_counts(n)
+        got = [len(train[u]), len(valid.get(u, ())), len(test.get(u, ()))]
+        assert got == expected, (n, got, expected)
+        assert not (train[u] & valid.get(u, set())) and not (train[u] & test.get(u, set()))
+        assert not (valid.get(u, set()) & test.get(u, set()))
+        assert train[u] | valid.get(u, set()) | test.get(u, set()) == set(data.item[data.user == u].tolist())
+    assert recbole_split_counts(5) == [3, 1, 1] and recbole_split_counts(15) == [13, 1, 1]
+
+
+def test_ratio_split_is_seeded():
+    data = random_interactions(seed=2)
+    a = common.split_dataset(data, "ratio", seed=7, sequential=False)
+    b = common.split_dataset(data, "ratio", seed=7, sequential=False)
+    c = common.split_dataset(data, "ratio", seed=8, sequential=False)
+    assert torch.equal(a.train_item, b.train_item)
+    assert not torch.equal(a.test.target_items, c.test.target_items)
+
+
+def test_ratio_split_masks_train_then_train_and_valid():
+    data = random_interactions(seed=4, n_users=30, max_len=25)
+    split = common.split_dataset(data, "ratio", seed=0, sequential=False)
+    train, valid, _ = parts_by_user(data, split)
+    for rows, known in ((split.valid, lambda u: train[u]), (split.test, lambda u: train[u] | valid.get(u, set()))):
+        for r in range(len(rows)):
+            u = int(rows.query[r])
+            masked = set(rows.masked_items[rows.masked_ptr[r]:rows.masked_ptr[r + 1]].tolist())
+            assert masked == known(u)
+
+
+def test_loo_split_is_chronological_with_recbole_rule_for_short_users():
+    data = random_interactions(seed=5, n_users=50, max_len=6)
+    split = common.split_dataset(data, "loo", seed=0, sequential=False)
+    train, valid, test = parts_by_user(data, split)
+    for u in range(data.n_users):
+        seq = data.item[data.user == u].tolist()
+        if len(seq) == 1:
+            assert train[u] == {seq[0]} and u not in valid and u not in test
+        elif len(seq) == 2:
+            assert train[u] == {seq[0]} and u not in valid and test[u] == {seq[1]}
+        else:
+            assert train[u] == set(seq[:-2]) and valid[u] == {seq[-2]} and test[u] == {seq[-1]}
+
+
+def test_loo_sequential_inputs_and_history_mask():
+    data = random_interactions(seed=6, n_users=20, max_len=10)
+    for mask_history in (True, False):
+        split = common.split_dataset(data, "loo", seed=0, sequential=True, max_len=4, mask_history=mask_history)
+        row = 0
+        for u in range(data.n_users):
+            seq = data.item[data.user == u].tolist()
+            if len(seq) < 2:
+                continue
+            query = split.test.query[row].tolist()
+            history = seq[:-1]
+            assert [i for i in query if i] == history[-4:]
+            target = split.test.target_items[split.test.target_ptr[row]:split.test.target_ptr[row + 1]].tolist()
+            assert target == [seq[-1]]
+            masked = split.test.masked_items[split.test.masked_ptr[row]:split.test.masked_ptr[row + 1]].tolist()
+            assert set(masked) == (set(history) - {seq[-1]} if mask_history else set())
+            row += 1
+
+
+def test_user_split_sizes_and_disjoint_users():
+    data = random_interactions(seed=7, n_users=101, max_len=8)
+    split = common.split_dataset(data, "user", seed=1, sequential=True, max_len=5)
+    train_users = set(split.train_user.tolist())
+    assert len(train_users) == int(0.7 * 101)
+    assert split.statistics["valid_rows"] + split.statistics["test_rows"] <= 101 - 70
+    # every interaction of a training user is in training; validation and test users predict their last item
+    for u in train_users:
+        assert (split.train_user == u).sum() == (data.user == u).sum()
+    for rows in (split.valid, split.test):
+        for r in range(len(rows)):
+            inputs = [i for i in rows.query[r].tolist() if i]
+            target = rows.target_items[rows.target_ptr[r]].item()
+            matches = [u for u in range(data.n_users)
+                       if data.item[data.user == u].tolist()[-1] == target
+                       and data.item[data.user == u].tolist()[:-1][-5:] == inputs]
+            assert matches and not set(matches) <= train_users
+
+
+def test_training_windows_cover_every_target_once_like_prefix_augmentation():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 14, size=25)
+    user = np.repeat(np.arange(25), lengths)
+    item = rng.integers(1, 50, size=len(user))
+    inputs, targets, window_user = common.training_windows(user, item, max_len=4)
+    seen = []
+    for w in range(len(inputs)):
+        u = int(window_user[w])
+        seq = item[user == u].tolist()
+        for t in range(4):
+            if targets[w, t] == 0:
+                assert inputs[w, t] == 0
+                continue
+            # the target and its preceding items inside the window are the true next item and prefix
+            valid_inputs = inputs[w, :t + 1].tolist()
+            k = len(seen)
+            seen.append((u, int(targets[w, t])))
+            start = [j for j in range(1, len(seq)) if seq[j - len(valid_inputs):j] == valid_inputs
+                     and seq[j] == targets[w, t]]
+            assert start, (seq, valid_inputs, int(targets[w, t]))
+    expected = sorted((u, i) for u in range(25) for i in item[user == u].tolist()[1:])
+    assert sorted(seen) == expected
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def literal_metrics(scores, positives, ks):
+    """Sort every row by score descending, placing targets after non-targets among equal scores (the
+    pessimistic tie policy), then apply RecBole's formulas one row at a time."""
+    out = {f"{m}@{k}": 0.0 for m in common.METRICS for k in ks}
+    for s, p in zip(scores.tolist(), positives.tolist()):
+        order = sorted(range(len(s)), key=lambda i: (-s[i], p[i]))
+        hits = [p[i] for i in order]
+        n_pos = sum(p)
+        for k in ks:
+            h = hits[:k]
+            out[f"recall@{k}"] += sum(h) / n_pos
+            out[f"precision@{k}"] += sum(h) / k
+            out[f"hit@{k}"] += float(any(h))
+            first = next((j + 1 for j, x in enumerate(h) if x), None)
+            out[f"mrr@{k}"] += 1.0 / first if first else 0.0
+            dcg = sum(1.0 / math.log2(j + 2) for j, x in enumerate(h) if x)
+            idcg = sum(1.0 / math.log2(j + 2) for j in range(min(n_pos, k)))
+            out[f"ndcg@{k}"] += dcg / idcg
+    return {name: value / len(scores) for name, value in out.items()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ranking_metrics_equal_literal_oracle_with_ties_and_masking(seed):
+    g = torch.Generator().manual_seed(seed)
+    rows, items = 23, 40
+    scores = torch.randint(0, 6, (rows, items), generator=g).float()      # many ties
+    scores[torch.rand(rows, items, generator=g) < 0.2] = -float("inf")     # masked history
+    positives = torch.rand(rows, items, generator=g) < 0.15
+    positives[torch.arange(rows), torch.randint(0, items, (rows,), generator=g)] = True
+    ks = [1, 3, 5, 10, 20]
+    got = common.ranking_metrics(scores, positives, ks)
+    expected = literal_metrics(scores, positives, ks)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
+def test_ranking_metrics_hand_case_and_ties_never_help():
+    scores = torch.tensor([[3.0, 2, 2, 1, 0], [1, 1, 1, 1, 1]])
+    positives = torch.tensor([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    m = common.ranking_metrics(scores, positives, [2, 3, 5])
+    # row 0: target ranks 3 and 5 (item 2 ties item 1 and goes first); row 1: constant scores -> rank 5
+    assert m["recall@2"] == 0 and m["hit@2"] == 0
+    assert m["recall@3"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["mrr@5"] == pytest.approx((1 / 3 + 1 / 5) / 2)
+    idcg = 1 + 1 / math.log2(3)
+    assert m["ndcg@3"] == pytest.approx((1 / 2) / idcg / 2)
+    assert m["precision@5"] == pytest.approx((2 / 5 + 1 / 5) / 2)
+
+
+def test_ranking_metrics_rejects_bad_input():
+    with pytest.raises(RecError, match="larger than the number of items"):
+        common.ranking_metrics(torch.zeros(2, 5), torch.ones(2, 5, dtype=torch.bool), [10])
+    with pytest.raises(RecError, match="at least one positive"):
+        common.ranking_metrics(torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.bool), [1])
+
+
+def test_evaluate_equals_ranking_metrics_and_does_not_depend_on_batch_size():
+    data = common.make_synthetic(0, n_users=80, n_items=60)
+    split = common.split_dataset(data, "ratio", seed=0, sequential=False)
+    model = common.MF(split.n_users, split.n_items, 8)
+    a = common.evaluate(model, split.test, [5, 10], batch_size=7)
+    b = common.evaluate(model, split.test, [5, 10], batch_size=1000)
+    with torch.no_grad():
+        q, table = model(split.test.query)
+        scores = q @ table.T
+    scores[:, 0] = -float("inf")
+    positives = torch.zeros_like(scores, dtype=torch.bool)
+    for r in range(len(split.test)):
+        masked = split.test.masked_items[split.test.masked_ptr[r]:split.test.masked_ptr[r + 1]]
+        scores[r, masked] = -float("inf")
+        positives[r, split.test.target_items[split.test.target_ptr[r]:split.test.target_ptr[r + 1]]] = True
+    c = common.ranking_metrics(scores, positives, [5, 10])
+    for name in c:
+        assert a[name] == pytest.approx(c[name]) and b[name] == pytest.approx(c[name])
+
+
+# ---------------------------------------------------------------------------------------------- backbones
+@pytest.mark.parametrize("cls", [common.SASRec, common.GRU4Rec])
+def test_sequential_backbones_are_causal_and_ignore_padding(cls):
+    torch.manual_seed(0)
+    model = cls(20, 8, 6).eval()
+    seq = torch.tensor([[3, 5, 7, 2, 0, 0]])
+    changed = seq.clone()
+    changed[0, 3] = 9
+    with torch.no_grad():
+        a, b = model.encode(seq), model.encode(changed)
+        assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)
+        assert not torch.allclose(a[:, 3], b[:, 3])
+        # padding after the sequence does not matter, and forward reads the last valid position
+        short = torch.tensor([[3, 5, 7, 0, 0, 0]])
+        assert torch.allclose(model.encode(short)[:, :3], a[:, :3], atol=1e-6)
+        last, _ = model(short)
+        assert torch.allclose(last, model.encode(short)[:, 2], atol=1e-6)
+
+
+def test_lightgcn_zero_layers_is_its_embedding_table():
+    user, item = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 2, 3])
+    model = common.LightGCN(3, 3, 4, 0, user, item)
+    q, table = model(torch.arange(3))
+    assert torch.equal(q, model.user_embedding.weight) and torch.equal(table, model.item_embedding.weight)
+
+
+def test_lightgcn_normalization_equals_dense_formula_and_mean_over_layers():
+    user, item = torch.tensor([0, 0, 1, 2, 2, 0]), torch.tensor([1, 2, 2, 3, 1, 1])   # (0, 1) twice
+    n_users, n_items = 3, 3
+    adjacency = common.normalized_adjacency(n_users, n_items + 1, user, item).to_dense()
+    A = torch.zeros(n_users + n_items + 1, n_users + n_items + 1)
+    for u, i in zip(user.tolist(), item.tolist()):
+        A[u, n_users + i] = A[n_users + i, u] = 1.0
+    d = A.sum(1)
+    inv = torch.where(d > 0, d.pow(-0.5), torch.zeros_like(d))
+    assert torch.allclose(adjacency, inv[:, None] * A * inv[None, :])
+    model = common.LightGCN(n_users, n_items, 4, 2, user, item)
+    E0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
+    dense = inv[:, None] * A * inv[None, :]
+    expected = (E0 + dense @ E0 + dense @ dense @ E0) / 3
+    q, table = model(torch.arange(3))
+    assert torch.allclose(q, expected[:3], atol=1e-6) and torch.allclose(table, expected[3:], atol=1e-6)
+
+
+def test_build_backbone_errors():
+    data = common.make_synthetic(0, n_users=50, n_items=40)
+    split = common.split_dataset(data, "loo", seed=0, sequential=False)
+    args = argparse.Namespace(dim=8, layers=1, dropout=0.1, heads=1)
+    with pytest.raises(RecError, match="unknown backbone"):
+        common.build_backbone("bert", split, args)
+    with pytest.raises(RecError, match="general backbone, not sasrec"):
+        common.build_backbone("sasrec", split, args)
+
+
+# ---------------------------------------------------------------------------------------------- sampling
+def skewed_positive_sets(n_users=30, n_items=25, seed=0):
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        n = n_items - 1 if u % 7 == 0 else int(rng.integers(1, n_items // 2))   # some users saw all but one
+        chosen = rng.choice(np.arange(1, n_items + 1), n, replace=False)
+        users += [u] * n
+        items += chosen.tolist()
+    return torch.tensor(users), torch.tensor(items)
+
+
+def test_uniform_negatives_exact_uniform_over_non_positives():
+    users, items = skewed_positive_sets()
+    positives = common.PositiveSets(users, items, 30, 25)
+    g = torch.Generator().manual_seed(0)
+    query = torch.arange(30).repeat_interleave(2000)
+    draws = common.uniform_negatives(positives, query, 3, g)
+    assert draws.shape == (len(query), 3) and draws.dtype == torch.long
+    assert not positives.contains(query.unsqueeze(1), draws).any() and (draws >= 1).all() and (draws <= 25).all()
+    for u in (0, 1, 2, 7):
+        pos = set(items[users == u].tolist())
+        free = [i for i in range(1, 26) if i not in pos]
+        counts = torch.bincount(draws[query == u].flatten(), minlength=26)[free].numpy()
+        if len(free) > 1:
+            assert stats.chisquare(counts).pvalue > 1e-3
+        else:
+            assert counts.sum() == 6000
+
+
+def test_uniform_negatives_reproducible_and_full_user_is_an_error():
+    users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 3, 1])
+    positives = common.PositiveSets(users, items, 2, 3)
+    a = common.uniform_negatives(positives, torch.tensor([1, 1]), 4, torch.Generator().manual_seed(3))
+    b = common.uniform_negatives(positives, torch.tensor([1, 1]), 4, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    with pytest.raises(RecError, match="every item"):
+        common.uniform_negatives(positives, torch.tensor([0]), 1, torch.Generator())
+
+
+def test_alias_table_matches_its_distribution():
+    weights = torch.tensor([[0.0, 1, 2, 3, 4, 0.5], [0.0, 5, 0, 0, 1, 1]], dtype=torch.float64)
+    table = common.AliasTable(weights)
+    g = torch.Generator().manual_seed(1)
+    for row in range(2):
+        draws = table.draw(torch.full((20000,), row), 1, g).flatten()
+        support = (weights[row] > 0).nonzero().flatten()
+        assert set(draws.unique().tolist()) <= set(support.tolist())
+        counts = torch.bincount(draws, minlength=6)[support].numpy()
+        expected = (weights[row, support] / weights[row].sum() * len(draws)).numpy()
+        assert stats.chisquare(counts, expected).pvalue > 1e-3
+
+
+def test_weighted_negatives_equal_the_renormalized_law_and_fall_back_to_uniform():
+    n_items = 8
+    weights = torch.tensor([[0.0, 8, 4, 2, 1, 1, 0, 0, 0]]).double()
+    # user 0: nothing seen; user 1: holds 95% of the mass; user 2: holds all of it -> uniform over the rest
+    users = torch.tensor([1, 1, 1, 2, 2, 2, 2, 2])
+    items = torch.tensor([1, 2, 3, 1, 2, 3, 4, 5])
+    positives = common.PositiveSets(users, items, 3, n_items)
+    table = common.AliasTable(weights)
+    group = torch.zeros(3, dtype=torch.long)
+    g = torch.Generator().manual_seed(2)
+    for u in range(3):
+        query = torch.full((6000,), u)
+        draws = common.weighted_negatives(weights, table, group, positives, query, 2, g).flatten()
+        assert not positives.contains(torch.full_like(draws, u), draws).any()
+        w = weights[0].clone()
+        w[items[users == u]] = 0
+        if w.sum() == 0:
+            w = torch.ones(n_items + 1).double()
+            w[0] = 0
+            w[items[users == u]] = 0
+        support = (w > 0).nonzero().flatten()
+        assert set(draws.unique().tolist()) <= set(support.tolist())
+        counts = torch.bincount(draws, minlength=n_items + 1)[support].numpy()
+        if len(support) > 1:
+            expected = (w[support] / w.sum() * len(draws)).numpy()
+            assert stats.chisquare(counts, expected).pvalue > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- training loop
+def cli_args(*extra):
+    parser = common.base_parser("test")
+    return parser.parse_args(["--quiet", "--epochs", "2", *extra])
+
+
+def rns_run(tmp_path, *extra):
+    args, split = common.prepare(cli_args("--out-dir", str(tmp_path), *extra), "rns")
+    model = common.build_backbone(args.backbone, split, args)
+    record = common.pretrain_uniform(args, split, model)
+    return common.finish(args, split, model, record)
+
+
+def test_same_seed_same_metrics_and_results_file(tmp_path):
+    a = rns_run(tmp_path / "a", "--backbone", "sasrec", "--max-len", "20", "--dim", "16")
+    b = rns_run(tmp_path / "b", "--backbone", "sasrec", "--max-len", "20", "--dim", "16")
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    for key in ("method", "dataset", "backbone", "seed", "config", "data", "history", "best_epoch", "valid",
+                "test", "epoch_seconds", "train_seconds"):
+        assert key in saved
+    assert set(saved["test"]) == {f"{m}@{k}" for m in common.METRICS for k in (5, 10, 20)}
+
+
+def test_trained_model_beats_popularity_on_synthetic(tmp_path):
+    result = rns_run(tmp_path, "--backbone", "sasrec", "--epochs", "15", "--max-len", "20", "--dim", "32")
+    data = common.make_synthetic(2020)
+    split = common.split_dataset(data, "loo", seed=2020, sequential=True, max_len=20)
+    popularity = torch.bincount(split.train_item, minlength=split.n_items + 1).float()
+    scores = popularity.repeat(len(split.test), 1)
+    scores[:, 0] = -float("inf")
+    positives = torch.zeros_like(scores, dtype=torch.bool)
+    for r in range(len(split.test)):
+        scores[r, split.test.masked_items[split.test.masked_ptr[r]:split.test.masked_ptr[r + 1]]] = -float("inf")
+        positives[r, split.test.target_items[split.test.target_ptr[r]]] = True
+    pop = common.ranking_metrics(scores, positives, [10])
+    assert result["test"]["ndcg@10"] > 2 * pop["ndcg@10"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ks", "5,10,500"], "larger than the number of items"),
+    (["--split", "ratio", "--backbone", "sasrec"], "general backbones"),
+    (["--split", "user", "--backbone", "mf"], "sequential backbone"),
+    (["--valid-metric", "ndcg@7"], "--valid-metric"),
+])
+def test_bad_flags_are_one_line_errors(tmp_path, flags, message):
+    with pytest.raises(RecError, match=message):
+        common.prepare(cli_args("--out-dir", str(tmp_path), *flags), "rns")
+
+
+def test_cuda_without_cuda_is_an_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(RecError, match="CUDA"):
+        common.prepare(cli_args("--device", "cuda"), "rns")
+
+
+def test_nan_loss_is_an_error_and_writes_nothing(tmp_path):
+    args, split = common.prepare(cli_args("--out-dir", str(tmp_path)), "rns")
+    model = common.build_backbone(args.backbone, split, args)
+
+    def nan_loss(model, batch, generator):
+        return common.examples(model, batch).queries.sum() * float("nan")
+
+    with pytest.raises(RecError, match="loss became nan"):
+        common.fit(args, split, model, nan_loss)
+    assert not (tmp_path / "results.json").exists()
