@@ -707,7 +707,16 @@ METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
 
 
 def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
-    """Per-metric SUMS over the rows of `scores` (use `ranking_metrics` for means).
+    """Per-metric SUMS over the rows of `scores` (use `ranking_metrics` for means)."""
+    n_targets = positives.sum(1)                                                         # (B,)
+    most = max(int(n_targets.max()), 1) if len(n_targets) else 1
+    target_scores = torch.topk(scores.masked_fill(~positives, -float("inf")), most, dim=1).values  # (B, T)
+    return metric_sums(scores.masked_fill(positives, -float("inf")), target_scores, n_targets, ks)
+
+
+def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
+    """The metric sums from the scores of the non-targets (B, I), targets excluded (-inf), and the targets'
+    scores in descending order (B, T), of which the first n_targets (B,) of each row are real.
 
     Tie policy (pessimistic): a target never gains from a tie. Among items with equal scores, every
     non-target ranks before every target, so the rank of a target is 1 + #{non-targets scoring >= it} +
@@ -715,22 +724,18 @@ def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> di
     (mlcommons/training_policies#131).
     """
     ks = [int(k) for k in ks]
-    n_items = scores.shape[1]
+    n_items = other_scores.shape[1]
     if max(ks) > n_items:
         raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
-    K = max(ks)
-    n_targets = positives.sum(1)                                                         # (B,)
-    most = max(int(n_targets.max()), 1) if len(n_targets) else 1
-    # the targets' scores in descending order (B, T); columns beyond a row's target count are not targets
-    target_scores = torch.topk(scores.masked_fill(~positives, -float("inf")), most, dim=1).values
-    is_target = torch.arange(most, device=scores.device) < n_targets.unsqueeze(1)         # (B, T)
-    top_others = torch.topk(scores.masked_fill(positives, -float("inf")), K, dim=1).values  # (B, K) descending
+    K, T, device = max(ks), target_scores.shape[1], other_scores.device
+    top_others = torch.topk(other_scores, K, dim=1).values                               # (B, K) descending
     # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K)
     others_above = (top_others.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(2)         # (B, T)
-    rank = others_above + torch.arange(1, most + 1, device=scores.device)                 # (B, T), 1-based
+    rank = others_above + torch.arange(1, T + 1, device=device)                           # (B, T), 1-based
+    is_target = torch.arange(T, device=device) < n_targets.unsqueeze(1)                   # (B, T)
     rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row
     discount = 1.0 / torch.log2(rank.double() + 1)                                       # (B, T)
-    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=scores.device).double()), 0)  # (K,)
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=device).double()), 0)  # (K,)
     sums = {}
     for k in ks:
         hit = rank <= k                                                                  # (B, T)
@@ -780,9 +785,15 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024) -> di
         masked_rows, masked_items = csr_slice(rows.masked_ptr, rows.masked_items, start, end)
         scores[masked_rows.to(device), masked_items.to(device)] = -float("inf")
         target_rows, target_items = csr_slice(rows.target_ptr, rows.target_items, start, end)
-        positives = torch.zeros_like(scores, dtype=torch.bool)
-        positives[target_rows.to(device), target_items.to(device)] = True
-        for name, value in ranking_metric_sums(scores, positives, ks).items():
+        target_rows, target_items = target_rows.to(device), target_items.to(device)
+        n_targets = rows.target_ptr[start + 1:end + 1] - rows.target_ptr[start:end]          # (B,)
+        column = torch.arange(len(target_rows)) - torch.repeat_interleave(
+            rows.target_ptr[start:end] - rows.target_ptr[start], n_targets)                  # slot within row
+        target_scores = torch.full((end - start, int(n_targets.max())), -float("inf"), device=device)
+        target_scores[target_rows, column.to(device)] = scores[target_rows, target_items]    # (B, T)
+        target_scores = target_scores.sort(dim=1, descending=True).values
+        scores[target_rows, target_items] = -float("inf")                                   # non-targets only
+        for name, value in metric_sums(scores, target_scores, n_targets.to(device), ks).items():
             totals[name] = totals.get(name, 0.0) + value
     model.train(was_training)
     return {name: value / len(rows) for name, value in totals.items()}

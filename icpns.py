@@ -1,0 +1,377 @@
+"""ICPNS: In-Community Popularity Negative Sampling.
+
+Chen Chen, Haobo Lin, Yuanbo Xu (Jilin University). "Towards Reliable Negative Sampling for Recommendation with
+Implicit Feedback via In-Community Popularity." arXiv 2602.18759 (2026). Official code: github.com/Uli-Chen/ICPNS
+(a RecBole-GNN fork; `recbole_gnn/sampler.py` ICPSampler, `recbole_gnn/trainer.py` ICPNSTrainer).
+
+The idea. An item a user never clicked is a reliable negative only if the user was likely exposed to it, and
+exposure is driven by latent user communities. ICPNS pre-trains the backbone with uniform negatives (RNS), clusters
+the users into K communities from their learned representations, and counts, for each community k and item i,
+c[k, i] = the members of k who interacted with i in training. It then fine-tunes the backbone drawing each
+positive's negative from its user's community with p(j | u) ∝ c[k(u), j]^α over the items u has not interacted
+with: items popular in your community that you skipped are "real" and "hard" negatives, and α smooths the counts.
+
+    python icpns.py --dataset ml-1m --backbone lightgcn
+    python icpns.py --dataset ml-1m --backbone mf --pretrained runs/<earlier run>/pretrained.pt --alpha 0.1
+    python icpns.py --dataset ml-1m --backbone sasrec --split loo      # sequential backbones need loo or user
+
+Evaluation protocol (the official RecBole config): rating >= 3 and 10-core on the MovieLens files (the dataset's
+defaults in common.py), a per-user random 8:1:1 split (`--split ratio`, RecBole RS/RO), full ranking over all items
+with the user's training items masked (training + validation items at test time), pessimistic ties, Recall, NDCG
+and MRR @10 (and @20). Both stages stop early on validation NDCG@10 and keep the best state; test is evaluated
+once, after fine-tuning. The pre-trained state is written to `<out-dir>/pretrained.pt` and can be reused with
+`--pretrained PATH` (same dataset, split and seed: a checkpoint that does not fit is an error).
+
+Our sampler is the official one's distribution at a fraction of its cost. The official code builds one Walker
+alias table per user (O(users x items) memory, built by a Python loop over users); we keep one table per
+community (O(K x items)) and reject the user's own positives, which leaves exactly the per-user renormalized
+distribution, and finish the draws of users whose positives hold most of their community's mass by an exact
+masked draw instead of looping (`common.weighted_negatives`; tests/test_icpns.py proves the equality by
+chi-square against the literal per-user construction).
+
+Deviations from the paper / official code (default first, then the flag for the alternative):
+1. Items no community member interacted with have weight 0^α = 0 and are never drawn (official code, which
+   produced the published numbers); the config's `epsilon: 0.0001` is never used there. `--epsilon ε` > 0 smooths
+   the counts as (c + ε)^α so every item can be drawn. α = 0 gives 0^0 = 1: uniform (RNS), as with numpy.
+2. The official code clusters RecBole's padding user 0, an untrained row near the origin, together with the real
+   users. Our users are 0..U-1 without padding; `--cluster-padding-user` (default) adds a zero-vector pseudo-user
+   to the k-means input and drops its label; `--no-cluster-padding-user` clusters the real users only.
+3. A `--pretrained` checkpoint of another backbone, shape or training split is an error. The official trainer
+   builds a ValueError for a failed load and never raises it, fine-tuning whatever is in memory.
+4. [INFER] Fine-tuning starts from the best pre-training state (by validation). The official trainer resumes
+   `checkpoint_path`; when that load fails it continues from the last pre-training epoch, since RecBole's fit
+   does not restore the best state. No flag.
+5. Negatives avoid the user's training items only. [INFER, unverified] RecBole-GNN's `user_positive_item_dict`
+   may also hold validation and test items, which would use test data in training; we do not copy that. No flag.
+6. A user-item pair seen twice counts once in c (the official csr_matrix sums duplicates; the MovieLens files
+   have none). The padding item is never drawn (the official α = 0 and fallback paths can draw item 0).
+7. Communities come from the backbone's query for the user: the user table for MF, the propagated (layer-mean)
+   embedding for LightGCN, the representation of the user's training sequence for SASRec/GRU4Rec/Mamba4Rec. The
+   official code calls `model.forward()` and so runs on graph backbones only.
+8. k-means is sklearn's `KMeans(n_init='auto')` written in torch: greedy k-means++ (2 + ln K local trials), one
+   init, Lloyd iterations up to 300, tolerance 1e-4 x the mean feature variance, empty clusters re-seeded with the
+   farthest points. It is seeded with `--seed` (the official `random_state=2026` equals its config's seed 2026);
+   its random stream is torch's, so clusters equal sklearn's only up to the initialisation. Other clusterers of
+   the official code (minibatch, gmm, dbscan, hierarchical, spectral, faiss) are not provided.
+9. Early stopping: the official config waits 100 epochs in pre-training (`stopping_step`) and never stops
+   fine-tuning (`stopping_step_ft` 200 = `finetune_epochs`). Defaults here: `--pretrain-patience 100` and
+   `--patience 200` likewise; the ml-100k evidence in the README used 10 and 10 to fit a CPU budget.
+10. `--recluster-every E` rebuilds the communities from the current model every E fine-tuning epochs (the
+   paper's future work); off by default, as in the paper.
+Shared with the other method files (common.py): the L2 term is LightGCN's ½‖e⁰‖²/B, not RecBole's EmbLoss of
+non-squared norms; batches iterate the training interactions (RecBole's convention).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, base_parser, build_backbone,
+                    evaluate, finish, fit, pad_right, prepare, pretrain_uniform, run_cli, standard_loss,
+                    weighted_negatives)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The method: communities, in-community popularity, the sampler
+# ----------------------------------------------------------------------------------------------------------
+def squared_distances(x, centers):
+    """||x_n - c_k||^2 for x (N, D) and centers (K, D) -> (N, K), clamped at 0 against rounding."""
+    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_(min=0)
+
+
+def kmeans_plus_plus(x, n_clusters: int, generator: torch.Generator):
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's `_kmeans_plusplus`): the first center is
+    a uniform point; each next one is the best, by the resulting potential, of 2 + ln K points drawn with
+    probability proportional to the squared distance to the nearest center so far. x (N, D) -> (K, D)."""
+    N = len(x)
+    trials = 2 + int(math.log(n_clusters))
+    first = torch.randint(0, N, (1,), generator=generator, device=x.device)
+    centers = [x[first]]                                                                # list of (1, D)
+    closest = squared_distances(x, x[first]).squeeze(1)                                 # (N,)
+    for _ in range(1, n_clusters):
+        target = torch.rand(trials, generator=generator, device=x.device, dtype=x.dtype) * closest.sum()
+        candidates = torch.searchsorted(closest.cumsum(0), target).clamp(max=N - 1)     # (T,)
+        closest_if = torch.minimum(closest.unsqueeze(0), squared_distances(x, x[candidates]).T)  # (T, N)
+        best = closest_if.sum(1).argmin()
+        centers.append(x[candidates[best]].unsqueeze(0))
+        closest = closest_if[best]
+    return torch.cat(centers)                                                           # (K, D)
+
+
+def kmeans(x, n_clusters: int, generator: torch.Generator, max_iter: int = 300, tol: float = 1e-4):
+    """Lloyd's k-means from a k-means++ seeding, one init (sklearn's n_init='auto' for k-means++).
+
+    Stops when no label changes or the centers move by at most tol x mean feature variance (squared, summed:
+    sklearn's rule); an empty cluster is re-seeded with the point farthest from its center. Returns labels (N,)
+    and centers (K, D), the labels being the nearest center of each point."""
+    if n_clusters > len(x):
+        raise RecError(f"cannot form {n_clusters} communities from {len(x)} users; lower --communities")
+    tolerance = tol * x.var(0, unbiased=False).mean()
+    centers = kmeans_plus_plus(x, n_clusters, generator)
+    labels = squared_distances(x, centers).argmin(1)                                    # (N,)
+    for _ in range(max_iter):
+        sums = torch.zeros_like(centers).index_add_(0, labels, x)                        # (K, D)
+        sizes = torch.bincount(labels, minlength=n_clusters)                             # (K,)
+        new_centers = sums / sizes.clamp(min=1).unsqueeze(1).to(x.dtype)
+        empty = (sizes == 0).nonzero().squeeze(1)
+        if len(empty):
+            far = ((x - centers[labels]).pow(2).sum(1)).topk(len(empty)).indices         # farthest points
+            new_centers[empty] = x[far]
+        shift = (new_centers - centers).pow(2).sum()
+        centers = new_centers
+        new_labels = squared_distances(x, centers).argmin(1)
+        converged = bool((new_labels == labels).all()) or bool(shift <= tolerance)
+        labels = new_labels
+        if converged:
+            break
+    return labels, centers
+
+
+def community_of_user(representations, n_communities: int, generator: torch.Generator,
+                      cluster_padding_user: bool = True):
+    """Stage 2: the community of each user, k-means on the users' representations (N, D) -> labels (N,).
+
+    cluster_padding_user: add a zero-vector pseudo-user to the k-means input, as the official code clusters
+    RecBole's (untrained) padding user 0 with the others (Deviation 2); its label is dropped."""
+    x = representations.detach()
+    if cluster_padding_user:
+        x = torch.cat([x, torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)])  # (N+1, D)
+    labels, _ = kmeans(x, n_communities, generator)
+    return labels[:len(representations)]
+
+
+def in_community_popularity(community, train_user, train_item, n_communities: int, n_items: int):
+    """Stage 3: c[k, i] = number of members of community k who interacted with item i in training.
+    community (U,) long; train_user, train_item (E,) -> float (K, I+1); column 0 (padding) is 0.
+    A pair seen twice counts once (Deviation 6)."""
+    device = community.device
+    pairs = torch.unique(torch.as_tensor(train_user, device=device) * (n_items + 1)
+                         + torch.as_tensor(train_item, device=device))                   # distinct (u, i)
+    users, items = pairs // (n_items + 1), pairs % (n_items + 1)
+    counts = torch.zeros(n_communities, n_items + 1, dtype=torch.float64, device=device)
+    counts.index_put_((community[users], items), torch.ones(len(pairs), dtype=torch.float64, device=device),
+                      accumulate=True)
+    return counts                                                                        # (K, I+1)
+
+
+def smoothed_weights(counts, alpha: float, epsilon: float = 0.0):
+    """w[k, i] = (c[k, i] + ε)^α, the unnormalized sampling weights; padding column 0 is set to 0.
+    With ε = 0 (official), items of count 0 get weight 0 when α > 0 and are never drawn, while α = 0 gives
+    0^0 = 1 for every item: uniform sampling (torch.pow follows numpy here)."""
+    weights = (counts + epsilon).pow(alpha)                                              # (K, I+1)
+    weights[:, 0] = 0.0
+    return weights
+
+
+class ICPNSampler:
+    """Stage 4's negatives: p(j | u) = w[k(u), j] / sum_{j' not in I_u^+} w[k(u), j'] for j not in I_u^+, with
+    w = (c + ε)^α, uniform over the user's non-positives when w vanishes on all of them (the official fallback).
+
+    One alias table per community, the user's positives rejected, unfinished draws completed by an exact masked
+    draw (`common.weighted_negatives`): the same law as the official per-user tables in O(K x I) memory.
+
+    community: (U,) long on the sampling device, -1 for users without training interactions (never sampled).
+    """
+
+    def __init__(self, community, train_user, train_item, n_items: int, n_communities: int, alpha: float,
+                 epsilon: float = 0.0):
+        device = community.device
+        self.community = community
+        self.positives = PositiveSets(train_user, train_item, len(community), n_items, device)
+        self.counts = in_community_popularity(community, train_user, train_item, n_communities, n_items)
+        self.weights = smoothed_weights(self.counts, alpha, epsilon)                    # (K, I+1)
+        empty = self.weights.sum(1) == 0
+        # A community without interactions (e.g. the padding pseudo-user's own) has no member to sample for;
+        # a uniform row only keeps its alias table well defined.
+        self.weights[empty, 1:] = 1.0
+        self.table = AliasTable(self.weights).to(device)
+
+    def sample(self, users, k: int, generator: torch.Generator):
+        """users (B,) on the sampler's device -> (B, k) negatives, independent draws."""
+        if bool((self.community[users] < 0).any()):
+            raise RecError("ICPNS was asked for a negative of a user without training interactions")
+        return weighted_negatives(self.weights, self.table, self.community, self.positives, users, k, generator)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Representations, checkpoints, the two stages
+# ----------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def user_representations(model, split, device, batch_size: int = 1024):
+    """The backbone's query for each user with training interactions (Deviation 7), in eval mode.
+    Returns (users (N,), representations (N, D)) on `device`."""
+    was_training = model.training
+    model.eval()
+    length = torch.bincount(split.train_user, minlength=split.n_users)                 # (U,)
+    users = (length > 0).nonzero().squeeze(1)
+    if not model.sequential:
+        representations, _ = model(users.to(device))                                    # MF table / LightGCN mean
+    else:
+        # each user's training items in chronological order (train_user is sorted), the last L of them
+        per_user = np.split(split.train_item.numpy(), length.cumsum(0)[:-1].numpy())
+        sequences = pad_right([per_user[u][-split.max_len:] for u in users.tolist()], split.max_len)  # (N, L)
+        representations = torch.cat([model(sequences[s:s + batch_size].to(device))[0]
+                                     for s in range(0, len(sequences), batch_size)])   # (N, D)
+    model.train(was_training)
+    return users.to(device), representations
+
+
+def training_fingerprint(split) -> str:
+    """A hash of the training interactions: a checkpoint pre-trained on another split would have seen this
+    split's validation or test interactions."""
+    digest = hashlib.sha256()
+    for tensor in (split.train_user, split.train_item):
+        digest.update(tensor.numpy().tobytes())
+    digest.update(f"{split.n_users},{split.n_items}".encode())
+    return digest.hexdigest()[:16]
+
+
+def save_pretrained(path: str, model, args, split, record: dict):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    torch.save({"backbone": args.backbone, "dataset": args.dataset, "split": args.split, "seed": args.seed,
+                "fingerprint": training_fingerprint(split), "record": record,
+                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, path)
+
+
+def load_pretrained(path: str, model, args, split) -> dict:
+    """Load a checkpoint of `save_pretrained` into `model`, or raise RecError saying what does not fit."""
+    if not os.path.isfile(path):
+        raise RecError(f"--pretrained {path}: no such file")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # unpickling errors come in many types; all mean "not our checkpoint"
+        raise RecError(f"--pretrained {path} is not a readable checkpoint: {error}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise RecError(f"--pretrained {path} is not an icpns.py checkpoint (no state_dict)")
+    if checkpoint.get("backbone") != args.backbone:
+        raise RecError(f"--pretrained {path} holds a {checkpoint.get('backbone')} backbone, not {args.backbone}")
+    state, own = checkpoint["state_dict"], model.state_dict()
+    problems = [f"missing {name}" for name in own.keys() - state.keys()]
+    problems += [f"unexpected {name}" for name in state.keys() - own.keys()]
+    problems += [f"{name} has shape {tuple(state[name].shape)}, the model {tuple(own[name].shape)}"
+                 for name in own.keys() & state.keys() if state[name].shape != own[name].shape]
+    if problems:
+        raise RecError(f"--pretrained {path} does not fit this {args.backbone}: " + "; ".join(sorted(problems)))
+    if checkpoint.get("fingerprint") != training_fingerprint(split):
+        raise RecError(f"--pretrained {path} was pre-trained on other training interactions (dataset "
+                       f"{checkpoint.get('dataset')}, split {checkpoint.get('split')}, seed {checkpoint.get('seed')}); "
+                       "it may have trained on this split's validation or test items. Use the same --dataset, "
+                       "filters, --split and --seed")
+    model.load_state_dict(state)
+    return checkpoint.get("record", {})
+
+
+def build_sampler(model, split, args, seed: int):
+    """Stages 2-3 from the model's current state: communities, counts, the sampler. Returns (sampler, info)."""
+    start = time.perf_counter()
+    device = torch.device(args.device)
+    users, representations = user_representations(model, split, device, args.eval_batch_size)
+    generator = torch.Generator(device).manual_seed(seed)
+    labels = community_of_user(representations, args.communities, generator, args.cluster_padding_user)
+    community = torch.full((split.n_users,), -1, dtype=torch.long, device=device)
+    community[users] = labels
+    sampler = ICPNSampler(community, split.train_user, split.train_item, split.n_items, args.communities,
+                          args.alpha, args.epsilon)
+    sizes = torch.bincount(labels, minlength=args.communities).tolist()
+    return sampler, {"sizes": sizes, "seconds": time.perf_counter() - start}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("ICPNS: pre-train with uniform negatives, cluster users into communities, fine-tune "
+                         "with negatives drawn by in-community popularity (arXiv 2602.18759)")
+    # Official RecBole-GNN LightGCN.yaml: ratio split, NDCG@10 for early stopping, 200 fine-tuning epochs with
+    # a fresh Adam at 1e-3 and no early stop (patience 200).
+    parser.set_defaults(split="ratio", backbone="lightgcn", valid_metric="ndcg@10", ks="10,20", epochs=200,
+                        lr=1e-3, patience=200, seed=2026)
+    icpns = parser.add_argument_group("ICPNS")
+    icpns.add_argument("--communities", type=int, default=8,
+                       help="K, the number of user communities (official num_clusters 8 for LightGCN; its "
+                            "per-model configs used 8-64)")
+    icpns.add_argument("--alpha", type=float, default=0.8,
+                       help="α, smoothing exponent of the in-community popularity, weights c^α (official "
+                            "popularity_alpha 0.8 for LightGCN, 0.1-0.4 for other backbones); 0 = uniform (RNS)")
+    icpns.add_argument("--epsilon", type=float, default=0.0,
+                       help="ε added to every count before smoothing, (c+ε)^α, so items no community member "
+                            "interacted with can be drawn; 0 = the official code (its epsilon key is unused)")
+    icpns.add_argument("--cluster-padding-user", default=True, action=argparse.BooleanOptionalAction,
+                       help="add a zero-vector pseudo-user to k-means, like the official code's padding user 0")
+    icpns.add_argument("--recluster-every", type=int, default=0, metavar="E",
+                       help="rebuild the communities from the current model every E fine-tuning epochs (the "
+                            "paper's future work); 0 = never, as in the paper")
+    pre = parser.add_argument_group("ICPNS stage 1: pre-training with uniform negatives (RNS)")
+    pre.add_argument("--pretrain-epochs", type=int, default=1000,
+                     help="maximum pre-training epochs (official epochs 1000); --epochs is the fine-tuning budget "
+                          "(official finetune_epochs 200)")
+    pre.add_argument("--pretrain-patience", type=int, default=100,
+                     help="pre-training stops after this many validations without improvement (official "
+                          "stopping_step 100); --patience is fine-tuning's (official stopping_step_ft 200)")
+    pre.add_argument("--pretrained", default=None, metavar="PATH",
+                     help="skip pre-training and load this checkpoint (an earlier run's <out-dir>/pretrained.pt, "
+                          "same dataset, split and seed); one that does not fit is an error")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    for name in ("communities", "pretrain_epochs"):
+        if getattr(args, name) < 1:
+            raise RecError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.alpha < 0 or args.epsilon < 0 or args.recluster_every < 0 or args.pretrain_patience < 0:
+        raise RecError("--alpha, --epsilon, --recluster-every and --pretrain-patience must be non-negative")
+    if args.batch_size is None and args.backbone not in SEQUENTIAL_BACKBONES:
+        args.batch_size = 4096   # official train_batch_size (LightGCN.yaml)
+    args, split = prepare(args, "icpns")
+    model = build_backbone(args.backbone, split, args).to(args.device)
+
+    # Stage 1: pre-train with uniform negatives (or load), keep the best state by validation
+    if args.pretrained:
+        pretrain = {"loaded_from": os.path.abspath(args.pretrained),
+                    "record": load_pretrained(args.pretrained, model, args, split),
+                    "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size)}
+        print(f"loaded {args.pretrained}: valid {args.valid_metric} {pretrain['valid'][args.valid_metric]:.4f}")
+    else:
+        stage_args = copy.copy(args)
+        stage_args.epochs, stage_args.patience = args.pretrain_epochs, args.pretrain_patience
+        pretrain = {"record": pretrain_uniform(stage_args, split, model, stage="pretrain")}
+        path = os.path.join(args.out_dir, "pretrained.pt")
+        save_pretrained(path, model, args, split, pretrain["record"])
+        print(f"wrote {path}")
+
+    # Stages 2-3: communities from the pre-trained representations, in-community popularity
+    sampler, communities = build_sampler(model, split, args, args.seed)
+    print(f"{args.communities} communities in {communities['seconds']:.1f}s, sizes {communities['sizes']}")
+    reclusterings = []
+
+    # Stage 4: fine-tune with a fresh Adam (fit makes one), one ICPNS negative per positive
+    def negatives(ex, generator):
+        return sampler.sample(ex.users, 1, generator)                                  # (P, 1)
+
+    icpns_loss = standard_loss(negatives, args.loss, args.reg_weight)
+    n_examples = len(split.train_sequences) if split.sequential else len(split.train_user)
+    batches_per_epoch, calls = -(-n_examples // args.batch_size), 0
+
+    def batch_loss(model, batch, generator):
+        # --recluster-every: fit() has no epoch hook, so the batch count tells where an epoch starts
+        nonlocal sampler, calls
+        epoch, step = divmod(calls, batches_per_epoch)
+        if args.recluster_every and step == 0 and epoch and epoch % args.recluster_every == 0:
+            sampler, info = build_sampler(model, split, args, args.seed + epoch)
+            reclusterings.append({"before_epoch": epoch + 1, **info})
+            print(f"reclustered before fine-tuning epoch {epoch + 1}: sizes {info['sizes']}")
+        calls += 1
+        return icpns_loss(model, batch, generator)
+
+    record = fit(args, split, model, batch_loss, stage="finetune")
+    return finish(args, split, model, record, extra={
+        "pretrain": pretrain, "communities": communities, "reclusterings": reclusterings})
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,340 @@
+"""MDCNS: Multi-source Divergence-Consensus Negative Sampling (Teacher-Peer-Self).
+
+"Divergence Meets Consensus: A Multi-Source Negative Sampling Framework for Sequential Recommendation",
+Yuanzi Li, Lingjie Wang, Jingyu Zhao, Zihang Tian, Yuhan Wang, Lei Wang, Xu Chen. SIGIR 2026, arXiv 2605.19651.
+Official code: github.com/Lyz103/SIGIR26-MDCNS (method at bc6870e, `MDCNS_Code/trainers.py`, `MDHNSTrainer`).
+
+The idea. Self-guided hard-negative samplers (DNS and its top-M variant) score a uniform candidate pool with the
+model being trained and keep its top items, so the model's own mistakes decide what it learns next. MDCNS trains
+a second sequential recommender, the peer, jointly from scratch, and scores the same N candidates with both
+models and with their aggregate, the teacher. Each view re-ranks the candidates by its score plus the two models'
+disagreement |s_self - s_peer| and contributes one negative picked from its top-M, so every model learns from
+three differently chosen negatives. A consensus-distillation term pulls each model's softmax over the candidates
+towards the (detached) teacher's. Only the self model is evaluated; the peer's metrics are reported beside it.
+
+Commands:
+    python mdcns.py                                                  # synthetic data, offline
+    python mdcns.py --dataset ml-1m --backbone sasrec
+    python mdcns.py --data-dir ../shared/data --dataset beauty --backbone sasrec --peer mamba4rec \
+        --gamma 1.0 --kd-temperature 1.0                             # Table 3 Beauty row (published settings)
+    python mdcns.py ... --no-distillation                            # Table 6 "w/o CD"
+    python mdcns.py ... --no-distillation --no-divergence            # Table 6 "w/o CD-DR"
+    python mdcns.py ... --no-distillation --no-divergence --no-multi-source   # "w/o CD-DR-MS" = DNS(M,N), no peer
+    python mdcns.py ... --augmented-prefixes                         # the code's prefix rows, 1024 per batch
+Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, one seed 42 run each; MDCNS.md
+1.5): Beauty gamma 1.0 tau 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; LastFM 0.3 / 5.0;
+KuaiRand 0.3 / 2.0 with M=10, N=70.
+
+Protocol (the file's defaults, the paper's): `--split user`: users shuffled by the seed, 70% train (every prefix
+of their sequences is a training example), 20% validation, 10% test; a validation/test user's last item is
+predicted from the rest of the sequence, full ranking over all items, the input items masked (-inf), pessimistic
+ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20 with patience 30 (at most 300
+epochs); test is evaluated once, at the best validation epoch. `--split loo` gives the standard leave-one-out.
+
+Deviations from the paper (P) and the official code (C); the default is what produced the published numbers:
+ 1. Teacher score, Eq. (4): P sums the two models' scores, C averages them. Default mean; `--teacher sum`.
+ 2. KD support, Eqs. (11)-(12): P sums over the N candidates, C also includes the positive (N+1 entries).
+    Default with the positive; `--no-kd-positive`.
+ 3. KD pooling and weight, Eq. (13): P says mu = 1; C sums the KL over its 1024-example batch with weight 0.01
+    while the recommendation losses are batch means, i.e. 10.24 x a per-example mean. Our batches hold a varying
+    number of examples (every position of a sequence), so the default keeps C's balance, not its literal form:
+    KD as a per-example mean with mu = 0.01 x 1024 = 10.24. `--kd-reduction sum --kd-weight 0.01` is C literally
+    (the balance then moves with the batch size), `--kd-weight 1` is P's text.
+ 4. Training examples: C trains on explicitly augmented prefixes (one row per prefix, the last 50 items, 1024
+    rows per batch). Default: every position of every training sequence in one pass (common.py, as
+    baselines.py), ~1024 examples per batch; the prefixes of a sequence then share a dropout mask and a batch,
+    and a sequence longer than 51 items is cut into windows. `--augmented-prefixes` is C step for step, at about
+    (examples / sequences) times the forward cost (~8x on Beauty) and L int64 per example of memory.
+ 5. Candidates, Eq. (2): C draws N distinct items (random.sample) outside the input sequence and the target; we
+    use common's exact uniform draw with replacement (duplicates are rare: N=100 of ~12k items) outside the
+    user's whole training history, a superset of the prefix and its target.
+ 6. Backbones are common.py's (SASRec: the original Kang block, xavier init; GRU4Rec, Mamba4Rec), not C's
+    S3-Rec-style ports; right padding instead of C's left padding. Both models share --dim/--layers/--heads/
+    --dropout, as in C (num_hidden_layers 2 for every model).
+ 7. P reports a mean of 3 runs; the logs behind every number are single seed-42 runs. Default seed 42.
+ 8. Ablations (Table 6): with CD, DR and MS all off no peer is built or trained (it could not influence the
+    self model); the run is DNS(M, N) and draws exactly baselines.py's negatives.
+"""
+from __future__ import annotations
+
+import dataclasses
+import argparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
+                    examples, finish, fit, positions_within_users, prepare, run_cli, score_items,
+                    training_positives, uniform_negatives)
+
+CODE_BATCH = 1024      # examples per batch in the official code
+CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The method as pure tensor functions
+# ----------------------------------------------------------------------------------------------------------
+def teacher_scores(s_self, s_peer, aggregation: str = "mean"):
+    """Eq. (4): s_teacher = s_self + s_peer (paper, "sum") or 0.5 (s_self + s_peer) (code, "mean")."""
+    if aggregation not in ("mean", "sum"):
+        raise RecError(f"unknown teacher aggregation {aggregation!r}; choose mean or sum")
+    total = s_self + s_peer
+    return 0.5 * total if aggregation == "mean" else total
+
+
+def divergence_rescore(s_self, s_peer, aggregation: str = "mean", divergence: bool = True):
+    """Eqs. (4)-(6): the candidates' scores in the three views, each raised by the self/peer disagreement.
+    s_self, s_peer (P, N) -> (3, P, N), views in the order self, peer, teacher. divergence=False returns the raw
+    view scores (Table 6 "w/o DR")."""
+    views = torch.stack([s_self, s_peer, teacher_scores(s_self, s_peer, aggregation)])   # (3, P, N)
+    if not divergence:
+        return views
+    d = (s_self - s_peer).abs()                                     # Eq. (5), (P, N)
+    return views + d                                                # Eq. (6), (3, P, N), d broadcast per view
+
+
+def pick_from_top_m(scores, m: int, generator: torch.Generator):
+    """Eqs. (7)-(8): H = Top-M of each row of `scores`, v- ~ Uniform(H). scores (..., N) -> (...,) positions in
+    0..N-1. M is capped at N like the code's topk(min(K, N)). One torch.randint(0, M) per row, drawn after the
+    top-M, so a single view replays DNS(M, N) draw for draw."""
+    top = scores.topk(min(m, scores.shape[-1]), dim=-1).indices                               # (..., M)
+    choice = torch.randint(0, top.shape[-1], top.shape[:-1], generator=generator, device=scores.device)  # (...,)
+    return top.gather(-1, choice.unsqueeze(-1)).squeeze(-1)                                   # (...,)
+
+
+def consensus_distillation(student, teacher, temperature: float, reduction: str = "mean"):
+    """Eqs. (11)-(12): tau^2 KL(p_teacher || p_student), p = softmax(s / tau) over each row's support; the teacher
+    is detached (no gradient flows into it). student, teacher (P, K) -> scalar, the mean over the P examples
+    ("mean") or their sum (the code's F.kl_div(..., reduction='sum'))."""
+    log_p_teacher = F.log_softmax(teacher.detach() / temperature, dim=-1)                     # (P, K)
+    log_p_student = F.log_softmax(student / temperature, dim=-1)                              # (P, K)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)                      # (P,)
+    kl = temperature ** 2 * kl
+    return kl.sum() if reduction == "sum" else kl.mean()
+
+
+def weighted_rec_loss(loss_fn, positive_scores, negative_scores, weights):
+    """Eqs. (9)-(10): sum_v w_v L(v+, v-_v) over the views' negatives, each a BPR or BCE batch mean (for BCE the
+    positive term repeats per view, as in the code). positive_scores (P, 1), negative_scores (P, V)."""
+    return sum(w * loss_fn(positive_scores, negative_scores[:, v:v + 1]) for v, w in enumerate(weights) if w)
+
+
+def view_weights(alpha: float, beta: float, gamma: float, multi_source: bool = True):
+    """Eq. (10) weights of the views (self, peer, teacher) in the self model's and in the peer's loss. The peer
+    mirrors the self model (code): alpha on its own view, beta on the other model's. Without multi-source views
+    each model learns from its own view only (and the teacher view is not drawn)."""
+    if multi_source:
+        return (alpha, beta, gamma), (beta, alpha, gamma)
+    return (alpha, 0.0), (0.0, alpha)
+
+
+class SelfAndPeer(nn.Module):
+    """M_self and M_peer in one module, so common's `fit` moves both to the device, switches both to train mode
+    and checkpoints/restores both at the self model's best validation epoch. forward is the self model's: only
+    M_self recommends (evaluate(pair) = evaluate(self)). peer is None for the DNS(M, N) reduction."""
+
+    sequential = True
+
+    def __init__(self, self_model: nn.Module, peer: nn.Module | None):
+        super().__init__()
+        self.self_model, self.peer = self_model, peer
+
+    def forward(self, sequences, every_position: bool = False):
+        return self.self_model(sequences, every_position)
+
+
+def prefix_rows(train_user, train_item, max_len: int):
+    """The official code's training rows (data/enhance.ipynb): every prefix of every training sequence (length
+    >= 1 before its target) as its own row, the last `max_len` items before the target, right-padded. The target
+    sits at the prefix's last position and the rest of the targets row is 0, so common's `examples` yields one
+    example per row, queried at its last position. train_user/train_item chronological per user (SplitData).
+    Returns sequences (R, L), targets (R, L), users (R,)."""
+    user, item = np.asarray(train_user), np.asarray(train_item)
+    target = np.flatnonzero(positions_within_users(user) >= 1)                  # (R,) index of each row's target
+    first = np.maximum(target - max_len, target - positions_within_users(user)[target])   # (R,) prefix start
+    index = first[:, None] + np.arange(max_len)                                  # (R, L)
+    inside = index < target[:, None]
+    sequences = np.where(inside, item[np.minimum(index, len(item) - 1)], 0)      # (R, L)
+    targets = np.zeros_like(sequences)
+    targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
+    return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The training loss (Algorithm 1, one batch)
+# ----------------------------------------------------------------------------------------------------------
+def mdcns_negatives(s_self, s_peer, top_m: int, generator: torch.Generator, teacher: str = "mean",
+                    divergence: bool = True, multi_source: bool = True):
+    """Eqs. (4)-(8): positions (P, V) in the candidate pool of the negatives of the views (self, peer[, teacher]),
+    from the candidates' scores s_self, s_peer (P, N). With s_peer None (CD, DR and MS all off): DNS(M, N), one
+    view, (P, 1). Under no_grad: the code samples on the training-mode (dropout-active) logits, detached."""
+    with torch.no_grad():
+        if s_peer is None:
+            return pick_from_top_m(s_self, top_m, generator).unsqueeze(1)                       # (P, 1)
+        views = divergence_rescore(s_self, s_peer, teacher, divergence)                          # (3, P, N)
+        if not multi_source:
+            views = views[:2]                                                                    # (2, P, N)
+        return pick_from_top_m(views, top_m, generator).T                                        # (P, V)
+
+
+def mdcns_loss(args, positives: PositiveSets):
+    """batch_loss(pair, batch, generator) for common's `fit`: Algorithm 1 on one batch, both models at once.
+    L = L_rec(self) + L_rec(peer) + mu (L_kd(self) + L_kd(peer)), as the code's single backward."""
+    loss_fn = LOSSES[args.loss]
+    self_weights, peer_weights = view_weights(args.alpha, args.beta, args.gamma, args.multi_source)
+
+    def batch_loss(pair, batch, generator):
+        ex = examples(pair.self_model, batch)                       # queries (P, D), item_table (I+1, D)
+        # Eq. (2): N candidates per example, uniform over the items the user has not interacted with in training;
+        # one pool shared by both models and all views.
+        candidates = uniform_negatives(positives, ex.users, args.n_candidates, generator)        # (P, N)
+        # Eq. (3): dot-product scores; each model scores with its own item table
+        s_self = score_items(ex.queries, ex.item_table, candidates)                               # (P, N)
+        pos_self = score_items(ex.queries, ex.item_table, ex.positives.unsqueeze(1))              # (P, 1)
+        if pair.peer is None:                                        # Table 6 "w/o CD-DR-MS": DNS(M, N)
+            picks = mdcns_negatives(s_self, None, args.top_m, generator)                          # (P, 1)
+            return loss_fn(pos_self, s_self.gather(1, picks))                                    # (P, 1) gather
+        ex_peer = examples(pair.peer, batch)                         # the same examples in the same order
+        s_peer = score_items(ex_peer.queries, ex_peer.item_table, candidates)                     # (P, N)
+        pos_peer = score_items(ex_peer.queries, ex_peer.item_table, ex.positives.unsqueeze(1))    # (P, 1)
+        # Eqs. (4)-(8): one negative per view
+        picks = mdcns_negatives(s_self, s_peer, args.top_m, generator, args.teacher, args.divergence,
+                                args.multi_source)                                                # (P, V)
+        # Eqs. (9)-(10), each model scoring the shared negatives with its own logits
+        loss = weighted_rec_loss(loss_fn, pos_self, s_self.gather(1, picks), self_weights) + \
+            weighted_rec_loss(loss_fn, pos_peer, s_peer.gather(1, picks), peer_weights)           # (P, V) gathers
+        if args.distillation:
+            # Eqs. (11)-(13) on raw scores. Note: the positive joins the support by default (code), not in the paper
+            support_self = torch.cat([pos_self, s_self], 1) if args.kd_positive else s_self        # (P, N+1)
+            support_peer = torch.cat([pos_peer, s_peer], 1) if args.kd_positive else s_peer        # (P, N+1)
+            teacher = teacher_scores(support_self, support_peer, args.teacher)                     # (P, N+1)
+            loss = loss + args.kd_weight * (
+                consensus_distillation(support_self, teacher, args.kd_temperature, args.kd_reduction) +
+                consensus_distillation(support_peer, teacher, args.kd_temperature, args.kd_reduction))
+        return loss
+
+    return batch_loss
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = base_parser("MDCNS (SIGIR 2026, arXiv 2605.19651): self + peer sequential recommenders trained "
+                         "jointly with multi-view, divergence-re-ranked hard negatives and consensus distillation.")
+    parser.epilog = ("Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, seed 42): "
+                     "Beauty --gamma 1.0 --kd-temperature 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; "
+                     "LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with --top-m 10 --n-candidates 70.")
+    # The official code's settings (MDCNS.md 1.3-1.5) and the paper's protocol.
+    parser.set_defaults(backbone="sasrec", split="user", loss="bce", dim=64, layers=2, heads=2, dropout=0.5,
+                        max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42)
+    g = parser.add_argument_group("MDCNS")
+    g.add_argument("--peer", default=None, choices=SEQUENTIAL_BACKBONES,
+                   help="M_peer, trained jointly from scratch with its own loss (default: mamba4rec as in the "
+                        "paper; sasrec when --backbone is mamba4rec)")
+    g.add_argument("--n-candidates", type=int, default=100,
+                   help="N, the size of the candidate pool C_N in Eq. (2); the paper uses 100 (KuaiRand 70)")
+    g.add_argument("--top-m", type=int, default=1,
+                   help="M in Eq. (7): each view's negative is uniform over its top-M re-scored candidates; the "
+                        "paper tunes {1..5}, the published runs use 1 (KuaiRand 10)")
+    g.add_argument("--alpha", type=float, default=1.0,
+                   help="alpha in Eq. (10): weight of a model's own-view negative; 1 in every published run")
+    g.add_argument("--beta", type=float, default=1.0,
+                   help="beta in Eq. (10): weight of the other model's view negative; 1 in every published run")
+    g.add_argument("--gamma", type=float, default=1.0,
+                   help="gamma in Eq. (10) (code: d_lambda): weight of the teacher-view negative; the paper grids "
+                        "[0.5, 3.0]; published Beauty 1.0, Toys 3.0, Sports 3.0, Health 3.5, LastFM 0.3, "
+                        "KuaiRand 0.3")
+    g.add_argument("--teacher", default="mean", choices=("mean", "sum"),
+                   help="s_teacher in Eq. (4): the code's mean 0.5 (s_self + s_peer) (published numbers) or the "
+                        "paper's sum")
+    g.add_argument("--kd-temperature", type=float, default=1.0,
+                   help="tau in Eq. (11); the paper searches {0.7, 1, 10}; published Beauty 1.0, Toys 0.7, "
+                        "Sports 1.0, Health 0.7, LastFM 5.0, KuaiRand 2.0")
+    g.add_argument("--kd-weight", type=float, default=None,
+                   help="mu in Eq. (13) (code: kd_gamma). Default 10.24 = 0.01 x 1024 with --kd-reduction mean "
+                        "(the code's balance), 0.01 with --kd-reduction sum (the code literally); the paper says 1")
+    g.add_argument("--kd-reduction", default="mean", choices=("mean", "sum"),
+                   help="how Eq. (12) is pooled over a batch's examples: mean, or sum (the code's "
+                        "reduction='sum', whose weight relative to the mean rec loss grows with the batch)")
+    g.add_argument("--kd-positive", default=True, action=argparse.BooleanOptionalAction,
+                   help="include v+ in the support of Eqs. (11)-(12) (code); --no-kd-positive: C_N only (paper)")
+    g.add_argument("--distillation", default=True, action=argparse.BooleanOptionalAction,
+                   help="consensus distillation CD, Eqs. (11)-(13); --no-distillation is Table 6 'w/o CD'")
+    g.add_argument("--divergence", default=True, action=argparse.BooleanOptionalAction,
+                   help="divergence re-ranking DR, Eqs. (5)-(6); --no-divergence ranks each view by its raw "
+                        "scores (Table 6 'w/o CD-DR' with --no-distillation)")
+    g.add_argument("--multi-source", default=True, action=argparse.BooleanOptionalAction,
+                   help="multi-source views MS, Eq. (10); --no-multi-source: each model learns from its own view "
+                        "only. CD, DR and MS all off = DNS(M, N), no peer (Table 6 'w/o CD-DR-MS')")
+    g.add_argument("--augmented-prefixes", action="store_true",
+                   help="train on one row per prefix (the last --max-len items) as the official code does, "
+                        "instead of every position of a sequence in one pass; ~examples/sequences times the "
+                        "forward cost (~8x on Beauty)")
+    g.add_argument("--examples-per-batch", type=int, default=CODE_BATCH,
+                   help="the code's batch of 1024 examples; sets --batch-size (which counts sequences, or prefix "
+                        "rows with --augmented-prefixes) unless --batch-size is given")
+    return parser
+
+
+def check_args(args):
+    if args.backbone not in SEQUENTIAL_BACKBONES:
+        raise RecError(f"MDCNS needs a sequential backbone ({', '.join(SEQUENTIAL_BACKBONES)}), not "
+                       f"{args.backbone}")
+    for name in ("n_candidates", "top_m", "examples_per_batch"):
+        if getattr(args, name) < 1:
+            raise RecError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.top_m > args.n_candidates:
+        raise RecError(f"--top-m {args.top_m} exceeds --n-candidates {args.n_candidates}")
+    if args.kd_temperature <= 0:
+        raise RecError("--kd-temperature must be positive")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    batch_given = args.batch_size is not None
+    args, split = prepare(args, "mdcns")
+    if args.peer is None:
+        args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
+    if args.kd_weight is None:
+        args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
+    if args.augmented_prefixes:
+        sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
+        split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
+                                    train_sequence_user=users,
+                                    statistics={**split.statistics, "augmented_prefixes": True})
+    n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
+    if not batch_given:   # --batch-size counts rows (sequences or prefixes); the code's batch counts examples
+        args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))
+    print(f"training rows: {n_rows:,} {'prefixes' if args.augmented_prefixes else 'sequences'}, {n_examples:,} "
+          f"examples; {args.batch_size} rows per batch (~{args.batch_size * n_examples / n_rows:.0f} examples)")
+
+    self_model = build_backbone(args.backbone, split, args)
+    uses_peer = args.distillation or args.divergence or args.multi_source
+    peer = build_backbone(args.peer, split, args) if uses_peer else None
+    if peer is None:
+        print("CD, DR and MS are all off: MDCNS is DNS(M, N) here; no peer is built or trained")
+    else:
+        print(f"self {args.backbone}, peer {args.peer}; N={args.n_candidates} M={args.top_m} alpha={args.alpha} "
+              f"beta={args.beta} gamma={args.gamma} teacher={args.teacher} tau={args.kd_temperature} "
+              f"mu={args.kd_weight if args.distillation else 0} ({args.kd_reduction})")
+    pair = SelfAndPeer(self_model, peer)
+    positives = training_positives(split, args.device)
+    # Note: the code steps two Adams, one per model. Adam is per-parameter, so fit's single Adam over both
+    # parameter sets (same lr, betas, no weight decay) takes exactly the same steps.
+    record = fit(args, split, pair, mdcns_loss(args, positives))
+    extra = {"examples_per_epoch": n_examples, "rows_per_epoch": n_rows}
+    if peer is not None:   # the peer as restored at the self model's best validation epoch
+        extra["peer"] = {"backbone": args.peer,
+                         "valid": evaluate(peer, split.valid, args.ks, args.eval_batch_size),
+                         "test": evaluate(peer, split.test, args.ks, args.eval_batch_size)}
+        print(f"peer {args.peer} test " + "  ".join(f"{m}@{k} {extra['peer']['test'][f'{m}@{k}']:.4f}"
+                                                    for m in ("recall", "ndcg") for k in args.ks))
+    return finish(args, split, pair, record, extra)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,281 @@
+"""Tests of baselines.py: the samplers' rules (never a training positive, the target distributions, DNS's
+argmax, DNS(M,N)'s uniform pick in the top M, the generator's draw order), the per-position loss of sequential
+backbones, and every sampler x backbone end to end on the synthetic default."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from baselines import (SAMPLERS, build_parser, dns_mn_negatives, dns_negatives, main, make_sampler,
+                       pns_negatives, popularity_weights, resolve_sampler_args)
+from common import (GRU4Rec, AliasTable, Examples, PositiveSets, RecError, SASRec, pad_right, score_items,
+                    standard_loss, training_windows, uniform_negatives)
+
+P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The machine is shared: one intra-op thread is faster than two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def skewed_problem(n_users=240, n_items=40, seed=0):
+    """Training interactions with Zipf-skewed histories; every 8th user has seen all items but one, every 8th
+    (offset 1) all but three, and user 2 the most popular half of the catalogue."""
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, n_items + 1) ** 1.2
+    users, items = [], []
+    for u in range(n_users):
+        if u % 8 == 0:
+            chosen = np.delete(np.arange(1, n_items + 1), u % n_items)
+        elif u % 8 == 1:
+            chosen = rng.choice(n_items, n_items - 3, replace=False) + 1
+        elif u == 2:
+            chosen = np.arange(1, n_items // 2 + 1)
+        else:
+            chosen = rng.choice(n_items, rng.integers(1, n_items // 2), replace=False,
+                                p=popularity / popularity.sum()) + 1
+        users.append(np.full(len(chosen), u))
+        items.append(chosen)
+    user, item = torch.from_numpy(np.concatenate(users)), torch.from_numpy(np.concatenate(items))
+    return PositiveSets(user, item, n_users, n_items), item
+
+
+def fake_examples(users, n_items, dim=8, seed=0):
+    """Examples with fixed random queries and item table (no model): what a sampler sees in a step."""
+    g = torch.Generator().manual_seed(seed)
+    return Examples(torch.randn(len(users), dim, generator=g), torch.randn(n_items + 1, dim, generator=g),
+                    users, torch.ones_like(users))
+
+
+def sampler(name, positives, train_item, k=1, n_candidates=10, m=3, alpha=0.5):
+    return make_sampler(name, positives, k, train_item, alpha, n_candidates, m)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The rules every sampler obeys
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_never_a_training_positive(name):
+    positives, train_item = skewed_problem()
+    users = torch.arange(positives.n_users).repeat(20)                                   # (P,)
+    negatives = sampler(name, positives, train_item, k=4)(fake_examples(users, positives.n_items),
+                                                          torch.Generator().manual_seed(1))
+    assert negatives.shape == (len(users), 4)
+    assert bool(((negatives >= 1) & (negatives <= positives.n_items)).all())
+    assert not bool(positives.contains(users.unsqueeze(1), negatives).any())
+    almost_full = users % 8 == 0                          # one item left: it must be the only answer
+    assert bool((negatives[almost_full] == (users[almost_full] % positives.n_items + 1).unsqueeze(1)).all())
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_user_with_every_item_is_an_error(name):
+    n_items = 6
+    user = torch.tensor([0] * n_items + [1, 1])
+    item = torch.tensor(list(range(1, n_items + 1)) + [1, 2])
+    positives = PositiveSets(user, item, 2, n_items)
+    with pytest.raises(RecError, match="every item"):
+        sampler(name, positives, item, n_candidates=4, m=2)(fake_examples(torch.tensor([1, 0]), n_items),
+                                                            torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("k", [1, 3])
+def test_shapes_dtypes_devices_and_replay(name, k):
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        positives, train_item = skewed_problem(n_users=50)
+        positives.to(device)
+        users = torch.arange(50, device=device).repeat(3)
+        ex = fake_examples(users, positives.n_items)
+        ex = Examples(ex.queries.to(device), ex.item_table.to(device), users, ex.positives.to(device))
+        draw = sampler(name, positives, train_item, k=k)
+        first = draw(ex, torch.Generator(device).manual_seed(5))
+        assert first.shape == (len(users), k) and first.dtype == torch.long and first.device == users.device
+        assert torch.equal(first, draw(ex, torch.Generator(device).manual_seed(5)))   # same generator, same
+        assert not torch.equal(first, draw(ex, torch.Generator(device).manual_seed(6)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RNS and PNS match their target distributions
+# ---------------------------------------------------------------------------------------------------------
+def frequencies(draws, n_items):
+    return np.bincount(draws.flatten().numpy(), minlength=n_items + 1)
+
+
+def test_rns_is_uniform_over_non_positives():
+    positives, train_item = skewed_problem()
+    g = torch.Generator().manual_seed(3)
+    for user in (1, 2, 5):   # all but three, the most popular half, a short Zipf history
+        draws = uniform_negatives(positives, torch.full((20000,), user), 3, g)            # (20000, 3)
+        free = ~positives.dense_mask(torch.tensor([user]))[0]                             # (I+1,)
+        observed = frequencies(draws, positives.n_items)
+        assert observed[~free.numpy()].sum() == 0
+        expected = np.full(int(free.sum()), draws.numel() / int(free.sum()))
+        assert chisquare(observed[free.numpy()], expected).pvalue > P_MIN
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.5, 0.1])
+def test_pns_follows_training_popularity_over_non_positives(alpha):
+    positives, train_item = skewed_problem()
+    weights = popularity_weights(train_item, positives.n_items, alpha)                   # (1, I+1)
+    table = AliasTable(weights)
+    g = torch.Generator().manual_seed(4)
+    for user in (2, 3, 9):   # 2 holds the popular half: most alias draws are rejected
+        draws = pns_negatives(weights, table, positives, torch.full((20000,), user), 3, g)
+        free = ~positives.dense_mask(torch.tensor([user]))[0]
+        target = (weights[0] * free).numpy()
+        observed = frequencies(draws, positives.n_items)
+        support = target > 0
+        assert observed[~support].sum() == 0
+        expected = target[support] / target.sum() * draws.numel()
+        assert chisquare(observed[support], expected).pvalue > P_MIN
+
+
+def test_pns_counts_training_interactions_only():
+    train_item = torch.tensor([1, 1, 1, 2, 4, 4])   # item 3 only in valid/test, item 5 nowhere
+    weights = popularity_weights(train_item, 5, 0.5)
+    assert torch.allclose(weights, torch.tensor([[0.0, 3 ** 0.5, 1.0, 0.0, 2 ** 0.5, 0.0]], dtype=torch.double))
+    assert torch.equal(popularity_weights(train_item, 5, 0.0), torch.tensor([[0.0, 1, 1, 0, 1, 0]]).double())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# DNS and DNS(M,N)
+# ---------------------------------------------------------------------------------------------------------
+def test_dns_is_the_argmax_of_each_pool():
+    g = torch.Generator().manual_seed(0)
+    P, k, N, n_items = 60, 3, 7, 30
+    queries, table = torch.randn(P, 4, generator=g).double(), torch.randn(n_items + 1, 4, generator=g).double()
+    candidates = torch.randint(1, n_items + 1, (P, k * N), generator=g)
+    expected = torch.empty(P, k, dtype=torch.long)
+    for p in range(P):                     # the literal rule: for each pool, the candidate of highest score
+        for j in range(k):
+            pool = candidates[p, j * N:(j + 1) * N].tolist()
+            expected[p, j] = max(pool, key=lambda item: float(queries[p] @ table[item]))
+    assert torch.equal(dns_negatives(queries, table, candidates, k), expected)
+
+
+def test_dns_mn_picks_uniformly_within_the_top_m_only():
+    g = torch.Generator().manual_seed(1)
+    rows, repeats, k, N, M, n_items = 20, 400, 2, 12, 4, 50
+    queries = torch.randn(rows, 4, generator=g).double().repeat(repeats, 1)               # (P, D)
+    table = torch.randn(n_items + 1, 4, generator=g).double()
+    candidates = torch.stack([torch.randperm(n_items, generator=g)[:k * N] + 1 for _ in range(rows)])
+    candidates = candidates.repeat(repeats, 1)                                            # (P, k·N), distinct
+    chosen = dns_mn_negatives(queries, table, candidates, M, k, g)                        # (P, k)
+    scores = (queries[:rows] @ table.T).tolist()                                         # (rows, I+1)
+    ranks = np.zeros(N, dtype=np.int64)   # how often the pick is the pool's best, second best, ...
+    for p, picks in enumerate(chosen.tolist()):
+        for j, pick in enumerate(picks):
+            pool = candidates[p, j * N:(j + 1) * N].tolist()
+            ranks[sorted(pool, key=lambda item: -scores[p % rows][item]).index(pick)] += 1
+    assert ranks[M:].sum() == 0                                                            # never outside
+    assert chisquare(ranks[:M]).pvalue > P_MIN                                             # uniform inside
+
+
+def test_dns_mn_draw_order_is_candidates_then_pick():
+    """The contract mdcns.py relies on: N candidates from uniform_negatives, then torch.randint(0, M, (P, k))."""
+    positives, train_item = skewed_problem()
+    users = torch.arange(positives.n_users)
+    ex = fake_examples(users, positives.n_items)
+    k, N, M = 2, 9, 3
+    g = torch.Generator().manual_seed(11)
+    negatives = sampler("dnsmn", positives, train_item, k=k, n_candidates=N, m=M)(ex, g)
+    replay = torch.Generator().manual_seed(11)
+    candidates = uniform_negatives(positives, users, k * N, replay).view(-1, k, N)          # (P, k, N)
+    top = score_items(ex.queries, ex.item_table, candidates.flatten(1)).view(-1, k, N).topk(M).indices
+    pick = torch.randint(0, M, (len(users), k), generator=replay)
+    assert torch.equal(negatives, candidates.gather(-1, top.gather(-1, pick.unsqueeze(-1))).squeeze(-1))
+    assert torch.equal(g.get_state(), replay.get_state())                                  # nothing else drawn
+
+
+def test_dns_mn_with_m_1_is_dns():
+    positives, train_item = skewed_problem()
+    users = torch.arange(positives.n_users).repeat(5)
+    ex = fake_examples(users, positives.n_items)
+    dns = sampler("dns", positives, train_item, k=2, n_candidates=8)(ex, torch.Generator().manual_seed(2))
+    dns_1 = sampler("dnsmn", positives, train_item, k=2, n_candidates=8, m=1)(ex, torch.Generator().manual_seed(2))
+    assert torch.equal(dns, dns_1)
+
+
+def test_dns_scores_without_gradient():
+    queries = torch.randn(5, 3, requires_grad=True)
+    table = torch.randn(9, 3, requires_grad=True)
+    candidates = torch.randint(1, 9, (5, 4))
+    assert not dns_negatives(queries, table, candidates, 1).requires_grad
+    assert queries.grad is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sequential backbones: every position is a (prefix -> next item) example
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("loss", ["bpr", "bce"])
+def test_per_position_loss_equals_explicit_prefixes(backbone, loss):
+    torch.manual_seed(0)
+    n_items, L = 12, 8
+    model = SASRec(n_items, 8, L, n_layers=2, n_heads=2) if backbone == "sasrec" else GRU4Rec(n_items, 8, L)
+    model.eval()
+    sequence = np.array([3, 5, 2, 7, 1, 9, 4])
+    inputs, targets, users = training_windows(np.zeros(len(sequence), dtype=np.int64), sequence, L)
+    negatives = torch.tensor([[6, 8], [10, 11], [12, 1], [8, 6], [2, 3], [11, 7]])         # (P, k) fixed
+    per_position = standard_loss(lambda ex, g: negatives, loss)(model, (inputs, targets, users), None)
+
+    prefixes = pad_right([sequence[:t] for t in range(1, len(sequence))], L)              # (P, L)
+    queries, item_table = model(prefixes)                                                  # (P, D) last position
+    positive_scores = (queries * item_table[torch.from_numpy(sequence[1:])]).sum(-1, keepdim=True)
+    negative_scores = score_items(queries, item_table, negatives)
+    if loss == "bpr":
+        explicit = -torch.nn.functional.logsigmoid(positive_scores - negative_scores).mean()
+    else:
+        explicit = -(torch.nn.functional.logsigmoid(positive_scores).mean() +
+                     torch.nn.functional.logsigmoid(-negative_scores).mean())
+    assert torch.allclose(per_position, explicit, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+EXTRA = {"rns": [], "pns": ["--loss", "bce"], "dns": ["--negatives", "2"],
+         "dnsmn": ["--negatives", "2", "--loss", "bce", "--candidates", "20", "--top-m", "3"]}
+
+
+@pytest.mark.parametrize("backbone", ["mf", "lightgcn", "sasrec", "gru4rec"])
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_end_to_end(name, backbone, tmp_path):
+    result = main(["--sampler", name, "--backbone", backbone, "--epochs", "1", "--quiet", "--dim", "16",
+                   "--max-len", "20", "--out-dir", str(tmp_path), *EXTRA[name]])
+    with open(tmp_path / "results.json") as f:
+        written = json.load(f)
+    assert written["method"] == name and written["backbone"] == backbone
+    assert {"config", "data", "history", "best_epoch", "valid", "test", "epoch_seconds", "train_seconds",
+            "eval_seconds"} <= set(written)
+    assert written["config"]["sampler"] == name and written["test"] == result["test"]
+    assert all(np.isfinite(v) for v in written["test"].values())
+
+
+def resolved(*argv):
+    return resolve_sampler_args(build_parser().parse_args(list(argv)))
+
+
+def test_flag_defaults_per_sampler():
+    assert resolved("--sampler", "pns").pns_alpha == 0.1
+    assert resolved("--sampler", "dns").candidates == 10
+    args = resolved("--sampler", "dnsmn")
+    assert (args.candidates, args.top_m) == (100, 5)
+    assert (lambda a: (a.pns_alpha, a.candidates, a.top_m))(resolved("--sampler", "rns")) == (None, None, None)
+
+
+@pytest.mark.parametrize("argv", [["--sampler", "rns", "--pns-alpha", "1"], ["--sampler", "pns", "--top-m", "2"],
+                                  ["--sampler", "dns", "--top-m", "2"], ["--sampler", "dnsmn", "--candidates",
+                                                                          "4", "--top-m", "5"],
+                                  ["--negatives", "0"]])
+def test_flag_errors(argv):
+    with pytest.raises(RecError):
+        main(argv + ["--quiet", "--epochs", "1"])

@@ -1,0 +1,176 @@
+"""Mamba4Rec: the pure-PyTorch selective scan against a literal recurrence, causality, right padding, training."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from _mamba_section import Mamba4Rec, MambaBlock, _SelectiveScan, selective_scan  # noqa: E402
+
+
+def scan_inputs(Bt=2, L=5, d=3, n=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(Bt, L, d, generator=g, dtype=dtype)
+    dt = F.softplus(torch.randn(Bt, L, d, generator=g, dtype=dtype))
+    A = -torch.rand(d, n, generator=g, dtype=dtype) * 2 - 0.1
+    B = torch.randn(Bt, L, n, generator=g, dtype=dtype)
+    C = torch.randn(Bt, L, n, generator=g, dtype=dtype)
+    D = torch.randn(d, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (x, dt, A, B, C, D)]
+
+
+def literal_scan(x, dt, A, B, C, D):
+    """h[b,c,s] <- exp(dt[b,t,c] A[c,s]) h[b,c,s] + dt[b,t,c] B[b,t,s] x[b,t,c];
+    y[b,t,c] = sum_s h[b,c,s] C[b,t,s] + D[c] x[b,t,c], one scalar at a time."""
+    Bt, L, d = x.shape
+    n = A.shape[1]
+    rows = []
+    for b in range(Bt):
+        h = [[0.0] * n for _ in range(d)]
+        steps = []
+        for t in range(L):
+            ys = []
+            for c in range(d):
+                acc = D[c] * x[b, t, c]
+                for s in range(n):
+                    h[c][s] = torch.exp(dt[b, t, c] * A[c, s]) * h[c][s] + dt[b, t, c] * B[b, t, s] * x[b, t, c]
+                    acc = acc + h[c][s] * C[b, t, s]
+                ys.append(acc)
+            steps.append(torch.stack(ys))
+        rows.append(torch.stack(steps))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("block_elements", [1, 24, 48, 1 << 20])   # steps per block: 1, 1, 2 (+ a partial), all
+def test_selective_scan_equals_literal_recurrence(monkeypatch, block_elements):
+    monkeypatch.setattr(_SelectiveScan, "block_elements", block_elements)
+    inputs = scan_inputs()
+    weights = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y, expected = selective_scan(*inputs), literal_scan(*inputs)
+    assert y.shape == (2, 5, 3) and y.dtype == torch.float64
+    torch.testing.assert_close(y, expected, rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad((y * weights).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for name, got, want in zip("x dt A B C D".split(), grads, expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
+def test_selective_scan_dtypes_and_noncontiguous_inputs():
+    x, dt, A, B, C, D = (t.detach() for t in scan_inputs(dtype=torch.float32))
+    reference = selective_scan(x, dt, A, B, C, D)
+    assert reference.dtype == torch.float32
+    # non-contiguous (transposed) inputs give the same result
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)
+    Bt_ = B.transpose(0, 1).contiguous().transpose(0, 1)
+    torch.testing.assert_close(selective_scan(xt, dt, A, Bt_, C, D), reference)
+    # low precision in, float32 inside, low precision out
+    low = selective_scan(*(t.to(torch.bfloat16) for t in (x, dt, A, B, C, D)))
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, rtol=0.05, atol=0.05)
+
+
+def small_model(n_layers=2, dim=16, n_items=30, dropout=0.1, seed=0):
+    torch.manual_seed(seed)
+    return Mamba4Rec(n_items, dim, max_len=10, n_layers=n_layers, dropout=dropout, d_state=4)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_causal_in_eval_mode(n_layers):
+    model = small_model(n_layers).eval()
+    g = torch.Generator().manual_seed(2)
+    sequences = torch.randint(1, 31, (3, 8), generator=g)
+    with torch.no_grad():
+        base = model.encode(sequences)
+        for k in range(8):
+            changed = sequences.clone()
+            changed[:, k] = changed[:, k] % 30 + 1                      # another real item
+            out = model.encode(changed)
+            torch.testing.assert_close(out[:, :k], base[:, :k], rtol=0, atol=1e-6)
+            assert (out[:, k] - base[:, k]).abs().max() > 1e-4        # the changed position does move
+
+
+def test_right_padding_never_reaches_valid_positions_and_forward_reads_last_valid():
+    model = small_model().eval()
+    g = torch.Generator().manual_seed(3)
+    lengths = [5, 2, 7, 1]
+    items = [torch.randint(1, 31, (n,), generator=g) for n in lengths]
+    padded = torch.zeros(4, 9, dtype=torch.long)
+    for row, seq in enumerate(items):
+        padded[row, :len(seq)] = seq
+    with torch.no_grad():
+        hidden = model.encode(padded)
+        for row, seq in enumerate(items):
+            alone = model.encode(seq[None])[0]                          # no padding at all
+            torch.testing.assert_close(hidden[row, :len(seq)], alone, rtol=0, atol=1e-6)
+            longer = model.encode(F.pad(seq, (0, 20))[None])[0]        # more padding than in the batch
+            torch.testing.assert_close(longer[:len(seq)], alone, rtol=0, atol=1e-6)
+        queries, table = model(padded)
+        torch.testing.assert_close(queries, hidden[torch.arange(4), torch.tensor(lengths) - 1])
+        torch.testing.assert_close(model(padded, every_position=True)[0], hidden)
+    assert table is model.item_embedding.weight
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_shapes_dtypes_and_init(n_layers):
+    model = small_model(n_layers, dim=20)
+    sequences = torch.randint(0, 31, (6, 7))
+    hidden = model.encode(sequences)
+    queries, table = model(sequences)
+    assert hidden.shape == (6, 7, 20) and hidden.dtype == torch.float32
+    assert queries.shape == (6, 20) and table.shape == (31, 20)
+    assert torch.isfinite(hidden).all()
+    assert len(model.layers) == n_layers and all(layer.residual == (n_layers > 1) for layer in model.layers)
+    assert model.item_embedding.weight[0].abs().max() == 0
+    block = model.layers[0].mamba
+    assert (block.d_inner, block.dt_rank) == (40, 2)
+    assert block.in_proj.weight.shape == (80, 20) and block.x_proj.weight.shape == (2 + 2 * 4, 40)
+    torch.testing.assert_close(block.A_log[3], torch.log(torch.arange(1.0, 5.0)))
+    assert torch.equal(block.D, torch.ones(40))
+    dt0 = F.softplus(block.dt_proj.bias)
+    assert dt0.min() >= 1e-3 * 0.999 and dt0.max() <= 1e-1 * 1.001
+    assert abs(block.in_proj.weight.std().item() - 0.02) < 0.005
+    assert model.layers[0].ffn[0].bias.abs().max() == 0
+
+
+def test_runs_on_the_input_device_meta():
+    """Every tensor is created on the input's device: the whole model runs on the meta device."""
+    model = small_model().to("meta")
+    hidden = model.encode(torch.zeros(4, 6, dtype=torch.long, device="meta"))
+    assert hidden.device.type == "meta" and hidden.shape == (4, 6, 16)
+    with torch.device("meta"):
+        block = MambaBlock(8, d_state=4)                                # init directly on the device
+    assert block.dt_proj.bias.device.type == "meta"
+
+
+def test_training_with_bpr_reduces_the_loss():
+    """Toy task: the next item is the last item + 1 (mod n). A few Adam steps on BPR must lower the loss."""
+    n_items, L, batch = 30, 6, 64
+    model = small_model(n_items=n_items)
+    g = torch.Generator().manual_seed(4)
+    starts = torch.randint(0, n_items, (batch, 1), generator=g)
+    sequences = (starts + torch.arange(L + 1)) % n_items + 1
+    inputs, positives = sequences[:, :-1], sequences[:, -1]
+    negatives = torch.randint(1, n_items + 1, (batch,), generator=g)
+
+    def bpr():
+        queries, table = model(inputs)
+        return -F.logsigmoid((queries * (table[positives] - table[negatives])).sum(-1)).mean()
+
+    model.eval()
+    with torch.no_grad():
+        before = bpr().item()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = bpr()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        after = bpr().item()
+    assert after < 0.5 * before, (before, after)
+    assert model.item_embedding.weight[0].abs().max() == 0                 # padding row never trained
