@@ -111,7 +111,8 @@ class MambaBlock(nn.Module):
         """mamba_ssm's special inits: A = -(1..d_state) per channel (S4D-real), D = 1, dt_proj weight
         U(+-dt_rank^-1/2), dt_proj bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]."""
         dt_min, dt_max, floor = self.dt_init
-        self.A_log.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).expand_as(self.A_log))
+        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(states).expand_as(self.A_log))                     # (d_inner, d_state)
         self.D.fill_(1.0)
         nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
         device = self.dt_proj.bias.device
@@ -122,7 +123,7 @@ class MambaBlock(nn.Module):
     def forward(self, hidden):                                                         # (B, L, D)
         L = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (B, L, d_inner)
-        x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)                    # causal conv, (B, L, d_inner)
+        x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)                    # causal: (B, L, d_inner)
         x = F.silu(x)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))                                              # (B, L, d_inner)

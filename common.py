@@ -25,6 +25,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -378,14 +379,16 @@ class LightGCN(nn.Module):
         self.item_embedding = nn.Embedding(n_items + 1, dim)
         nn.init.xavier_uniform_(self.user_embedding.weight)   # RecBole / ICPNS init
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.register_buffer("adjacency", normalized_adjacency(n_users, n_items + 1, train_user, train_item),
-                             persistent=False)
+        with warnings.catch_warnings():   # "sparse CSR support is in beta": matmul and its use here are stable
+            warnings.simplefilter("ignore")
+            adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
+        self.register_buffer("adjacency", adjacency, persistent=False)
 
     def propagate(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
         layers = [ego]
         for _ in range(self.n_layers):
-            layers.append(torch.sparse.mm(self.adjacency, layers[-1]))
+            layers.append(SymmetricSparseMatmul.apply(self.adjacency, layers[-1]))
         final = torch.stack(layers).mean(0)                                            # mean over K+1 layers
         return final[:self.n_users], final[self.n_users:]
 
@@ -395,6 +398,20 @@ class LightGCN(nn.Module):
 
     def ego_embeddings(self, users, items):
         return self.user_embedding(users), self.item_embedding(items)
+
+
+class SymmetricSparseMatmul(torch.autograd.Function):
+    """A @ X for a symmetric sparse A that needs no gradient: the backward is A @ grad, so autograd never
+    transposes A (torch.sparse.mm's backward re-sorts A^T every step; this is ~4x faster on CPU)."""
+
+    @staticmethod
+    def forward(ctx, A, X):
+        ctx.A = A
+        return A @ X
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, ctx.A @ grad
 
 
 def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_item) -> torch.Tensor:

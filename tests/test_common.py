@@ -462,3 +462,16 @@ def test_nan_loss_is_an_error_and_writes_nothing(tmp_path):
     with pytest.raises(RecError, match="loss became nan"):
         common.fit(args, split, model, nan_loss)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_lightgcn_gradients_equal_dense_autograd():
+    user, item = torch.tensor([0, 0, 1, 2, 2]), torch.tensor([1, 2, 2, 3, 1])
+    model = common.LightGCN(3, 3, 4, 2, user, item)
+    q, table = model(torch.tensor([0, 2]))
+    (q.sum() * 2 + (table ** 2).sum()).backward()
+    dense = common.normalized_adjacency(3, 4, user, item).to_dense()
+    E0 = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach().requires_grad_()
+    final = (E0 + dense @ E0 + dense @ dense @ E0) / 3
+    (final[[0, 2]].sum() * 2 + (final[3:] ** 2).sum()).backward()
+    assert torch.allclose(model.user_embedding.weight.grad, E0.grad[:3], atol=1e-6)
+    assert torch.allclose(model.item_embedding.weight.grad, E0.grad[3:], atol=1e-6)
