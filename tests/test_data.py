@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _data_section import (DATASETS, RecError, add_data_arguments, download,  # noqa: E402
-                           k_core_filter, load_dataset)
+from common import (DATASETS, RecError, _read_user_items, add_data_arguments,  # noqa: E402
+                           download, k_core_filter, load_dataset)
 
 
 @pytest.fixture(autouse=True)
@@ -194,6 +194,21 @@ def test_malformed_line_names_file_and_line(tmp_path, file, content, line):
     name = str(path) if file == "mine.csv" else file.split("/")[1]
     with pytest.raises(RecError, match=rf"{path}.*line {line}\b"):
         load_dataset(name, data_dir=str(tmp_path / "data"), k_core=0)
+
+
+def test_integer_lines_parse_the_same_in_small_pieces_and_count_lines_across_them(tmp_path):
+    rng = np.random.default_rng(0)
+    text = "".join(f"{u} " + " ".join(map(str, rng.integers(0, 10**6, rng.integers(0, 6)))) + "\n"
+                   for u in range(300))
+    path = put(tmp_path / "lines.txt", text + "\n7 8 9\n")
+    whole, pieces = _read_user_items([(str(path), None)]), _read_user_items([(str(path), None)], piece_bytes=50)
+    np.testing.assert_array_equal(whole.user, pieces.user)
+    np.testing.assert_array_equal(whole.item, pieces.item)
+    expected = [(int(line.split()[0]), int(i)) for line in text.splitlines() for i in line.split()[1:]]
+    assert list(zip(whole.user.tolist(), whole.item.tolist())) == expected + [(7, 8), (7, 9)]
+    put(tmp_path / "bad.txt", text + "\n7 8 9.5\n")
+    with pytest.raises(RecError, match=r"bad.txt, line 302: .*'7 8 9.5'"):
+        _read_user_items([(str(tmp_path / "bad.txt"), None)], piece_bytes=50)
 
 
 def test_unknown_dataset_lists_the_known_ones():
