@@ -1608,7 +1608,8 @@ def prepare(args, method: str):
     s = split.statistics
     print(f"split {args.split}: {s['train_examples']:,} training examples, {s['valid_rows']:,} validation rows, "
           f"{s['test_rows']:,} test rows; full ranking over {split.n_items:,} items, "
-          f"{'history masked' if args.mask_history or not split.sequential else 'history not masked'}")
+          + (("input history masked" if args.mask_history else "history not masked (RecBole)") if split.sequential
+             else "training items masked (training + validation items at test)"))
     if max(args.ks) > split.n_items:
         raise RecError(f"K={max(args.ks)} is larger than the number of items ({split.n_items})")
     return args, split
