@@ -1,14 +1,11 @@
 """Mamba4Rec: the pure-PyTorch selective scan against a literal recurrence, causality, right padding, training."""
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _mamba_section import Mamba4Rec, _SelectiveScan, selective_scan  # noqa: E402
+from common import Mamba4Rec, _SelectiveScan, selective_scan
 
 
 def close(got, want, rtol=1.3e-6, atol=1e-5, msg=""):
@@ -67,6 +64,8 @@ def test_selective_scan_equals_literal_recurrence(monkeypatch, block_elements):
     y, expected = selective_scan(*inputs), literal_scan(*inputs)
     assert y.shape == (2, 5, 3) and y.dtype == torch.float64
     close(y, expected, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():                                               # the no-backward path (one block held)
+        close(selective_scan(*inputs), expected.detach(), rtol=1e-10, atol=1e-10)
     grads = torch.autograd.grad((y * weights).sum(), inputs)
     expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
     for name, got, want in zip("x dt A B C D".split(), grads, expected_grads):
@@ -151,8 +150,8 @@ def test_shapes_dtypes_and_init(n_layers):
 
 
 def test_every_tensor_is_created_on_the_input_device():
-    """Under a `meta` default device, a tensor created without an explicit device lands on meta and mixing it
-    with the CPU input raises: forward + backward must run clean (the CUDA rule, checked on a CPU-only box)."""
+    """Under a `meta` default device, a tensor created without an explicit device lands on meta, and mixing it
+    with the CPU input raises or shows in the outputs' device: the CUDA rule, checked on a CPU-only box."""
     model = small_model()
     sequences = torch.randint(0, 31, (4, 6))
     with torch.device("meta"):
@@ -160,6 +159,16 @@ def test_every_tensor_is_created_on_the_input_device():
         hidden = model.encode(sequences)
         hidden.square().sum().backward()
     assert hidden.device.type == "cpu" and model.layers[0].mamba.A_log.grad.device.type == "cpu"
+
+    class Ctx:                                       # the autograd engine runs backward outside the mode: call it
+        def save_for_backward(self, *tensors):
+            self.saved_tensors = tensors
+
+    ctx, inputs = Ctx(), [t.detach() for t in scan_inputs(dtype=torch.float32)]
+    with torch.device("meta"):
+        y = _SelectiveScan.forward(ctx, *inputs, True)
+        grads = _SelectiveScan.backward(ctx, torch.ones_like(y))
+    assert all(t.device.type == "cpu" for t in [y, *grads[:6]])
 
 
 def test_training_with_bpr_reduces_the_loss():
