@@ -173,7 +173,6 @@ def test_training_windows_cover_every_target_once_like_prefix_augmentation():
                 continue
             # the target and its preceding items inside the window are the true next item and prefix
             valid_inputs = inputs[w, :t + 1].tolist()
-            k = len(seen)
             seen.append((u, int(targets[w, t])))
             start = [j for j in range(1, len(seq)) if seq[j - len(valid_inputs):j] == valid_inputs
                      and seq[j] == targets[w, t]]

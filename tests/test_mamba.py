@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-
 from common import Mamba4Rec, _SelectiveScan, selective_scan
 
 
