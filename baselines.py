@@ -83,13 +83,22 @@ def pns_negatives(weights: torch.Tensor, table: AliasTable, positives: PositiveS
     return weighted_negatives(weights, table, one_group, positives, users, k, generator)
 
 
+def candidate_scores(queries, item_table, candidates, block: int = 2 ** 15):
+    """common.score_items over blocks of about `block` candidates, with identical values: the (rows, N, D)
+    gather of a block stays in cache (about 2.5x faster than one (P, N, D) gather for ml-1m with N = 100).
+    queries (P, D), candidates (P, N) -> (P, N)."""
+    rows = max(1, block // candidates.shape[1])
+    return torch.cat([score_items(q, item_table, c)                                       # (rows, N) each
+                      for q, c in zip(queries.split(rows), candidates.split(rows))])
+
+
 @torch.no_grad()
 def dns_negatives(queries, item_table, candidates, k: int):
     """DNS (Zhang et al. 2013): the highest-scored of each pool of N candidates (ties: the first in the pool).
     queries (P, D), item_table (I+1, D), candidates (P, k·N) = k pools of N consecutive items -> (P, k)."""
     P = len(candidates)
     pools = candidates.view(P, k, -1)                                                      # (P, k, N)
-    scores = score_items(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P, k, N)
+    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P,k,N)
     best = scores.argmax(-1, keepdim=True)                                                 # (P, k, 1)
     return pools.gather(-1, best).squeeze(-1)                                              # (P, k)
 
@@ -106,9 +115,10 @@ def dns_mn_negatives(queries, item_table, candidates, m: int, k: int, generator:
     pools = candidates.view(P, k, -1)                                                      # (P, k, N)
     if not 1 <= m <= pools.shape[-1]:
         raise RecError(f"DNS(M,N) needs 1 <= M <= N, got M={m}, N={pools.shape[-1]}")
-    scores = score_items(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P, k, N)
+    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P,k,N)
+    # MDCNS Eq. (7)-(8) with the model's own scores: H = Top-M(scores), v- ~ Uniform(H)
     top = scores.topk(m, dim=-1).indices                                                   # (P, k, M) in pool
-    pick = torch.randint(0, m, (P, k), generator=generator, device=candidates.device)      # v- ~ U(top M)
+    pick = torch.randint(0, m, (P, k), generator=generator, device=candidates.device)      # (P, k) in [0, M)
     chosen = top.gather(-1, pick.unsqueeze(-1))                                            # (P, k, 1)
     return pools.gather(-1, chosen).squeeze(-1)                                            # (P, k)
 
@@ -131,6 +141,7 @@ def make_sampler(name: str, positives: PositiveSets, k: int, train_item=None, al
         return dns
     if name == "dnsmn":
         def dns_mn(ex, generator):
+            # MDCNS Eq. (2): C_N uniform over the user's non-interacted items
             candidates = uniform_negatives(positives, ex.users, k * n_candidates, generator)   # (P, k·N)
             return dns_mn_negatives(ex.queries, ex.item_table, candidates, m, k, generator)
         return dns_mn

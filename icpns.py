@@ -22,12 +22,19 @@ and MRR @10 (and @20). Both stages stop early on validation NDCG@10 and keep the
 once, after fine-tuning. The pre-trained state is written to `<out-dir>/pretrained.pt` and can be reused with
 `--pretrained PATH` (same dataset, split and seed: a checkpoint that does not fit is an error).
 
-Our sampler is the official one's distribution at a fraction of its cost. The official code builds one Walker
-alias table per user (O(users x items) memory, built by a Python loop over users); we keep one table per
-community (O(K x items)) and reject the user's own positives, which leaves exactly the per-user renormalized
-distribution, and finish the draws of users whose positives hold most of their community's mass by an exact
-masked draw instead of looping (`common.weighted_negatives`; tests/test_icpns.py proves the equality by
-chi-square against the literal per-user construction).
+Our sampler draws from the official one's distribution at a fraction of its memory and build time. The
+official code builds one Walker alias table per user (O(users x items) memory, built by a Python loop over
+users); we keep one table per community (O(K x items)) and reject the user's own positives, which leaves exactly
+the per-user renormalized distribution, and finish the draws of users whose positives hold most of their
+community's mass by an exact masked draw instead of looping (`common.weighted_negatives`; tests/test_icpns.py
+proves the equality by chi-square against the literal per-user construction).
+
+Defaults (official RecBole-GNN LightGCN.yaml): K = 8, α = 0.8, seed 2026, batch 4096 for MF and LightGCN,
+Adam at 1e-3 in both stages (a fresh one for fine-tuning), at most 1000 pre-training epochs with patience 100
+(`--pretrain-patience`), 200 fine-tuning epochs with patience 200 (`--patience`; no early stop), validation
+NDCG@10. As in the official trainer, the best fine-tuning epoch is kept even if it validates below the
+pre-trained model. With these budgets `python icpns.py` (synthetic, LightGCN) takes a few minutes on one CPU
+core; `python icpns.py --pretrain-epochs 20 --epochs 20` is a quick look.
 
 Deviations from the paper / official code (default first, then the flag for the alternative):
 1. Items no community member interacted with have weight 0^α = 0 and are never drawn (official code, which
@@ -53,10 +60,7 @@ Deviations from the paper / official code (default first, then the flag for the 
    farthest points. It is seeded with `--seed` (the official `random_state=2026` equals its config's seed 2026);
    its random stream is torch's, so clusters equal sklearn's only up to the initialisation. Other clusterers of
    the official code (minibatch, gmm, dbscan, hierarchical, spectral, faiss) are not provided.
-9. Early stopping: the official config waits 100 epochs in pre-training (`stopping_step`) and never stops
-   fine-tuning (`stopping_step_ft` 200 = `finetune_epochs`). Defaults here: `--pretrain-patience 100` and
-   `--patience 200` likewise; the ml-100k evidence in the README used 10 and 10 to fit a CPU budget.
-10. `--recluster-every E` rebuilds the communities from the current model every E fine-tuning epochs (the
+9. `--recluster-every E` rebuilds the communities from the current model every E fine-tuning epochs (the
    paper's future work); off by default, as in the paper.
 Shared with the other method files (common.py): the L2 term is LightGCN's ½‖e⁰‖²/B, not RecBole's EmbLoss of
 non-squared norms; batches iterate the training interactions (RecBole's convention).

@@ -316,6 +316,7 @@ def main(argv=None):
     uses_peer = args.distillation or args.divergence or args.multi_source
     peer = build_backbone(args.peer, split, args) if uses_peer else None
     if peer is None:
+        args.peer = None
         print("CD, DR and MS are all off: MDCNS is DNS(M, N) here; no peer is built or trained")
     else:
         print(f"self {args.backbone}, peer {args.peer}; N={args.n_candidates} M={args.top_m} alpha={args.alpha} "

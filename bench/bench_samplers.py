@@ -35,7 +35,7 @@ SETTINGS = {"rns": [], "pns": ["--pns-alpha", "0.1"], "dns": ["--candidates", "1
 def load(path: str, seed: int = 0) -> Interactions:
     """SASRec's ml-1m.txt (`user item` lines, chronological per user), or synthetic data of its shape."""
     if path != "synthetic" and os.path.exists(path):
-        pairs = np.fromstring(open(path).read(), sep=" ", dtype=np.int64).reshape(-1, 2)
+        pairs = np.loadtxt(path, dtype=np.int64)                                           # (E, 2)
         return Interactions.from_raw(pairs[:, 0], pairs[:, 1], name="ml-1m", source=path)
     rng = np.random.default_rng(seed)
     n_users, n_items = 6040, 3416
@@ -49,9 +49,9 @@ def load(path: str, seed: int = 0) -> Interactions:
 
 
 def sampler_args(name: str, extra=()):
-    args = resolve_sampler_args(build_parser().parse_args(["--sampler", name, "--backbone", "sasrec", *SETTINGS[name],
-                                                           *extra]))
-    return args
+    """baselines.py's flags for `name` with the settings of SETTINGS, on SASRec."""
+    argv = ["--sampler", name, "--backbone", "sasrec", *SETTINGS[name], *extra]
+    return resolve_sampler_args(build_parser().parse_args(argv))
 
 
 def negatives_per_second(data: Interactions, batch: int, repeats: int, dim: int = 50):

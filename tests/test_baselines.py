@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from baselines import (SAMPLERS, build_parser, dns_mn_negatives, dns_negatives, main, make_sampler,
+from baselines import (SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives, main, make_sampler,
                        pns_negatives, popularity_weights, resolve_sampler_args)
 from common import (GRU4Rec, AliasTable, Examples, PositiveSets, RecError, SASRec, pad_right, score_items,
                     standard_loss, training_windows, uniform_negatives)
@@ -202,6 +202,16 @@ def test_dns_mn_with_m_1_is_dns():
     dns = sampler("dns", positives, train_item, k=2, n_candidates=8)(ex, torch.Generator().manual_seed(2))
     dns_1 = sampler("dnsmn", positives, train_item, k=2, n_candidates=8, m=1)(ex, torch.Generator().manual_seed(2))
     assert torch.equal(dns, dns_1)
+
+
+def test_candidate_scores_are_score_items_exactly():
+    """Blocked scoring must not change a bit: mdcns.py's DNS+ reduction compares negatives for equality."""
+    g = torch.Generator().manual_seed(3)
+    for D, N in ((50, 100), (64, 7)):
+        queries, table = torch.randn(3000, D, generator=g), torch.randn(500, D, generator=g)
+        candidates = torch.randint(0, 500, (3000, N), generator=g)
+        assert torch.equal(candidate_scores(queries, table, candidates, block=1000),
+                           score_items(queries, table, candidates))
 
 
 def test_dns_scores_without_gradient():

@@ -1,0 +1,176 @@
+"""Tests of icpns.py: the sampler against the official per-user construction, k-means, counts, checkpoints and
+end-to-end runs on every backbone."""
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from common import RecError
+from icpns import (ICPNSampler, community_of_user, in_community_popularity, kmeans, main, smoothed_weights)
+
+
+def official_distribution(community, train_user, train_item, n_items, n_communities, alpha, user):
+    """The official construction, literally (`build_user_neg_cache_alias` in Uli-Chen/ICPNS sampler.py): the
+    community's counts to the power α, the user's positives zeroed, the rest renormalized; uniform over the
+    user's non-positives when nothing is left. Returns p over items 0..I (item 0 = padding, never drawn)."""
+    members = [u for u in range(len(community)) if community[u] == community[user]]
+    counts = np.zeros(n_items + 1)
+    for i in range(1, n_items + 1):
+        counts[i] = sum(1 for u in members if any(train_user[e] == u and train_item[e] == i
+                                                  for e in range(len(train_user))))
+    w = np.power(counts, alpha)
+    w[0] = 0.0
+    positives = [train_item[e] for e in range(len(train_user)) if train_user[e] == user]
+    w[positives] = 0.0
+    if not w.any():
+        w = np.ones(n_items + 1)
+        w[0] = 0.0
+        w[positives] = 0.0
+    return w / w.sum()
+
+
+def assert_matches(draws, p, what):
+    """draws (N,) item ids; p the target distribution: no draw outside the support, chi-square p-value > 1e-3."""
+    counts = np.bincount(draws, minlength=len(p))
+    support = p > 0
+    assert counts[~support].sum() == 0, f"{what}: drew items of probability 0"
+    if support.sum() > 1:
+        test = chisquare(counts[support], len(draws) * p[support])
+        assert test.pvalue > 1e-3, f"{what}: chi-square p = {test.pvalue:.2g}"
+
+
+def small_case():
+    """12 users, 15 items, 3 communities; user 11 alone in community 2 (its community's mass lies entirely in
+    its own positives: the fallback); items 14 and 15 never interacted with (count 0)."""
+    rng = np.random.default_rng(0)
+    community = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 2])
+    train_user, train_item = [], []
+    for u in range(12):
+        items = rng.choice(np.arange(1, 14), size=rng.integers(2, 7), replace=False)
+        train_user += [u] * len(items)
+        train_item += list(items)
+    train_user += [3]     # a duplicate pair counts once
+    train_item += [train_item[train_user.index(3)]]
+    return community, np.array(train_user), np.array(train_item), 15, 3
+
+
+@pytest.mark.parametrize("alpha", [0.8, 0.0])
+def test_sampler_equals_official_per_user_tables(alpha):
+    community, train_user, train_item, n_items, K = small_case()
+    sampler = ICPNSampler(torch.from_numpy(community), torch.from_numpy(train_user), torch.from_numpy(train_item),
+                          n_items, K, alpha)
+    generator = torch.Generator().manual_seed(1)
+    draws = sampler.sample(torch.arange(12), 6000, generator).numpy()                   # (U, 6000)
+    for u in range(12):
+        p = official_distribution(community, train_user, train_item, n_items, K, alpha, u)
+        assert_matches(draws[u], p, f"user {u}, alpha {alpha}")
+
+
+def test_fallback_to_uniform_over_non_positives():
+    community, train_user, train_item, n_items, K = small_case()
+    sampler = ICPNSampler(torch.from_numpy(community), torch.from_numpy(train_user), torch.from_numpy(train_item),
+                          n_items, K, 0.8)
+    draws = sampler.sample(torch.tensor([11]), 20000, torch.Generator().manual_seed(2)).numpy()[0]
+    expected = np.ones(n_items + 1)
+    expected[0] = 0
+    expected[train_item[train_user == 11]] = 0
+    assert_matches(draws, expected / expected.sum(), "user 11 (fallback)")
+
+
+def test_user_holding_most_of_the_mass_is_exact_and_does_not_loop():
+    # 500 members all interacted with items 1..5; items 6..20 once each. User 0 holds items 1..5: 99.4% of the
+    # community's mass (α = 1) lies in its positives, so rejection alone would need ~170 rounds per draw.
+    n_items, members = 20, 500
+    train_user = np.repeat(np.arange(members), 5)
+    train_item = np.tile(np.arange(1, 6), members)
+    train_user = np.r_[train_user, np.arange(1, 16)]
+    train_item = np.r_[train_item, np.arange(6, 21)]
+    community = torch.zeros(members, dtype=torch.long)
+    sampler = ICPNSampler(community, torch.from_numpy(train_user), torch.from_numpy(train_item), n_items, 1, 1.0)
+    start = time.perf_counter()
+    draws = sampler.sample(torch.zeros(20000, dtype=torch.long), 1, torch.Generator().manual_seed(3))
+    assert time.perf_counter() - start < 5.0
+    expected = np.r_[np.zeros(6), np.ones(15)] / 15
+    assert_matches(draws.numpy().ravel(), expected, "user 0 (99.4% of the mass in its positives)")
+
+
+def test_kmeans_recovers_well_separated_blobs():
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 10.0, 0], [-10.0, -10.0, 0, 5]])
+    truth = torch.arange(4).repeat_interleave(50)
+    x = centers[truth] + torch.randn(200, 4, generator=generator)
+    labels, found = kmeans(x, 4, torch.Generator().manual_seed(1))
+    pairs = set(zip(truth.tolist(), labels.tolist()))
+    assert len(pairs) == 4 and len({label for _, label in pairs}) == 4        # a bijection blob <-> cluster
+    assert torch.equal(labels, torch.cdist(x, found).argmin(1))
+    # the zero-vector pseudo-user joins the input but not the output
+    with_padding = community_of_user(x, 4, torch.Generator().manual_seed(1), cluster_padding_user=True)
+    assert len(with_padding) == 200 and len(set(zip(truth.tolist(), with_padding.tolist()))) == 4
+
+
+def test_in_community_counts_equal_a_naive_loop():
+    community, train_user, train_item, n_items, K = small_case()
+    counts = in_community_popularity(torch.from_numpy(community), torch.from_numpy(train_user),
+                                     torch.from_numpy(train_item), K, n_items).numpy()
+    naive = np.zeros((K, n_items + 1))
+    for k in range(K):
+        for i in range(n_items + 1):
+            naive[k, i] = len({u for u, j in zip(train_user, train_item) if j == i and community[u] == k})
+    assert np.array_equal(counts, naive)
+
+
+def test_alpha_zero_is_uniform_and_zero_counts_are_never_drawn():
+    counts = torch.tensor([[0.0, 3, 0, 1, 5], [0.0, 0, 2, 2, 0]])
+    uniform = smoothed_weights(counts, 0.0)
+    assert torch.equal(uniform, torch.tensor([[0.0, 1, 1, 1, 1], [0.0, 1, 1, 1, 1]]))    # 0^0 = 1
+    smoothed = smoothed_weights(counts, 0.8)
+    assert torch.equal(smoothed == 0, counts == 0)
+    assert torch.all(smoothed_weights(counts, 0.8, epsilon=1e-4)[:, 1:] > 0)
+    # drawn: community 0 never yields item 2 (count 0) for a user whose only positive is item 4
+    sampler = ICPNSampler(torch.zeros(2, dtype=torch.long), torch.tensor([0, 1, 1, 1]), torch.tensor([4, 1, 3, 4]),
+                          5, 1, 0.8)
+    draws = sampler.sample(torch.tensor([0]), 5000, torch.Generator().manual_seed(4))
+    assert set(draws.unique().tolist()) == {1, 3}                                   # items 2, 5 have count 0
+
+
+def run(tmp_path, name, *flags):
+    return main(["--epochs", "1", "--pretrain-epochs", "1", "--quiet", "--device", "cpu",
+                 "--out-dir", str(tmp_path / name), *flags])
+
+
+def test_mismatched_pretrained_checkpoint_is_an_error(tmp_path):
+    run(tmp_path, "mf", "--backbone", "mf")
+    checkpoint = str(tmp_path / "mf" / "pretrained.pt")
+    result = run(tmp_path, "reuse", "--backbone", "mf", "--pretrained", checkpoint)   # same data: loads
+    assert result["pretrain"]["loaded_from"] == os.path.abspath(checkpoint)
+    with pytest.raises(RecError, match="holds a mf backbone, not lightgcn"):
+        run(tmp_path, "x", "--backbone", "lightgcn", "--pretrained", checkpoint)
+    with pytest.raises(RecError, match="shape"):
+        run(tmp_path, "x", "--backbone", "mf", "--dim", "32", "--pretrained", checkpoint)
+    with pytest.raises(RecError, match="other training interactions"):
+        run(tmp_path, "x", "--backbone", "mf", "--split", "loo", "--pretrained", checkpoint)
+    with pytest.raises(RecError, match="no such file"):
+        run(tmp_path, "x", "--backbone", "mf", "--pretrained", str(tmp_path / "missing.pt"))
+
+
+@pytest.mark.parametrize("backbone, flags", [
+    ("mf", ()),
+    ("lightgcn", ("--layers", "2", "--recluster-every", "1", "--epochs", "2", "--no-cluster-padding-user")),
+    ("sasrec", ("--split", "user", "--max-len", "20")),     # valid/test users have no training items
+    ("gru4rec", ("--split", "loo", "--max-len", "20")),
+])
+def test_end_to_end(tmp_path, backbone, flags):
+    result = run(tmp_path, backbone, "--backbone", backbone, *flags)
+    users_in_training = 420 if "user" in flags else 600                                  # user split: 70%
+    assert sum(result["communities"]["sizes"]) == users_in_training and result["data"]["users"] == 600
+    assert len(result["communities"]["sizes"]) == 8
+    assert 0 <= result["test"]["ndcg@10"] <= 1 and result["pretrain"]["record"]["best_epoch"] == 1
+    assert os.path.isfile(tmp_path / backbone / "pretrained.pt")
+    with open(tmp_path / backbone / "results.json") as f:
+        assert json.load(f)["method"] == "icpns"
+    if "--recluster-every" in flags:
+        assert [r["before_epoch"] for r in result["reclusterings"]] == [2]
