@@ -89,7 +89,7 @@ def table(key, runs):
     by_method = defaultdict(list)
     for run in runs:
         by_method[run["method"]].append(run)
-    lines = [f"| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run |",
+    lines = ["| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
     for method in methods:

@@ -13,15 +13,6 @@ def close(got, want, rtol=1.3e-6, atol=1e-5, msg=""):
     assert torch.allclose(got, want, rtol=rtol, atol=atol), (msg, (got - want).abs().max().item())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and robust when the cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def scan_inputs(Bt=2, L=5, d=3, n=4, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(Bt, L, d, generator=g, dtype=dtype)

@@ -15,15 +15,6 @@ from common import (LOSSES, examples, make_synthetic, score_items, split_dataset
                     training_positives, uniform_negatives)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps the runs fast and predictable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Eqs. (4)-(8) on one user with 6 candidates, by hand
 # ---------------------------------------------------------------------------------------------------------

@@ -33,14 +33,6 @@ RUNS = {   # (backbone, sampler): last epoch's mean training loss and three test
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def short_run(backbone: str, sampler: str, out_dir) -> dict:
     with contextlib.redirect_stdout(io.StringIO()):
         result = main(["--sampler", sampler, "--backbone", backbone, "--epochs", "2", "--quiet", "--dim", "16",
