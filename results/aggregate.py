@@ -71,9 +71,19 @@ def protocol_paragraph(runs):
     return (f"Split `{c['split']}`; {', '.join(filters) or 'the dataset default filtering'}; "
             f"{d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. Full ranking over "
             f"all items, {masking}; metrics at K = {c['ks']}, RecBole's formulas, pessimistic ties. Early "
-            f"stopping on validation `{c['valid_metric']}` (patience {c['patience']}), test evaluated once. "
+            f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
+            f"after {c['patience']} validations without improvement; test evaluated once. "
             f"Epoch budget {budgets} per stage; epochs actually run {epochs_run[0]}–{epochs_run[-1]}. "
-            f"Hardware: {platform.machine()} CPU, {os.cpu_count()} cores, no GPU.")
+            f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU.")
+
+
+def cpu_name():
+    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return f"{platform.machine()} CPU"
 
 
 def mean_std(values):
@@ -166,6 +176,7 @@ def main():
                 sections.append(f.read().strip() + "\n")
         if not args.no_plots:
             sections.append(f"![validation curves]({plot(key, runs_, args.out)})\n")
+    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "RESULTS.md")
     with open(path + ".tmp", "w") as f:
         f.write("\n".join(sections))
