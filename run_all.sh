@@ -6,6 +6,8 @@
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run and what is already done
 #   ./run_all.sh --grid icpns-ml100k          # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo (default: all)
+#   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
+#   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #
 # Resumable: a run whose results.json exists is skipped (results.json is written atomically at the end of a
 # run, so an interrupted run is simply redone). Epoch budgets are CPU budgets, below the papers' (see
@@ -13,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; DRY=0; DATA_DIR=data; GRID=all; SEEDS=""
+QUICK=0; DRY=0; DATA_DIR=data; GRID=all; SEEDS=""; RUNS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -21,14 +23,14 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift ;;
     --grid) GRID="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --runs) RUNS="$2"; shift ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON="${PYTHON:-python}"
-RUNS=results/runs
-[ "$QUICK" = 1 ] && RUNS=results/quick
+[ -n "$RUNS" ] || { [ "$QUICK" = 1 ] && RUNS=results/quick || RUNS=results/runs; }
 
 # command of a method: the method file and its method flag
 method_command() {

@@ -54,14 +54,18 @@ def group_key(run):
     return (os.path.basename(str(run["dataset"])), run["config"]["split"], run["backbone"])
 
 
+def pretrain_seconds(run):
+    """Seconds of each pre-training epoch of an ICPNS run (none for other methods or a loaded checkpoint)."""
+    return run.get("pretrain", {}).get("record", {}).get("epoch_seconds", [])
+
+
 def protocol_paragraph(runs):
     c = runs[0]["config"]
     d = runs[0]["data"]
     masking = ("training items masked (training + validation items at test)" if c["split"] == "ratio" or
                c["backbone"] in ("mf", "lightgcn") else
                ("input history masked" if c.get("mask_history", True) else "history not masked"))
-    epochs_run = sorted({len(r["epoch_seconds"]) + len(r.get("pretrain", {}).get("epoch_seconds", []))
-                         for r in runs})
+    epochs_run = sorted({len(r["epoch_seconds"]) + len(pretrain_seconds(r)) for r in runs})
     budgets = sorted({c_["epochs"] for c_ in (r["config"] for r in runs)})
     filters = []
     if c.get("min_rating") is not None:
@@ -127,7 +131,7 @@ def plot(key, runs, out_dir):
     for method in sorted({r["method"] for r in runs}):
         run = min((r for r in runs if r["method"] == method), key=lambda r: r["seed"])   # one seed per line
         history = [h for h in run["history"] if h.get("stage", "train") != "pretrain"]
-        offset = sum(run.get("pretrain", {}).get("epoch_seconds", []))
+        offset = sum(pretrain_seconds(run))
         epochs = [h["epoch"] for h in history]
         seconds = [offset + h["seconds"] for h in history]
         values = [h["valid"][metric] for h in history]
