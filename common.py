@@ -1526,8 +1526,11 @@ def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, 
 
 
 def score_items(queries, item_table, items):
-    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N)."""
-    return torch.einsum("pd,pnd->pn", queries, item_table[items])
+    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N).
+    The rows are gathered with `index_select`, which copies them faster than advanced indexing `item_table[items]`
+    (the same values, and gradients still flow to `item_table`)."""
+    rows = item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])  # (P, N, D)
+    return torch.einsum("pd,pnd->pn", queries, rows)
 
 
 def bpr_loss(positive_scores, negative_scores):

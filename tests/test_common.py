@@ -394,6 +394,22 @@ def test_weighted_negatives_equal_the_renormalized_law_and_fall_back_to_uniform(
             assert stats.chisquare(counts, expected).pvalue > 1e-3
 
 
+def test_score_items_equals_advanced_indexing_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    queries = torch.randn(7, 5, generator=g, requires_grad=True)
+    table = torch.randn(12, 5, generator=g, requires_grad=True)
+    items = torch.randint(0, 12, (7, 9), generator=g)                      # duplicates within and across rows
+    weights = torch.randn(7, 9, generator=g)
+    got = common.score_items(queries, table, items)
+    (got * weights).sum().backward()
+    grads = queries.grad.clone(), table.grad.clone()
+    queries.grad, table.grad = None, None
+    expected = torch.einsum("pd,pnd->pn", queries, table[items])
+    (expected * weights).sum().backward()
+    assert torch.equal(got, expected)
+    assert torch.allclose(grads[0], queries.grad) and torch.allclose(grads[1], table.grad)
+
+
 # ---------------------------------------------------------------------------------------------- training loop
 def cli_args(*extra):
     parser = common.base_parser("test")
