@@ -1395,13 +1395,22 @@ BACKBONE_DEFAULTS = {
 # ----------------------------------------------------------------------------------------------------------
 # 5. Negative-sampling plumbing shared by every method
 # ----------------------------------------------------------------------------------------------------------
+DENSE_NEGATIVES_MAX = 2 ** 25   # users x items up to which PositiveSets keeps the dense table of non-positives
+
+
 class PositiveSets:
     """Each user's training items as a sorted CSR on the model's device, with exact uniform sampling of the
     items a user has NOT interacted with.
 
     Uniform sampling needs no rejection: with the user's positives p_0 < p_1 < ... (items 1..n), a_j = p_j - 1 - j
-    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r},
-    one binary search. Every draw is exact and costs O(log |positives|), whatever the user's history size.
+    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r}.
+    Every draw is exact; one of two structures answers it, by size:
+    - users x items <= DENSE_NEGATIVES_MAX: `free` (U, I), the r-th non-positive of each user at column r (int16
+      when the items fit, else int32; the columns from the user's number of non-positives on are 0, never read).
+      A draw is one gather.
+    - larger catalogues: `below_key`, the sorted keys user * (n + 1) + a_j. A draw is one binary search,
+      O(log |positives|), whatever the user's history size.
+    The other one is None.
     """
 
     def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
@@ -1409,17 +1418,29 @@ class PositiveSets:
         self.n_users, self.n_items = n_users, n_items
         key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
         users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
-        self.count = torch.bincount(users_sorted, minlength=n_users).to(device)                   # (U,)
-        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(
-            users_sorted, minlength=n_users).cumsum(0)]).to(device)                               # (U+1,)
+        count = torch.bincount(users_sorted, minlength=n_users)                                   # (U,)
+        self.count = count.to(device)
+        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)]).to(device)      # (U+1,)
         self.key = key.to(device)                                                                 # (E,)
         self.items = items_sorted.to(device)
-        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j
-        self.below_key = (users_sorted * (n_items + 1) + below).to(device)                        # sorted
+        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j in [0, n)
+        self.free, self.below_key = None, None
+        if n_users * n_items <= DENSE_NEGATIVES_MAX:
+            # #{j : a_j <= r} at (user, r): a 1 at each (user, a_j), summed along r
+            free = torch.zeros(n_users, n_items, dtype=torch.int32)                               # (U, I)
+            free.view(-1).index_add_(0, users_sorted * n_items + below, torch.ones(len(key), dtype=torch.int32))
+            r = torch.arange(n_items, dtype=torch.int32)                                          # (I,)
+            free.cumsum_(1).add_(r + 1)                                                           # the r-th item
+            free.masked_fill_(r >= (n_items - count).unsqueeze(1), 0)                             # past the last
+            small = n_items <= torch.iinfo(torch.int16).max
+            self.free = free.to(torch.int16 if small else torch.int32).to(device)
+        else:
+            self.below_key = (users_sorted * (n_items + 1) + below).to(device)                    # sorted
 
     def to(self, device):
-        for name in ("count", "ptr", "key", "items", "below_key"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("count", "ptr", "key", "items", "free", "below_key"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def contains(self, users, items):
@@ -1454,6 +1475,9 @@ def uniform_negatives(positives: PositiveSets, users, k: int, generator: torch.G
     n_free = (positives.n_items - positives.count[users]).unsqueeze(1)                        # (B, 1)
     u = torch.rand(len(users), k, generator=generator, device=users.device)
     r = (u * n_free).long().clamp(max=n_free - 1)                                            # (B, k) in [0, free)
+    if positives.free is not None:                          # dense table: free[user, r] is the r-th non-positive
+        index = (users * positives.n_items).unsqueeze(1) + r                                 # (B, k) into free
+        return positives.free.view(-1).index_select(0, index.view(-1)).view_as(r).long()     # (B, k)
     base = (users * (positives.n_items + 1)).unsqueeze(1)                                    # (B, 1)
     below = torch.searchsorted(positives.below_key, base + r, right=True) - positives.ptr[users].unsqueeze(1)
     return r + 1 + below                                                                     # (B, k)

@@ -353,6 +353,32 @@ def test_uniform_negatives_reproducible_and_full_user_is_an_error():
         common.uniform_negatives(positives, torch.tensor([0]), 1, torch.Generator())
 
 
+@pytest.mark.parametrize("n_users, n_items", [(30, 25), (4, 40000)])   # int16 and int32 tables
+def test_uniform_negatives_dense_table_and_search_draw_the_same_items(monkeypatch, n_users, n_items):
+    rng = np.random.default_rng(1)
+    users, items = [], []
+    for u in range(n_users - 1):                                   # the last user has no positive
+        n = n_items - 1 if u % 7 == 0 else int(rng.integers(1, min(n_items, 200)))
+        users += [u] * n
+        items += rng.choice(np.arange(1, n_items + 1), n, replace=False).tolist()
+    users, items = torch.tensor(users + users[:5]), torch.tensor(items + items[:5])   # a few duplicates
+    dense = common.PositiveSets(users, items, n_users, n_items)
+    monkeypatch.setattr(common, "DENSE_NEGATIVES_MAX", n_users * n_items - 1)
+    search = common.PositiveSets(users, items, n_users, n_items)
+    assert dense.below_key is None and search.free is None
+    assert dense.free.dtype == (torch.int16 if n_items < 2 ** 15 else torch.int32)
+    for u in range(n_users):                                       # the table: each user's non-positives, ascending
+        free = sorted(set(range(1, n_items + 1)) - set(items[users == u].tolist()))
+        assert dense.free[u, :len(free)].tolist() == free
+    query = torch.arange(n_users).repeat_interleave(500)
+    g_dense, g_search = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for k in (1, 7):
+        a = common.uniform_negatives(dense, query, k, g_dense)
+        b = common.uniform_negatives(search, query, k, g_search)
+        assert a.dtype == b.dtype == torch.long and torch.equal(a, b)
+    assert torch.equal(g_dense.get_state(), g_search.get_state())   # the same random numbers consumed
+
+
 def test_alias_table_matches_its_distribution():
     weights = torch.tensor([[0.0, 1, 2, 3, 4, 0.5], [0.0, 5, 0, 0, 1, 1]], dtype=torch.float64)
     table = common.AliasTable(weights)
