@@ -1635,9 +1635,10 @@ def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targe
     if max(ks) > n_items:
         raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
     K, T, device = max(ks), target_scores.shape[1], other_scores.device
-    top_others = torch.topk(other_scores, K, dim=1).values                               # (B, K) descending
-    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K)
-    others_above = (top_others.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(2)         # (B, T)
+    top_others = torch.topk(other_scores, K, dim=1).values.flip(1)                       # (B, K) ascending
+    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K): K minus the
+    # target's left insertion point in the ascending top K (the number of top-K scores strictly below it)
+    others_above = K - torch.searchsorted(top_others, target_scores)                      # (B, T)
     rank = others_above + torch.arange(1, T + 1, device=device)                           # (B, T), 1-based
     is_target = torch.arange(T, device=device) < n_targets.unsqueeze(1)                   # (B, T)
     rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row

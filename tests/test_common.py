@@ -219,6 +219,24 @@ def test_ranking_metrics_equal_literal_oracle_with_ties_and_masking(seed):
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_ranking_metrics_equal_literal_oracle_when_almost_everything_ties(seed):
+    """Two score levels, constant rows, masked non-targets, more targets than K and K up to the whole catalogue:
+    every target's count of the non-targets scoring >= it sits on a tie."""
+    g = torch.Generator().manual_seed(seed)
+    rows, items = 31, 12
+    scores = torch.randint(0, 2, (rows, items), generator=g).float()
+    scores[:4] = 1.0                                                         # constant rows
+    positives = torch.rand(rows, items, generator=g) < torch.linspace(0.05, 0.9, rows).unsqueeze(1)
+    positives[torch.arange(rows), torch.randint(0, items, (rows,), generator=g)] = True
+    scores[(torch.rand(rows, items, generator=g) < 0.3) & ~positives] = -float("inf")   # masked history
+    ks = [1, 2, 5, 11, 12]
+    got = common.ranking_metrics(scores, positives, ks)
+    expected = literal_metrics(scores, positives, ks)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
 def test_ranking_metrics_hand_case_and_ties_never_help():
     scores = torch.tensor([[3.0, 2, 2, 1, 0], [1, 1, 1, 1, 1]])
     positives = torch.tensor([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
