@@ -1041,6 +1041,9 @@ class LightGCN(nn.Module):
 
     The normalized adjacency of the user-item training graph is built directly as a sparse COO tensor
     (never dense: LightGCN-PyTorch#1, #15). The padding item is an isolated node.
+
+    In eval mode without grad (evaluation calls forward once per batch of rows) the propagation runs once per
+    state of the weights: `cached_propagate`. Training mode and grad mode propagate at every call.
     """
 
     sequential = False
@@ -1056,6 +1059,7 @@ class LightGCN(nn.Module):
             warnings.simplefilter("ignore")
             adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
         self.register_buffer("adjacency", adjacency, persistent=False)
+        self.propagated = None   # (layer-0 weights, adjacency, their propagated tables) of cached_propagate
 
     def propagate(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
@@ -1065,8 +1069,23 @@ class LightGCN(nn.Module):
         final = torch.stack(layers).mean(0)                                            # mean over K+1 layers
         return final[:self.n_users], final[self.n_users:]
 
+    @torch.no_grad()
+    def cached_propagate(self):
+        """propagate(), recomputed only when the layer-0 weights changed (value, dtype or device) or the adjacency
+        was replaced: any optimizer step, load_state_dict or .to() recomputes it. The weights are compared
+        exactly with a copy taken at the last propagation, not through their `_version` counters, which fused
+        optimizer steps (e.g. Adam(fused=True)) and writes through `.data` leave unchanged. The returned tables
+        are shared between calls: callers must not write into them."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
+        cached = self.propagated
+        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != ego.dtype or \
+                cached[0].device != ego.device or not torch.equal(cached[0], ego):
+            self.propagated = (ego, self.adjacency, self.propagate())
+        return self.propagated[2]
+
     def forward(self, users):
-        user_table, item_table = self.propagate()
+        eval_no_grad = not self.training and not torch.is_grad_enabled()
+        user_table, item_table = self.cached_propagate() if eval_no_grad else self.propagate()
         return user_table[users], item_table
 
     def ego_embeddings(self, users, items):

@@ -321,6 +321,76 @@ def test_lightgcn_normalization_equals_dense_formula_and_mean_over_layers():
     assert torch.allclose(q, expected[:3], atol=1e-6) and torch.allclose(table, expected[3:], atol=1e-6)
 
 
+def small_lightgcn(seed=0):
+    torch.manual_seed(seed)
+    data = common.make_synthetic(seed, n_users=60, n_items=40)
+    split = common.split_dataset(data, "ratio", seed=0, sequential=False)
+    return split, common.LightGCN(split.n_users, split.n_items, 8, 2, split.train_user, split.train_item)
+
+
+def counting_propagate(model):
+    """Make model.propagate count its calls; returns the list of calls."""
+    calls, propagate = [], model.propagate
+    model.propagate = lambda: calls.append(1) or propagate()
+    return calls
+
+
+def test_lightgcn_eval_propagates_once_per_weight_state_and_equals_the_uncached_tables():
+    split, model = small_lightgcn()
+    calls = counting_propagate(model)
+    users = torch.arange(split.n_users)
+    model.eval()
+    with torch.no_grad():
+        expected = model.propagate()                                      # uncached
+        first, second = model(users[:7]), model(users[7:])
+        assert torch.equal(first[0], expected[0][:7]) and torch.equal(second[0], expected[0][7:])
+        assert torch.equal(first[1], expected[1]) and torch.equal(second[1], expected[1])
+    assert len(calls) == 2                                                # the direct call and the first batch
+    q, table = model(users)                                               # eval mode with grad: as before
+    assert q.requires_grad and table.requires_grad and len(calls) == 3
+    model.train()
+    with torch.no_grad():
+        model(users), model(users)                                        # train mode: every call
+    assert len(calls) == 5
+    # evaluate, many batches from the cache, equals evaluate propagating at every batch
+    cached = common.evaluate(model, split.valid, [5, 10], batch_size=7)
+    model.cached_propagate = model.propagate
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=7) == cached
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.Adam(p, lr=0.05),
+    lambda p: torch.optim.Adam(p, lr=0.05, fused=True),     # leaves the parameters' _version unchanged
+    lambda p: torch.optim.SGD(p, lr=0.5, foreach=True),
+])
+def test_lightgcn_eval_cache_follows_optimizer_steps_and_load_state_dict(make_optimizer):
+    split, model = small_lightgcn(1)
+    optimizer = make_optimizer(model.parameters())
+    users = torch.arange(split.n_users)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    before = common.evaluate(model, split.valid, [5, 10], batch_size=16)
+    with torch.no_grad():
+        old_queries = model.eval()(users)[0]
+    model.train()
+    q, table = model(users)
+    (q.sum() + table.pow(2).sum()).backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        queries, item_table = model(users)
+        fresh = model.propagate()
+    assert not torch.equal(queries, old_queries)
+    assert torch.equal(queries, fresh[0]) and torch.equal(item_table, fresh[1])
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=16) != before
+    model.load_state_dict(state)
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=16) == before
+    with torch.no_grad():
+        assert torch.equal(model(users)[0], old_queries)
+    model.double()                                                       # dtype (and device) changes
+    with torch.no_grad():
+        assert model(users)[0].dtype == torch.float64
+
+
 def test_build_backbone_errors():
     data = common.make_synthetic(0, n_users=50, n_items=40)
     split = common.split_dataset(data, "loo", seed=0, sequential=False)
