@@ -1041,6 +1041,9 @@ class LightGCN(nn.Module):
 
     The normalized adjacency of the user-item training graph is built directly as a sparse COO tensor
     (never dense: LightGCN-PyTorch#1, #15). The padding item is an isolated node.
+
+    In eval mode without grad (evaluation calls forward once per batch of rows) the propagation runs once per
+    state of the weights: `cached_propagate`. Training mode and grad mode propagate at every call.
     """
 
     sequential = False
@@ -1056,6 +1059,7 @@ class LightGCN(nn.Module):
             warnings.simplefilter("ignore")
             adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
         self.register_buffer("adjacency", adjacency, persistent=False)
+        self.propagated = None   # (layer-0 weights, adjacency, their propagated tables) of cached_propagate
 
     def propagate(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
@@ -1065,8 +1069,23 @@ class LightGCN(nn.Module):
         final = torch.stack(layers).mean(0)                                            # mean over K+1 layers
         return final[:self.n_users], final[self.n_users:]
 
+    @torch.no_grad()
+    def cached_propagate(self):
+        """propagate(), recomputed only when the layer-0 weights changed (value, dtype or device) or the adjacency
+        was replaced: any optimizer step, load_state_dict or .to() recomputes it. The weights are compared
+        exactly with a copy taken at the last propagation, not through their `_version` counters, which fused
+        optimizer steps (e.g. Adam(fused=True)) and writes through `.data` leave unchanged. The returned tables
+        are shared between calls: callers must not write into them."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
+        cached = self.propagated
+        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != ego.dtype or \
+                cached[0].device != ego.device or not torch.equal(cached[0], ego):
+            self.propagated = (ego, self.adjacency, self.propagate())
+        return self.propagated[2]
+
     def forward(self, users):
-        user_table, item_table = self.propagate()
+        eval_no_grad = not self.training and not torch.is_grad_enabled()
+        user_table, item_table = self.cached_propagate() if eval_no_grad else self.propagate()
         return user_table[users], item_table
 
     def ego_embeddings(self, users, items):
@@ -1395,13 +1414,22 @@ BACKBONE_DEFAULTS = {
 # ----------------------------------------------------------------------------------------------------------
 # 5. Negative-sampling plumbing shared by every method
 # ----------------------------------------------------------------------------------------------------------
+DENSE_NEGATIVES_MAX = 2 ** 25   # users x items up to which PositiveSets keeps the dense table of non-positives
+
+
 class PositiveSets:
     """Each user's training items as a sorted CSR on the model's device, with exact uniform sampling of the
     items a user has NOT interacted with.
 
     Uniform sampling needs no rejection: with the user's positives p_0 < p_1 < ... (items 1..n), a_j = p_j - 1 - j
-    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r},
-    one binary search. Every draw is exact and costs O(log |positives|), whatever the user's history size.
+    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r}.
+    Every draw is exact; one of two structures answers it, by size:
+    - users x items <= DENSE_NEGATIVES_MAX: `free` (U, I), the r-th non-positive of each user at column r (int16
+      when the items fit, else int32; the columns from the user's number of non-positives on are 0, never read).
+      A draw is one gather.
+    - larger catalogues: `below_key`, the sorted keys user * (n + 1) + a_j. A draw is one binary search,
+      O(log |positives|), whatever the user's history size.
+    The other one is None.
     """
 
     def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
@@ -1409,17 +1437,29 @@ class PositiveSets:
         self.n_users, self.n_items = n_users, n_items
         key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
         users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
-        self.count = torch.bincount(users_sorted, minlength=n_users).to(device)                   # (U,)
-        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(
-            users_sorted, minlength=n_users).cumsum(0)]).to(device)                               # (U+1,)
+        count = torch.bincount(users_sorted, minlength=n_users)                                   # (U,)
+        self.count = count.to(device)
+        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)]).to(device)      # (U+1,)
         self.key = key.to(device)                                                                 # (E,)
         self.items = items_sorted.to(device)
-        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j
-        self.below_key = (users_sorted * (n_items + 1) + below).to(device)                        # sorted
+        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j in [0, n)
+        self.free, self.below_key = None, None
+        if n_users * n_items <= DENSE_NEGATIVES_MAX:
+            # #{j : a_j <= r} at (user, r): a 1 at each (user, a_j), summed along r
+            free = torch.zeros(n_users, n_items, dtype=torch.int32)                               # (U, I)
+            free.view(-1).index_add_(0, users_sorted * n_items + below, torch.ones(len(key), dtype=torch.int32))
+            r = torch.arange(n_items, dtype=torch.int32)                                          # (I,)
+            free.cumsum_(1).add_(r + 1)                                                           # the r-th item
+            free.masked_fill_(r >= (n_items - count).unsqueeze(1), 0)                             # past the last
+            small = n_items <= torch.iinfo(torch.int16).max
+            self.free = free.to(torch.int16 if small else torch.int32).to(device)
+        else:
+            self.below_key = (users_sorted * (n_items + 1) + below).to(device)                    # sorted
 
     def to(self, device):
-        for name in ("count", "ptr", "key", "items", "below_key"):
-            setattr(self, name, getattr(self, name).to(device))
+        for name in ("count", "ptr", "key", "items", "free", "below_key"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
         return self
 
     def contains(self, users, items):
@@ -1454,6 +1494,9 @@ def uniform_negatives(positives: PositiveSets, users, k: int, generator: torch.G
     n_free = (positives.n_items - positives.count[users]).unsqueeze(1)                        # (B, 1)
     u = torch.rand(len(users), k, generator=generator, device=users.device)
     r = (u * n_free).long().clamp(max=n_free - 1)                                            # (B, k) in [0, free)
+    if positives.free is not None:                          # dense table: free[user, r] is the r-th non-positive
+        index = (users * positives.n_items).unsqueeze(1) + r                                 # (B, k) into free
+        return positives.free.view(-1).index_select(0, index.view(-1)).view_as(r).long()     # (B, k)
     base = (users * (positives.n_items + 1)).unsqueeze(1)                                    # (B, 1)
     below = torch.searchsorted(positives.below_key, base + r, right=True) - positives.ptr[users].unsqueeze(1)
     return r + 1 + below                                                                     # (B, k)
@@ -1526,8 +1569,11 @@ def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, 
 
 
 def score_items(queries, item_table, items):
-    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N)."""
-    return torch.einsum("pd,pnd->pn", queries, item_table[items])
+    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N).
+    The rows are gathered with `index_select`, which copies them faster than advanced indexing `item_table[items]`
+    (the same values, and gradients still flow to `item_table`)."""
+    rows = item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])  # (P, N, D)
+    return torch.einsum("pd,pnd->pn", queries, rows)
 
 
 def bpr_loss(positive_scores, negative_scores):
@@ -1608,9 +1654,10 @@ def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targe
     if max(ks) > n_items:
         raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
     K, T, device = max(ks), target_scores.shape[1], other_scores.device
-    top_others = torch.topk(other_scores, K, dim=1).values                               # (B, K) descending
-    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K)
-    others_above = (top_others.unsqueeze(1) >= target_scores.unsqueeze(2)).sum(2)         # (B, T)
+    top_others = torch.topk(other_scores, K, dim=1).values.flip(1)                       # (B, K) ascending
+    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K): K minus the
+    # target's left insertion point in the ascending top K (the number of top-K scores strictly below it)
+    others_above = K - torch.searchsorted(top_others, target_scores)                      # (B, T)
     rank = others_above + torch.arange(1, T + 1, device=device)                           # (B, T), 1-based
     is_target = torch.arange(T, device=device) < n_targets.unsqueeze(1)                   # (B, T)
     rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row

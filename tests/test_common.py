@@ -219,6 +219,24 @@ def test_ranking_metrics_equal_literal_oracle_with_ties_and_masking(seed):
         assert got[name] == pytest.approx(expected[name], abs=1e-12), name
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_ranking_metrics_equal_literal_oracle_when_almost_everything_ties(seed):
+    """Two score levels, constant rows, masked non-targets, more targets than K and K up to the whole catalogue:
+    every target's count of the non-targets scoring >= it sits on a tie."""
+    g = torch.Generator().manual_seed(seed)
+    rows, items = 31, 12
+    scores = torch.randint(0, 2, (rows, items), generator=g).float()
+    scores[:4] = 1.0                                                         # constant rows
+    positives = torch.rand(rows, items, generator=g) < torch.linspace(0.05, 0.9, rows).unsqueeze(1)
+    positives[torch.arange(rows), torch.randint(0, items, (rows,), generator=g)] = True
+    scores[(torch.rand(rows, items, generator=g) < 0.3) & ~positives] = -float("inf")   # masked history
+    ks = [1, 2, 5, 11, 12]
+    got = common.ranking_metrics(scores, positives, ks)
+    expected = literal_metrics(scores, positives, ks)
+    for name in expected:
+        assert got[name] == pytest.approx(expected[name], abs=1e-12), name
+
+
 def test_ranking_metrics_hand_case_and_ties_never_help():
     scores = torch.tensor([[3.0, 2, 2, 1, 0], [1, 1, 1, 1, 1]])
     positives = torch.tensor([[0, 1, 0, 0, 1], [1, 0, 0, 0, 0]], dtype=torch.bool)
@@ -303,6 +321,76 @@ def test_lightgcn_normalization_equals_dense_formula_and_mean_over_layers():
     assert torch.allclose(q, expected[:3], atol=1e-6) and torch.allclose(table, expected[3:], atol=1e-6)
 
 
+def small_lightgcn(seed=0):
+    torch.manual_seed(seed)
+    data = common.make_synthetic(seed, n_users=60, n_items=40)
+    split = common.split_dataset(data, "ratio", seed=0, sequential=False)
+    return split, common.LightGCN(split.n_users, split.n_items, 8, 2, split.train_user, split.train_item)
+
+
+def counting_propagate(model):
+    """Make model.propagate count its calls; returns the list of calls."""
+    calls, propagate = [], model.propagate
+    model.propagate = lambda: calls.append(1) or propagate()
+    return calls
+
+
+def test_lightgcn_eval_propagates_once_per_weight_state_and_equals_the_uncached_tables():
+    split, model = small_lightgcn()
+    calls = counting_propagate(model)
+    users = torch.arange(split.n_users)
+    model.eval()
+    with torch.no_grad():
+        expected = model.propagate()                                      # uncached
+        first, second = model(users[:7]), model(users[7:])
+        assert torch.equal(first[0], expected[0][:7]) and torch.equal(second[0], expected[0][7:])
+        assert torch.equal(first[1], expected[1]) and torch.equal(second[1], expected[1])
+    assert len(calls) == 2                                                # the direct call and the first batch
+    q, table = model(users)                                               # eval mode with grad: as before
+    assert q.requires_grad and table.requires_grad and len(calls) == 3
+    model.train()
+    with torch.no_grad():
+        model(users), model(users)                                        # train mode: every call
+    assert len(calls) == 5
+    # evaluate, many batches from the cache, equals evaluate propagating at every batch
+    cached = common.evaluate(model, split.valid, [5, 10], batch_size=7)
+    model.cached_propagate = model.propagate
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=7) == cached
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda p: torch.optim.Adam(p, lr=0.05),
+    lambda p: torch.optim.Adam(p, lr=0.05, fused=True),     # leaves the parameters' _version unchanged
+    lambda p: torch.optim.SGD(p, lr=0.5, foreach=True),
+])
+def test_lightgcn_eval_cache_follows_optimizer_steps_and_load_state_dict(make_optimizer):
+    split, model = small_lightgcn(1)
+    optimizer = make_optimizer(model.parameters())
+    users = torch.arange(split.n_users)
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    before = common.evaluate(model, split.valid, [5, 10], batch_size=16)
+    with torch.no_grad():
+        old_queries = model.eval()(users)[0]
+    model.train()
+    q, table = model(users)
+    (q.sum() + table.pow(2).sum()).backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        queries, item_table = model(users)
+        fresh = model.propagate()
+    assert not torch.equal(queries, old_queries)
+    assert torch.equal(queries, fresh[0]) and torch.equal(item_table, fresh[1])
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=16) != before
+    model.load_state_dict(state)
+    assert common.evaluate(model, split.valid, [5, 10], batch_size=16) == before
+    with torch.no_grad():
+        assert torch.equal(model(users)[0], old_queries)
+    model.double()                                                       # dtype (and device) changes
+    with torch.no_grad():
+        assert model(users)[0].dtype == torch.float64
+
+
 def test_build_backbone_errors():
     data = common.make_synthetic(0, n_users=50, n_items=40)
     split = common.split_dataset(data, "loo", seed=0, sequential=False)
@@ -353,6 +441,32 @@ def test_uniform_negatives_reproducible_and_full_user_is_an_error():
         common.uniform_negatives(positives, torch.tensor([0]), 1, torch.Generator())
 
 
+@pytest.mark.parametrize("n_users, n_items", [(30, 25), (4, 40000)])   # int16 and int32 tables
+def test_uniform_negatives_dense_table_and_search_draw_the_same_items(monkeypatch, n_users, n_items):
+    rng = np.random.default_rng(1)
+    users, items = [], []
+    for u in range(n_users - 1):                                   # the last user has no positive
+        n = n_items - 1 if u % 7 == 0 else int(rng.integers(1, min(n_items, 200)))
+        users += [u] * n
+        items += rng.choice(np.arange(1, n_items + 1), n, replace=False).tolist()
+    users, items = torch.tensor(users + users[:5]), torch.tensor(items + items[:5])   # a few duplicates
+    dense = common.PositiveSets(users, items, n_users, n_items)
+    monkeypatch.setattr(common, "DENSE_NEGATIVES_MAX", n_users * n_items - 1)
+    search = common.PositiveSets(users, items, n_users, n_items)
+    assert dense.below_key is None and search.free is None
+    assert dense.free.dtype == (torch.int16 if n_items < 2 ** 15 else torch.int32)
+    for u in range(n_users):                                       # the table: each user's non-positives, ascending
+        free = sorted(set(range(1, n_items + 1)) - set(items[users == u].tolist()))
+        assert dense.free[u, :len(free)].tolist() == free
+    query = torch.arange(n_users).repeat_interleave(500)
+    g_dense, g_search = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    for k in (1, 7):
+        a = common.uniform_negatives(dense, query, k, g_dense)
+        b = common.uniform_negatives(search, query, k, g_search)
+        assert a.dtype == b.dtype == torch.long and torch.equal(a, b)
+    assert torch.equal(g_dense.get_state(), g_search.get_state())   # the same random numbers consumed
+
+
 def test_alias_table_matches_its_distribution():
     weights = torch.tensor([[0.0, 1, 2, 3, 4, 0.5], [0.0, 5, 0, 0, 1, 1]], dtype=torch.float64)
     table = common.AliasTable(weights)
@@ -392,6 +506,22 @@ def test_weighted_negatives_equal_the_renormalized_law_and_fall_back_to_uniform(
         if len(support) > 1:
             expected = (w[support] / w.sum() * len(draws)).numpy()
             assert stats.chisquare(counts, expected).pvalue > 1e-3
+
+
+def test_score_items_equals_advanced_indexing_with_gradients():
+    g = torch.Generator().manual_seed(0)
+    queries = torch.randn(7, 5, generator=g, requires_grad=True)
+    table = torch.randn(12, 5, generator=g, requires_grad=True)
+    items = torch.randint(0, 12, (7, 9), generator=g)                      # duplicates within and across rows
+    weights = torch.randn(7, 9, generator=g)
+    got = common.score_items(queries, table, items)
+    (got * weights).sum().backward()
+    grads = queries.grad.clone(), table.grad.clone()
+    queries.grad, table.grad = None, None
+    expected = torch.einsum("pd,pnd->pn", queries, table[items])
+    (expected * weights).sum().backward()
+    assert torch.equal(got, expected)
+    assert torch.allclose(grads[0], queries.grad) and torch.allclose(grads[1], table.grad)
 
 
 # ---------------------------------------------------------------------------------------------- training loop
