@@ -1429,7 +1429,8 @@ class PositiveSets:
       A draw is one gather.
     - larger catalogues: `below_key`, the sorted keys user * (n + 1) + a_j. A draw is one binary search,
       O(log |positives|), whatever the user's history size.
-    The other one is None.
+    The other one is None. Membership (`contains`, the rejection step of PNS and ICPNS) likewise: a gather in
+    `is_positive` (U, I+1) bool in the dense regime, a binary search in the sorted keys otherwise.
     """
 
     def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
@@ -1443,8 +1444,11 @@ class PositiveSets:
         self.key = key.to(device)                                                                 # (E,)
         self.items = items_sorted.to(device)
         below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j in [0, n)
-        self.free, self.below_key = None, None
+        self.free, self.below_key, self.is_positive = None, None, None
         if n_users * n_items <= DENSE_NEGATIVES_MAX:
+            is_positive = torch.zeros(n_users * (n_items + 1), dtype=torch.bool)                 # (U * (I+1),)
+            is_positive[key] = True
+            self.is_positive = is_positive.view(n_users, n_items + 1).to(device)                 # (U, I+1)
             # #{j : a_j <= r} at (user, r): a 1 at each (user, a_j), summed along r
             free = torch.zeros(n_users, n_items, dtype=torch.int32)                               # (U, I)
             free.view(-1).index_add_(0, users_sorted * n_items + below, torch.ones(len(key), dtype=torch.int32))
@@ -1457,7 +1461,7 @@ class PositiveSets:
             self.below_key = (users_sorted * (n_items + 1) + below).to(device)                    # sorted
 
     def to(self, device):
-        for name in ("count", "ptr", "key", "items", "free", "below_key"):
+        for name in ("count", "ptr", "key", "items", "free", "below_key", "is_positive"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name).to(device))
         return self
@@ -1465,6 +1469,8 @@ class PositiveSets:
     def contains(self, users, items):
         """Boolean tensor: is items[...] a training positive of users[...] (broadcast)."""
         query = users * (self.n_items + 1) + items
+        if self.is_positive is not None:
+            return self.is_positive.view(-1)[query]
         index = torch.searchsorted(self.key, query).clamp(max=len(self.key) - 1)
         return self.key[index] == query
 

@@ -465,6 +465,14 @@ def test_uniform_negatives_dense_table_and_search_draw_the_same_items(monkeypatc
         b = common.uniform_negatives(search, query, k, g_search)
         assert a.dtype == b.dtype == torch.long and torch.equal(a, b)
     assert torch.equal(g_dense.get_state(), g_search.get_state())   # the same random numbers consumed
+    # membership: the dense mask and the binary search agree with the literal sets, padding item included
+    some_users = torch.randint(0, n_users, (4000,), generator=g_dense)
+    some_items = torch.randint(0, n_items + 1, (4000,), generator=g_dense)
+    pairs = set(zip(users.tolist(), items.tolist()))
+    literal = torch.tensor([(u, i) in pairs for u, i in zip(some_users.tolist(), some_items.tolist())])
+    assert dense.is_positive is not None and search.is_positive is None
+    assert torch.equal(dense.contains(some_users, some_items), literal)
+    assert torch.equal(search.contains(some_users, some_items), literal)
 
 
 def test_alias_table_matches_its_distribution():
