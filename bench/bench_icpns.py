@@ -115,7 +115,8 @@ def bench_case(name, n_users, n_items, n_interactions, args, build_official=True
                           args.communities, args.alpha)
     ours_build = time.perf_counter() - start
     ours_bytes = nbytes(sampler.weights, sampler.table.accept, sampler.table.alias, sampler.community)
-    positives_bytes = nbytes(*(getattr(sampler.positives, n) for n in ("count", "ptr", "key", "items", "free", "below_key", "is_positive")))
+    positives_bytes = nbytes(*(getattr(sampler.positives, n)
+                               for n in ("count", "ptr", "key", "items", "free", "below_key", "is_positive")))
     generator = torch.Generator().manual_seed(0)
     sampler.sample(batch, 1, generator)
     start, repeats = time.perf_counter(), args.repeats
