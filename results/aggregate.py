@@ -103,7 +103,8 @@ def table(key, runs):
     by_method = defaultdict(list)
     for run in runs:
         by_method[run["method"]].append(run)
-    lines = ["| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run |",
+    lines = ["| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run (ICPNS: pre-training + "
+             "fine-tuning) |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
     methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
     for method in methods:
@@ -115,8 +116,12 @@ def table(key, runs):
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
         epochs = sorted({len(r["epoch_seconds"]) for r in rs})
+        ran = "–".join(map(str, sorted({epochs[0], epochs[-1]})))
+        pre = sorted({len(pretrain_seconds(r)) for r in rs})
+        if pre[-1]:   # ICPNS: pre-training epochs + fine-tuning epochs
+            ran = "–".join(map(str, sorted({pre[0], pre[-1]}))) + " + " + ran
         lines.append(f"| {METHOD_NAMES.get(method, method)} | {len(rs)} | " + " | ".join(cells) +
-                     f" | {seconds:.2f} | {'–'.join(map(str, sorted({epochs[0], epochs[-1]})))} |")
+                     f" | {seconds:.2f} | {ran} |")
     source = PAPER_SOURCE.get(dataset) if any((*key, m) in PAPER for m in methods) else None
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
     return "\n".join(lines) + "\n\n" + note

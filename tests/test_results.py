@@ -39,7 +39,7 @@ def test_aggregate_mean_std_paper_values_and_epochs(tmp_path):
     assert "| 2 |" in rns and "0.1500 ± 0.0707 (paper 0.0435)" in rns           # NDCG@20, MDCNS Table 3
     assert rns.endswith("| 2.00 | 2 |")                                            # median s/epoch, epochs run
     icpns = next(line for line in text.splitlines() if line.startswith("| ICPNS |"))
-    assert "paper" not in icpns and "0.3000" in icpns
+    assert "paper" not in icpns and "0.3000" in icpns and icpns.endswith("| 3 + 2 |")
     assert "epochs actually run 2–5" in text                                      # ICPNS: 3 pre-training + 2
     assert "MDCNS paper, Table 3" in text
 
