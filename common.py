@@ -1439,11 +1439,11 @@ class PositiveSets:
         key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
         users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
         count = torch.bincount(users_sorted, minlength=n_users)                                   # (U,)
-        self.count = count.to(device)
-        self.ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)]).to(device)      # (U+1,)
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)])                      # (U+1,)
+        self.count, self.ptr = count.to(device), ptr.to(device)
         self.key = key.to(device)                                                                 # (E,)
         self.items = items_sorted.to(device)
-        below = items_sorted - 1 - (torch.arange(len(key)) - self.ptr.cpu()[users_sorted])       # a_j in [0, n)
+        below = items_sorted - 1 - (torch.arange(len(key)) - ptr[users_sorted])                  # a_j in [0, n)
         self.free, self.below_key, self.is_positive = None, None, None
         if n_users * n_items <= DENSE_NEGATIVES_MAX:
             is_positive = torch.zeros(n_users * (n_items + 1), dtype=torch.bool)                 # (U * (I+1),)
@@ -1476,6 +1476,10 @@ class PositiveSets:
 
     def dense_mask(self, users):
         """(B, I+1) bool, True at the users' positives and at the padding item."""
+        if self.is_positive is not None:                                   # dense regime: rows of the mask
+            mask = self.is_positive[users]                                  # (B, I+1), a copy
+            mask[:, 0] = True
+            return mask
         mask = torch.zeros(len(users), self.n_items + 1, dtype=torch.bool, device=users.device)
         starts, counts = self.ptr[users], self.count[users]
         rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)

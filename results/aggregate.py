@@ -175,8 +175,7 @@ def main():
                 "Produced by `./run_all.sh` and `python results/aggregate.py` from the `results.json` files under "
                 "`results/runs/`. Test metrics at the best validation epoch, mean ± std over seeds (sample std). "
                 "Seconds per epoch are each run's median; the runs of a table were not necessarily run side by "
-                "side on an idle machine (the grid here ran with one torch thread per run, two runs at a time), so "
-                "compare them loosely: `bench/` measures speed side by side.\n"]
+                "side on an idle machine, so compare them loosely: `bench/` measures speed side by side.\n"]
     for key in sorted(groups):
         runs_ = groups[key]
         sections.append(f"## {key[0]} · `{key[1]}` split · {key[2]}\n")

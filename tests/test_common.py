@@ -473,6 +473,14 @@ def test_uniform_negatives_dense_table_and_search_draw_the_same_items(monkeypatc
     assert dense.is_positive is not None and search.is_positive is None
     assert torch.equal(dense.contains(some_users, some_items), literal)
     assert torch.equal(search.contains(some_users, some_items), literal)
+    mask_users = torch.tensor([0, n_users - 1, 3, 0])                 # a repeated user, the one without positives
+    literal_mask = torch.zeros(len(mask_users), n_items + 1, dtype=torch.bool)
+    for row, u in enumerate(mask_users.tolist()):
+        literal_mask[row, items[users == u]] = True
+    literal_mask[:, 0] = True
+    assert torch.equal(dense.dense_mask(mask_users), literal_mask)
+    assert torch.equal(search.dense_mask(mask_users), literal_mask)
+    assert not dense.is_positive[:, 0].any()                          # the mask's padding column is not stored
 
 
 def test_alias_table_matches_its_distribution():
