@@ -78,7 +78,32 @@ def protocol_paragraph(runs):
             f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
             f"after {c['patience']} validations without improvement; test evaluated once. "
             f"Epoch budget {budgets} per stage; epochs actually run {epochs_run[0]}–{epochs_run[-1]}. "
-            f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU.")
+            f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU." + training_sentence(runs))
+
+
+def settings(runs, name):
+    """The distinct values of one config entry across a table's runs, joined by '/'."""
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v)
+                    for v in sorted({r["config"][name] for r in runs if r["config"].get(name) is not None}))
+
+
+def training_sentence(runs):
+    """The backbone's size, the loss, the optimiser and the batch, as the runs' configs hold them."""
+    c = runs[0]["config"]
+    if "dim" not in c:
+        return ""
+    sequential = c["backbone"] not in ("mf", "lightgcn")
+    shape = [f"D = {settings(runs, 'dim')}"]
+    if c["backbone"] != "mf":
+        shape.append(f"layers {settings(runs, 'layers')}")
+    if c["backbone"] == "sasrec":
+        shape.append(f"heads {settings(runs, 'heads')}")
+    if sequential:
+        shape += [f"L = {settings(runs, 'max_len')}", f"dropout {settings(runs, 'dropout')}"]
+    peers = settings(runs, "peer")
+    return (f" Backbone {c['backbone']} ({', '.join(shape)}){f', MDCNS peer {peers}' if peers else ''}; "
+            f"{settings(runs, 'loss').upper()} loss, Adam lr {settings(runs, 'lr')}, "
+            f"{settings(runs, 'batch_size')} {'sequences' if sequential else 'interactions'} per batch.")
 
 
 def cpu_name():

@@ -9,13 +9,15 @@ sys.path.insert(0, os.path.join(ROOT, "results"))
 import aggregate  # noqa: E402
 
 
-def fake_run(folder, method, seed, ndcg20, dataset="beauty", split="user", backbone="sasrec", pretrain=None):
+def fake_run(folder, method, seed, ndcg20, dataset="beauty", split="user", backbone="sasrec", pretrain=None,
+             batch_size=128):
     """A results.json with the keys common.finish writes (only those aggregate reads are meaningful)."""
     metrics = {f"{m}@{k}": ndcg20 for m in ("recall", "ndcg", "mrr", "hit", "precision") for k in (5, 10, 20)}
     run = {"method": method, "dataset": dataset, "backbone": backbone, "seed": seed,
            "config": {"split": split, "backbone": backbone, "ks": [5, 10, 20], "valid_metric": "ndcg@20",
                       "patience": 30, "eval_every": 1, "epochs": 2, "mask_history": True, "min_rating": None,
-                      "k_core": None},
+                      "k_core": None, "dim": 64, "layers": 2, "heads": 2, "max_len": 50, "dropout": 0.5,
+                      "loss": "bce", "lr": 1e-3, "batch_size": batch_size},
            "data": {"users": 10, "items": 20, "interactions": 100},
            "history": [{"epoch": e, "seconds": float(e), "valid": metrics} for e in (1, 2)],
            "epoch_seconds": [1.0, 3.0], "test": metrics}
@@ -31,7 +33,7 @@ def test_aggregate_mean_std_paper_values_and_epochs(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
     fake_run(runs, "rns", 1, 0.10)
     fake_run(runs, "rns", 2, 0.20)
-    fake_run(runs, "icpns", 1, 0.30, pretrain=[5.0, 5.0, 5.0])
+    fake_run(runs, "icpns", 1, 0.30, pretrain=[5.0, 5.0, 5.0], batch_size=130)
     sys.argv = ["aggregate.py", "--runs", str(runs), "--out", str(out), "--no-plots"]
     aggregate.main()
     text = (out / "RESULTS.md").read_text()
@@ -42,6 +44,8 @@ def test_aggregate_mean_std_paper_values_and_epochs(tmp_path):
     assert "paper" not in icpns and "0.3000" in icpns and icpns.endswith("| 3 + 2 |")
     assert "epochs actually run 2–5" in text                                      # ICPNS: 3 pre-training + 2
     assert "MDCNS paper, Table 3" in text
+    assert ("Backbone sasrec (D = 64, layers 2, heads 2, L = 50, dropout 0.5); BCE loss, Adam lr 0.001, "
+            "128/130 sequences per batch.") in text                                    # distinct values, joined
 
 
 def test_run_all_dry_run_lists_the_quick_grid(tmp_path):
