@@ -65,7 +65,7 @@ grid_lines() {
     echo "icpns-ml100k ml-100k ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 5e-3 --epochs 200 --eval-every 5 --patience 6 --pretrain-epochs 200 --pretrain-patience 6 --batch-size 4096"
   done; done; done
   # 2. MDCNS protocol on Beauty: user split, history masked, BCE, SASRec as in the MDCNS code, NDCG@20
-  seeds="${SEEDS:-42}"
+  seeds="${SEEDS:-42 43 44}"   # the paper's seed 42, then two more
   for m in rns dnsmn mdcns; do for s in $seeds; do
     echo "mdcns-beauty beauty user sasrec $m $s -- --loss bce --dim 64 --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30 --epochs 20 --top-m 1"
   done; done
