@@ -72,7 +72,7 @@ grid_lines() {
   # 3. ml-1m (SASRec's ml-1m.txt), leave-one-out, SASRec's own ml-1m settings (L = 200, D = 50, 1 head, dropout
   #    0.2, 128 sequences per batch) spelled out, because mdcns.py's defaults are the MDCNS protocol's; BPR for
   #    every method; 5 epochs: a CPU budget
-  seeds="${SEEDS:-1}"
+  seeds="${SEEDS:-1 2 3}"
   for m in rns dnsmn mdcns icpns; do for s in $seeds; do
     echo "ml1m-loo ml-1m loo sasrec $m $s -- --max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --pretrain-epochs 5 --eval-every 1"
   done; done
