@@ -6,7 +6,8 @@ One table per (dataset, protocol, backbone): methods as rows, Recall/NDCG/MRR at
 over seeds with the number of seeds, the paper's value beside ours where the paper reports one, seconds per
 epoch, and the epochs actually run. Above each table, the protocol in one paragraph; below it, the hand-written
 `results/notes/<dataset>-<split>-<backbone>.md` (the likely cause of each gap to a paper) when it exists. Plots (PNG, needs
-matplotlib): validation NDCG against epoch and against wall-clock seconds, one figure per (dataset, backbone).
+matplotlib): validation NDCG against epoch and against wall-clock seconds, one figure per (dataset, backbone), one
+line per seed, one colour per method.
 """
 import argparse
 import glob
@@ -158,16 +159,20 @@ def plot(key, runs, out_dir):
     import matplotlib.pyplot as plt
     metric = runs[0]["config"]["valid_metric"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method in sorted({r["method"] for r in runs}):
-        run = min((r for r in runs if r["method"] == method), key=lambda r: r["seed"])   # one seed per line
-        history = [h for h in run["history"] if h.get("stage", "train") != "pretrain"]
-        offset = sum(pretrain_seconds(run))
-        epochs = [h["epoch"] for h in history]
-        seconds = [offset + h["seconds"] for h in history]
-        values = [h["valid"][metric] for h in history]
-        label = f"{METHOD_NAMES.get(method, method)} (seed {run['seed']})"
-        axes[0].plot(epochs, values, label=label)
-        axes[1].plot(seconds, values, label=label)
+    methods = sorted({r["method"] for r in runs}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    for colour, method in enumerate(methods):   # one line per seed, one colour per method
+        seeds = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+        for i, run in enumerate(seeds):
+            history = [h for h in run["history"] if h.get("stage", "train") != "pretrain"]
+            offset = sum(pretrain_seconds(run))
+            epochs = [h["epoch"] for h in history]
+            seconds = [offset + h["seconds"] for h in history]
+            values = [h["valid"][metric] for h in history]
+            style = dict(color=f"C{colour}", alpha=0.9 if i == 0 else 0.45,
+                         label=f"{METHOD_NAMES.get(method, method)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+                         if i == 0 else None)
+            axes[0].plot(epochs, values, **style)
+            axes[1].plot(seconds, values, **style)
     axes[0].set_xlabel("epoch (fine-tuning epochs for ICPNS)")
     axes[1].set_xlabel("wall-clock training seconds (ICPNS: after pre-training)")
     for ax in axes:
