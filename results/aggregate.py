@@ -67,6 +67,7 @@ def protocol_paragraph(runs):
                c["backbone"] in ("mf", "lightgcn") else
                ("input history masked" if c.get("mask_history", True) else "history not masked"))
     epochs_run = sorted({len(r["epoch_seconds"]) + len(pretrain_seconds(r)) for r in runs})
+    ran = "–".join(map(str, sorted({epochs_run[0], epochs_run[-1]})))                # "20", or "55–185"
     budgets = sorted({c_["epochs"] for c_ in (r["config"] for r in runs)})
     filters = []
     if c.get("min_rating") is not None:
@@ -78,7 +79,7 @@ def protocol_paragraph(runs):
             f"all items, {masking}; metrics at K = {c['ks']}, RecBole's formulas, pessimistic ties. Early "
             f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
             f"after {c['patience']} validations without improvement; test evaluated once. "
-            f"Epoch budget {budgets} per stage; epochs actually run {epochs_run[0]}–{epochs_run[-1]}. "
+            f"Epoch budget {budgets} per stage; epochs actually run {ran}. "
             f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU." + training_sentence(runs))
 
 
