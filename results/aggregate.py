@@ -37,8 +37,19 @@ PAPER_SOURCE = {"beauty": "MDCNS paper, Table 3 (Beauty, SASRec, BCE)"}
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20)}
 METHOD_ORDER = ("rns", "pns", "dns", "dnsmn", "icpns", "mdcns")
+GENERAL_BACKBONES = ("mf", "lightgcn")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
                 "mdcns": "MDCNS"}
+
+
+def method_rank(method):
+    """Rows and plot lines in METHOD_ORDER, unknown methods last."""
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def span(counts):
+    """'20' when every run ran 20 epochs, '55–185' otherwise."""
+    return "–".join(map(str, sorted({min(counts), max(counts)})))
 
 
 def load_runs(root):
@@ -64,10 +75,9 @@ def protocol_paragraph(runs):
     c = runs[0]["config"]
     d = runs[0]["data"]
     masking = ("training items masked (training + validation items at test)" if c["split"] == "ratio" or
-               c["backbone"] in ("mf", "lightgcn") else
+               c["backbone"] in GENERAL_BACKBONES else
                ("input history masked" if c.get("mask_history", True) else "history not masked"))
-    epochs_run = sorted({len(r["epoch_seconds"]) + len(pretrain_seconds(r)) for r in runs})
-    ran = "–".join(map(str, sorted({epochs_run[0], epochs_run[-1]})))                # "20", or "55–185"
+    ran = span([len(r["epoch_seconds"]) + len(pretrain_seconds(r)) for r in runs])
     budgets = sorted({c_["epochs"] for c_ in (r["config"] for r in runs)})
     filters = []
     if c.get("min_rating") is not None:
@@ -94,7 +104,7 @@ def training_sentence(runs):
     c = runs[0]["config"]
     if "dim" not in c:
         return ""
-    sequential = c["backbone"] not in ("mf", "lightgcn")
+    sequential = c["backbone"] not in GENERAL_BACKBONES
     shape = [f"D = {settings(runs, 'dim')}"]
     if c["backbone"] != "mf":
         shape.append(f"layers {settings(runs, 'layers')}")
@@ -133,7 +143,7 @@ def table(key, runs):
     lines = ["| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run (ICPNS: pre-training + "
              "fine-tuning) |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
-    methods = sorted(by_method, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    methods = sorted(by_method, key=method_rank)
     for method in methods:
         rs = by_method[method]
         cells = []
@@ -142,11 +152,10 @@ def table(key, runs):
             paper = PAPER.get((*key, method), {}).get(metric)
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
-        epochs = sorted({len(r["epoch_seconds"]) for r in rs})
-        ran = "–".join(map(str, sorted({epochs[0], epochs[-1]})))
-        pre = sorted({len(pretrain_seconds(r)) for r in rs})
-        if pre[-1]:   # ICPNS: pre-training epochs + fine-tuning epochs
-            ran = "–".join(map(str, sorted({pre[0], pre[-1]}))) + " + " + ran
+        ran = span([len(r["epoch_seconds"]) for r in rs])
+        pre = [len(pretrain_seconds(r)) for r in rs]
+        if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
+            ran = span(pre) + " + " + ran
         lines.append(f"| {METHOD_NAMES.get(method, method)} | {len(rs)} | " + " | ".join(cells) +
                      f" | {seconds:.2f} | {ran} |")
     source = PAPER_SOURCE.get(dataset) if any((*key, m) in PAPER for m in methods) else None
@@ -160,7 +169,7 @@ def plot(key, runs, out_dir):
     import matplotlib.pyplot as plt
     metric = runs[0]["config"]["valid_metric"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    methods = sorted({r["method"] for r in runs}, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else 99)
+    methods = sorted({r["method"] for r in runs}, key=method_rank)
     for colour, method in enumerate(methods):   # one line per seed, one colour per method
         seeds = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
         for i, run in enumerate(seeds):
