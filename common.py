@@ -37,6 +37,7 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
@@ -988,6 +989,23 @@ def training_windows(user: np.ndarray, item: np.ndarray, max_len: int):
     return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(window_user)
 
 
+def prefix_rows(train_user, train_item, max_len: int):
+    """The MDCNS code's training rows (data/enhance.ipynb; also RecBole's prefix augmentation): every prefix of every training sequence (length
+    >= 1 before its target) as its own row, the last `max_len` items before the target, right-padded. The target
+    sits at the prefix's last position and the rest of the targets row is 0, so common's `examples` yields one
+    example per row, queried at its last position. train_user/train_item chronological per user (SplitData).
+    Returns sequences (R, L), targets (R, L), users (R,)."""
+    user, item = np.asarray(train_user), np.asarray(train_item)
+    target = np.flatnonzero(positions_within_users(user) >= 1)                  # (R,) index of each row's target
+    first = np.maximum(target - max_len, target - positions_within_users(user)[target])   # (R,) prefix start
+    index = first[:, None] + np.arange(max_len)                                  # (R, L)
+    inside = index < target[:, None]
+    sequences = np.where(inside, item[np.minimum(index, len(item) - 1)], 0)      # (R, L)
+    targets = np.zeros_like(sequences)
+    targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
+    return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
+
+
 def pad_right(sequences, length: int) -> torch.Tensor:
     out = np.zeros((len(sequences), length), dtype=np.int64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
@@ -1139,9 +1157,81 @@ class SequentialBackbone(nn.Module):
 
 
 class SASRec(SequentialBackbone):
-    """SASRec (Kang & McAuley, ICDM 2018), the original block: learned positions, embeddings scaled by sqrt(D),
-    Q = LN(x), x = Q + causal-MHA(Q, x, x), x = x + FFN(LN(x)) with a position-wise two-layer ReLU FFN,
-    padding positions zeroed after every block, a final LayerNorm."""
+    """SASRec (Kang & McAuley, ICDM 2018) as the field runs it (S3-Rec, RecBole, and the MDCNS code's
+    `models.SASRec` + `modules.Encoder`, the block behind every MDCNS number), `--sasrec-block s3rec`:
+
+        x_0 = Dropout(LN(E[item] + P[position]))
+        a   = LN(x + Dropout(W_O · MHA(x)))               causal multi-head attention, dropout on its weights
+        x'  = LN(a + Dropout(W_2 · GELU(W_1 a)))          feed-forward of width 4 D, GELU (erf form)
+
+    post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases.
+    Positions count back from the last item, which always sits at position max_len - 1: the MDCNS code left-pads
+    every row to max_len and numbers the positions from the left edge. With right padding that is position
+    max_len - n + t for item t of a row of n items. The query is the hidden state at the last item, as there.
+
+    Note: with every position of a sequence trained in one pass (the default), the prefix ending at item j < n - 1
+    sees its items at positions shifted by n - 1 - j from where a row holding only that prefix would put them;
+    `--augmented-prefixes` trains one row per prefix, exactly as the MDCNS code. Padding never reaches a real
+    position (it comes after it, under a causal mask); the code's additive -10000 mask is 0 after exp as well."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
+                 dropout: float = 0.5):
+        super().__init__(n_items, dim, max_len)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.embedding_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(TransformerLayer(dim, n_heads, dropout) for _ in range(n_layers))
+        for module in self.modules():               # the code's init_weights
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, 0.0, 0.02)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():   # Note: the code's padding row is N(0, 0.02) too; it is never a key nor scored
+            self.item_embedding.weight[0].zero_()
+
+    def encode(self, sequences):
+        L = sequences.shape[1]
+        n = (sequences > 0).sum(1, keepdim=True)                                       # (B, 1) items per row
+        position = (torch.arange(L, device=sequences.device) + self.max_len - n).clamp(0, self.max_len - 1)
+        x = self.item_embedding(sequences) + self.position_embedding(position)        # (B, L, D)
+        x = self.dropout(self.embedding_norm(x))
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class TransformerLayer(nn.Module):
+    """One post-LN Transformer layer of the S3-Rec / RecBole SASRec (`modules.SelfAttention` + `Intermediate`
+    of the MDCNS code): causal multi-head self-attention, then a GELU feed-forward of width 4 D."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.attention_dropout = n_heads, dropout
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.attention_output = nn.Linear(dim, dim)
+        self.dropout = nn.Dropout(dropout)
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x):                                                              # (B, L, D)
+        B, L, D = x.shape
+        q, k, v = (f(x).view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)   # (B, H, L, D/H)
+                   for f in (self.query, self.key, self.value))
+        # softmax(q k^T / sqrt(D/H) + causal mask), dropout on the weights, times v
+        context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                 dropout_p=self.attention_dropout if self.training else 0.0)
+        context = context.transpose(1, 2).reshape(B, L, D)                             # (B, L, D)
+        x = self.attention_norm(x + self.dropout(self.attention_output(context)))
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class KangSASRec(SequentialBackbone):
+    """SASRec's original block (Kang & McAuley, ICDM 2018; SASRec.pytorch), `--sasrec-block kang`: learned
+    positions counted from the first item, embeddings scaled by sqrt(D), Q = LN(x), x = Q + causal-MHA(Q, x, x),
+    x = x + FFN(LN(x)) with a position-wise two-layer ReLU FFN of width D, padding positions zeroed after every
+    block, a final LayerNorm, xavier-normal init. SASRec's own ml-1m protocol; not the block behind the MDCNS
+    paper's numbers (see `SASRec`)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 1,
                  dropout: float = 0.2):
@@ -1395,7 +1485,8 @@ def build_backbone(name: str, split: SplitData, args) -> nn.Module:
     if name == "lightgcn":
         return LightGCN(split.n_users, split.n_items, dim, layers, split.train_user, split.train_item)
     if name == "sasrec":
-        return SASRec(split.n_items, dim, split.max_len, layers, args.heads, dropout)
+        block = SASRec if args.sasrec_block == "s3rec" else KangSASRec
+        return block(split.n_items, dim, split.max_len, layers, args.heads, dropout)
     if name == "gru4rec":
         return GRU4Rec(split.n_items, dim, split.max_len, layers, dropout)
     return Mamba4Rec(split.n_items, dim, split.max_len, layers, dropout)
@@ -1405,7 +1496,8 @@ def build_backbone(name: str, split: SplitData, args) -> nn.Module:
 BACKBONE_DEFAULTS = {
     "mf":        dict(dim=64, layers=0, dropout=0.0, heads=1, max_len=50, reg_weight=0.0),   # RecBole BPR
     "lightgcn":  dict(dim=64, layers=3, dropout=0.0, heads=1, max_len=50, reg_weight=1e-4),  # LightGCN paper
-    "sasrec":    dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
+    "sasrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # S3-Rec, MDCNS code
+    "sasrec-kang": dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
     "gru4rec":   dict(dim=64, layers=1, dropout=0.2, heads=1, max_len=50, reg_weight=0.0),   # RecBole GRU4Rec
     "mamba4rec": dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS code
 }
@@ -1764,16 +1856,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                       help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
                            "--no-mask-history reproduces RecBole's sequential evaluation")
     data.add_argument("--max-len", type=int, default=None,
-                      help="sequence length L of sequential backbones (default: sasrec 200, others 50)")
+                      help="sequence length L of sequential backbones (default: sasrec-kang 200, others 50)")
     model = parser.add_argument_group("backbone")
     model.add_argument("--backbone", default="mf", choices=BACKBONES, help="the model being trained")
-    model.add_argument("--dim", type=int, default=None, help="embedding size D (default: sasrec 50, others 64)")
+    model.add_argument("--sasrec-block", default="s3rec", choices=("s3rec", "kang"),
+                       help="s3rec: the post-LN block of S3-Rec / RecBole / the MDCNS code (GELU FFN of 4 D, "
+                            "N(0, 0.02) init; D 64, 2 heads, dropout 0.5, L 50); kang: SASRec's original block "
+                            "(ReLU FFN of D, xavier init; its ml-1m setting D 50, 1 head, dropout 0.2, L 200)")
+    model.add_argument("--dim", type=int, default=None, help="embedding size D (default: sasrec-kang 50, others 64)")
     model.add_argument("--layers", type=int, default=None,
                        help="LightGCN propagation layers (3) / attention blocks (SASRec 2) / GRU layers (1) / "
                             "Mamba layers (2)")
-    model.add_argument("--heads", type=int, default=None, help="SASRec attention heads (default 1)")
+    model.add_argument("--heads", type=int, default=None, help="SASRec attention heads (s3rec 2, kang 1)")
     model.add_argument("--dropout", type=float, default=None,
-                       help="dropout of sequential backbones (sasrec 0.2, gru4rec 0.2, mamba4rec 0.5)")
+                       help="dropout of sequential backbones (sasrec 0.5, sasrec-kang 0.2, gru4rec 0.2, "
+                            "mamba4rec 0.5)")
     model.add_argument("--reg-weight", type=float, default=None,
                        help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B (LightGCN 1e-4, "
                             "MF 0); general backbones only")
@@ -1783,6 +1880,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=None,
                        help="examples per step: interactions for mf/lightgcn (default 2048), sequences for "
                             "sequential backbones (default 128)")
+    train.add_argument("--augmented-prefixes", action="store_true",
+                       help="sequential backbones: train on one row per prefix (its last --max-len items), as the "
+                            "MDCNS code and RecBole do, instead of every position of a sequence in one pass; about "
+                            "examples/sequences times the forward cost (~8x on Beauty)")
+    train.add_argument("--examples-per-batch", type=int, default=None,
+                       help="sequential backbones: size the batch in training examples (the MDCNS code's 1024) "
+                            "instead of rows; sets --batch-size unless it is given")
     train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     train.add_argument("--seed", type=int, default=2020, help="seeds python, numpy, torch and every sampler")
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -1801,12 +1905,19 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 
 def resolve_args(args, method: str):
     """Fill per-backbone defaults, check the flags, pick the device. Returns args (modified)."""
-    defaults = BACKBONE_DEFAULTS[args.backbone]
+    kang = args.backbone == "sasrec" and args.sasrec_block == "kang"
+    defaults = BACKBONE_DEFAULTS["sasrec-kang" if kang else args.backbone]
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.batch_size is None:
-        args.batch_size = 128 if args.backbone in SEQUENTIAL_BACKBONES else 2048
+    sequential = args.backbone in SEQUENTIAL_BACKBONES
+    if not sequential and (args.augmented_prefixes or args.examples_per_batch is not None):
+        raise RecError("--augmented-prefixes and --examples-per-batch are for sequential backbones "
+                       f"({', '.join(SEQUENTIAL_BACKBONES)}), not {args.backbone}")
+    if args.examples_per_batch is not None and args.examples_per_batch < 1:
+        raise RecError("--examples-per-batch must be at least 1")
+    if args.batch_size is None and not (sequential and args.examples_per_batch):
+        args.batch_size = 128 if sequential else 2048
     try:
         args.ks = sorted({int(k) for k in str(args.ks).split(",")})
     except ValueError:
@@ -1818,7 +1929,7 @@ def resolve_args(args, method: str):
         raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
                        f"--ks ({args.ks})")
     for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:   # batch_size: None until the rows are known
             raise RecError(f"--{name.replace('_', '-')} must be at least 1")
     if args.patience < 0:
         raise RecError("--patience must be at least 0")
@@ -1859,7 +1970,27 @@ def prepare(args, method: str):
              else "training items masked (training + validation items at test)"))
     if max(args.ks) > split.n_items:
         raise RecError(f"K={max(args.ks)} is larger than the number of items ({split.n_items})")
+    if split.sequential:
+        split = training_rows(args, split)
     return args, split
+
+
+def training_rows(args, split: SplitData) -> SplitData:
+    """The sequential training rows and the batch size: every position of each sequence window in one pass
+    (default), or one row per prefix with `--augmented-prefixes`; `--examples-per-batch` sets the batch (in rows)
+    to about that many examples when `--batch-size` is not given."""
+    if args.augmented_prefixes:
+        sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
+        split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
+                                    train_sequence_user=users)
+    n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
+    if args.batch_size is None:
+        args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))
+    split.statistics.update(train_rows=n_rows, augmented_prefixes=args.augmented_prefixes)
+    print(f"training rows: {n_rows:,} {'prefixes' if args.augmented_prefixes else 'sequence windows'}, "
+          f"{n_examples:,} examples; {args.batch_size} rows per batch (~{args.batch_size * n_examples / n_rows:.0f} "
+          "examples)")
+    return split
 
 
 def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train") -> dict:

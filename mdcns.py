@@ -57,16 +57,14 @@ Deviations from the paper (P) and the official code (C); the default is what pro
 """
 from __future__ import annotations
 
-import dataclasses
 import argparse
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
-                    examples, finish, fit, positions_within_users, prepare, run_cli, score_items,
+                    examples, finish, fit, prepare, run_cli, score_items,
                     training_positives, uniform_negatives)
 
 CODE_BATCH = 1024      # examples per batch in the official code
@@ -145,23 +143,6 @@ class SelfAndPeer(nn.Module):
         return self.self_model(sequences, every_position)
 
 
-def prefix_rows(train_user, train_item, max_len: int):
-    """The official code's training rows (data/enhance.ipynb): every prefix of every training sequence (length
-    >= 1 before its target) as its own row, the last `max_len` items before the target, right-padded. The target
-    sits at the prefix's last position and the rest of the targets row is 0, so common's `examples` yields one
-    example per row, queried at its last position. train_user/train_item chronological per user (SplitData).
-    Returns sequences (R, L), targets (R, L), users (R,)."""
-    user, item = np.asarray(train_user), np.asarray(train_item)
-    target = np.flatnonzero(positions_within_users(user) >= 1)                  # (R,) index of each row's target
-    first = np.maximum(target - max_len, target - positions_within_users(user)[target])   # (R,) prefix start
-    index = first[:, None] + np.arange(max_len)                                  # (R, L)
-    inside = index < target[:, None]
-    sequences = np.where(inside, item[np.minimum(index, len(item) - 1)], 0)      # (R, L)
-    targets = np.zeros_like(sequences)
-    targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
-    return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The training loss (Algorithm 1, one batch)
 # ----------------------------------------------------------------------------------------------------------
@@ -229,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with --top-m 10 --n-candidates 70.")
     # The official code's settings (MDCNS.md 1.3-1.5) and the paper's protocol.
     parser.set_defaults(backbone="sasrec", split="user", loss="bce", dim=64, layers=2, heads=2, dropout=0.5,
-                        max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42)
+                        max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42,
+                        examples_per_batch=CODE_BATCH)
     g = parser.add_argument_group("MDCNS")
     g.add_argument("--peer", default=None, choices=SEQUENTIAL_BACKBONES,
                    help="M_peer, trained jointly from scratch with its own loss (default: mamba4rec as in the "
@@ -269,13 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--multi-source", default=True, action=argparse.BooleanOptionalAction,
                    help="multi-source views MS, Eq. (10); --no-multi-source: each model learns from its own view "
                         "only. CD, DR and MS all off = DNS(M, N), no peer (Table 6 'w/o CD-DR-MS')")
-    g.add_argument("--augmented-prefixes", action="store_true",
-                   help="train on one row per prefix (the last --max-len items) as the official code does, "
-                        "instead of every position of a sequence in one pass; ~examples/sequences times the "
-                        "forward cost (~8x on Beauty)")
-    g.add_argument("--examples-per-batch", type=int, default=CODE_BATCH,
-                   help="the code's batch of 1024 examples; sets --batch-size (which counts sequences, or prefix "
-                        "rows with --augmented-prefixes) unless --batch-size is given")
     return parser
 
 
@@ -283,7 +258,7 @@ def check_args(args):
     if args.backbone not in SEQUENTIAL_BACKBONES:
         raise RecError(f"MDCNS needs a sequential backbone ({', '.join(SEQUENTIAL_BACKBONES)}), not "
                        f"{args.backbone}")
-    for name in ("n_candidates", "top_m", "examples_per_batch"):
+    for name in ("n_candidates", "top_m"):
         if getattr(args, name) < 1:
             raise RecError(f"--{name.replace('_', '-')} must be at least 1")
     if args.top_m > args.n_candidates:
@@ -295,23 +270,11 @@ def check_args(args):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
-    batch_given = args.batch_size is not None
     args, split = prepare(args, "mdcns")
     if args.peer is None:
         args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
     if args.kd_weight is None:
         args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
-    if args.augmented_prefixes:
-        sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
-        split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
-                                    train_sequence_user=users,
-                                    statistics={**split.statistics, "augmented_prefixes": True})
-    n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
-    if not batch_given:   # --batch-size counts rows (sequences or prefixes); the code's batch counts examples
-        args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))
-    print(f"training rows: {n_rows:,} {'prefixes' if args.augmented_prefixes else 'sequences'}, {n_examples:,} "
-          f"examples; {args.batch_size} rows per batch (~{args.batch_size * n_examples / n_rows:.0f} examples)")
-
     self_model = build_backbone(args.backbone, split, args)
     uses_peer = args.distillation or args.divergence or args.multi_source
     peer = build_backbone(args.peer, split, args) if uses_peer else None
@@ -327,7 +290,7 @@ def main(argv=None):
     # Note: the code steps two Adams, one per model. Adam is per-parameter, so fit's single Adam over both
     # parameter sets (same lr, betas, no weight decay) takes exactly the same steps.
     record = fit(args, split, pair, mdcns_loss(args, positives))
-    extra = {"examples_per_epoch": n_examples, "rows_per_epoch": n_rows}
+    extra = {}
     if peer is not None:   # the peer as restored at the self model's best validation epoch
         extra["peer"] = {"backbone": args.peer,
                          "valid": evaluate(peer, split.valid, args.ks, args.eval_batch_size),

@@ -278,7 +278,7 @@ def test_evaluate_equals_ranking_metrics_and_does_not_depend_on_batch_size():
 
 
 # ---------------------------------------------------------------------------------------------- backbones
-@pytest.mark.parametrize("cls", [common.SASRec, common.GRU4Rec])
+@pytest.mark.parametrize("cls", [common.SASRec, common.KangSASRec, common.GRU4Rec])
 def test_sequential_backbones_are_causal_and_ignore_padding(cls):
     torch.manual_seed(0)
     model = cls(20, 8, 6).eval()
@@ -289,11 +289,61 @@ def test_sequential_backbones_are_causal_and_ignore_padding(cls):
         a, b = model.encode(seq), model.encode(changed)
         assert torch.allclose(a[:, :3], b[:, :3], atol=1e-6)
         assert not torch.allclose(a[:, 3], b[:, 3])
-        # padding after the sequence does not matter, and forward reads the last valid position
+        # the padding after a row does not matter (nor how much of it), and forward reads the last item
         short = torch.tensor([[3, 5, 7, 0, 0, 0]])
-        assert torch.allclose(model.encode(short)[:, :3], a[:, :3], atol=1e-6)
+        assert torch.allclose(model.encode(short)[:, :3], model.encode(short[:, :4])[:, :3], atol=1e-6)
         last, _ = model(short)
         assert torch.allclose(last, model.encode(short)[:, 2], atol=1e-6)
+        if cls is not common.SASRec:   # positions counted from the first item: a prefix reads as its own row
+            assert torch.allclose(model.encode(short)[:, :3], a[:, :3], atol=1e-6)
+
+
+def literal_s3rec_sasrec(model, items, max_len):
+    """The MDCNS code's SASRec.finetune (models.py, modules.Encoder), written out for one sequence: left-pad to
+    max_len, positions 0..max_len-1 from the left edge, additive -10000 mask on future and padding keys,
+    post-LN attention and GELU(erf) feed-forward layers; the output at the last position. Eval mode."""
+    ids = torch.tensor([[0] * (max_len - len(items)) + list(items)])                    # (1, L) left-padded
+    ln = lambda x, norm: (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True)
+                                                                      + 1e-12) * norm.weight + norm.bias
+    x = ln(model.item_embedding.weight[ids] + model.position_embedding.weight[torch.arange(max_len)],
+           model.embedding_norm)
+    allowed = (ids > 0).float()[:, None, None, :] * torch.tril(torch.ones(max_len, max_len))   # (1, 1, L, L)
+    mask = (1.0 - allowed) * -10000.0
+    for layer in model.layers:
+        H, D = layer.n_heads, x.shape[-1]
+        split = lambda t: t.view(1, max_len, H, D // H).permute(0, 2, 1, 3)           # (1, H, L, D/H)
+        q, k, v = split(layer.query(x)), split(layer.key(x)), split(layer.value(x))
+        probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H) + mask, -1)
+        context = (probs @ v).permute(0, 2, 1, 3).reshape(1, max_len, D)
+        x = ln(layer.attention_output(context) + x, layer.attention_norm)
+        w1, w2 = layer.ffn[0], layer.ffn[2]
+        hidden = w1(x)
+        x = ln(w2(hidden * 0.5 * (1.0 + torch.erf(hidden / math.sqrt(2.0)))) + x, layer.ffn_norm)
+    return x[0, -1]
+
+
+def test_s3rec_sasrec_equals_the_mdcns_code_written_out():
+    torch.manual_seed(0)
+    max_len = 7
+    model = common.SASRec(15, 8, max_len, n_layers=2, n_heads=2, dropout=0.5).eval()
+    rows = [[4], [3, 9, 1], [2, 5, 7, 11, 14, 6, 3]]
+    with torch.no_grad():
+        ours, _ = model(common.pad_right([np.array(r) for r in rows], max_len))         # (3, D), right-padded
+        for row, got in zip(rows, ours):
+            assert torch.allclose(got, literal_s3rec_sasrec(model, row, max_len), atol=1e-5)
+
+
+def test_s3rec_sasrec_initialisation():
+    torch.manual_seed(0)
+    model = common.SASRec(2000, 64, 50, n_layers=2, n_heads=2)
+    layer = model.layers[0]
+    for weight in (model.item_embedding.weight[1:], model.position_embedding.weight, layer.query.weight,
+                   layer.ffn[0].weight, layer.ffn[2].weight):
+        assert abs(weight.mean().item()) < 2e-3 and weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert not model.item_embedding.weight[0].any()
+    assert not layer.query.bias.any() and not layer.ffn[0].bias.any()
+    assert (layer.ffn[0].weight.shape, layer.ffn_norm.eps, model.embedding_norm.eps) == ((256, 64), 1e-12, 1e-12)
+    assert torch.equal(layer.attention_norm.weight, torch.ones(64))
 
 
 def test_lightgcn_zero_layers_is_its_embedding_table():
@@ -564,8 +614,10 @@ def test_same_seed_same_metrics_and_results_file(tmp_path):
     assert set(saved["test"]) == {f"{m}@{k}" for m in common.METRICS for k in (5, 10, 20)}
 
 
-def test_trained_model_beats_popularity_on_synthetic(tmp_path):
-    result = rns_run(tmp_path, "--backbone", "sasrec", "--epochs", "15", "--max-len", "20", "--dim", "32")
+@pytest.mark.parametrize("block", ["s3rec", "kang"])
+def test_trained_model_beats_popularity_on_synthetic(block, tmp_path):
+    result = rns_run(tmp_path, "--backbone", "sasrec", "--sasrec-block", block, "--epochs", "15", "--max-len", "20",
+                     "--dim", "32")
     data = common.make_synthetic(2020)
     split = common.split_dataset(data, "loo", seed=2020, sequential=True, max_len=20)
     popularity = torch.bincount(split.train_item, minlength=split.n_items + 1).float()

@@ -104,7 +104,7 @@ def test_consensus_distillation_closed_form(tau):
 def small():
     data = make_synthetic(0, n_users=120, n_items=80, mean_length=12)
     split = split_dataset(data, "user", 0, sequential=True, max_len=20)
-    cfg = SimpleNamespace(dim=16, layers=1, heads=1, dropout=0.2)
+    cfg = SimpleNamespace(dim=16, layers=1, heads=1, dropout=0.2, sasrec_block="s3rec")
     torch.manual_seed(0)
     pair = mdcns.SelfAndPeer(common.build_backbone("sasrec", split, cfg),
                              common.build_backbone("gru4rec", split, cfg)).eval()   # eval: no dropout noise
@@ -122,7 +122,7 @@ def loss_args(**changes):
 def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmented):
     split, pair = small
     if augmented:
-        sequences, targets, users = mdcns.prefix_rows(split.train_user, split.train_item, split.max_len)
+        sequences, targets, users = common.prefix_rows(split.train_user, split.train_item, split.max_len)
         split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
                                     train_sequence_user=users)
     drawn = []
@@ -200,7 +200,7 @@ def test_all_components_off_is_dns_mn_of_baselines(small):
 def test_prefix_rows_equal_literal_loop():
     user = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 2])
     item = torch.tensor([5, 6, 7, 1, 2, 3, 4, 9, 8])
-    sequences, targets, users = mdcns.prefix_rows(user, item, max_len=3)
+    sequences, targets, users = common.prefix_rows(user, item, max_len=3)
     expected = []
     for u in range(3):
         history = item[user == u].tolist()
