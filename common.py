@@ -1799,9 +1799,11 @@ def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024) -> dict:
+def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, masked_score: float = -float("inf")) \
+        -> dict:
     """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
-    Padding and the row's masked (history) items score -inf; the metrics are means over the rows."""
+    Padding scores -inf, the row's masked (history) items `masked_score` (-inf: excluded; the MDCNS code's
+    baselines use 0); the metrics are means over the rows."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -1812,7 +1814,7 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024) -> di
         scores = queries @ item_table.T                                                  # (B, I+1)
         scores[:, 0] = -float("inf")
         masked_rows, masked_items = csr_slice(rows.masked_ptr, rows.masked_items, start, end)
-        scores[masked_rows.to(device), masked_items.to(device)] = -float("inf")
+        scores[masked_rows.to(device), masked_items.to(device)] = masked_score
         target_rows, target_items = csr_slice(rows.target_ptr, rows.target_items, start, end)
         target_rows, target_items = target_rows.to(device), target_items.to(device)
         n_targets = rows.target_ptr[start + 1:end + 1] - rows.target_ptr[start:end]          # (B,)
@@ -2088,6 +2090,11 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
     """Evaluate the restored best model on test once, write results.json atomically, print the summary."""
     start = time.perf_counter()
     test = evaluate(model, split.test, args.ks, args.eval_batch_size)
+    if split.sequential and args.mask_history:
+        # the MDCNS code's baselines score the history 0 instead of -inf (Neg_samples_*/trainers.py, full sort):
+        # recorded beside the real test metrics, to measure what that does to a published baseline row
+        extra = {**(extra or {}), "test_history_masked_to_zero": evaluate(model, split.test, args.ks,
+                                                                          args.eval_batch_size, masked_score=0.0)}
     config = {k: v for k, v in vars(args).items() if k not in ("method",)}
     result = {"method": args.method, "dataset": args.dataset, "backbone": args.backbone, "seed": args.seed,
               "config": config, "data": split.statistics, **record, "test": test,

@@ -257,12 +257,13 @@ def test_ranking_metrics_rejects_bad_input():
         common.ranking_metrics(torch.zeros(2, 5), torch.zeros(2, 5, dtype=torch.bool), [1])
 
 
-def test_evaluate_equals_ranking_metrics_and_does_not_depend_on_batch_size():
+@pytest.mark.parametrize("masked_score", [-float("inf"), 0.0])
+def test_evaluate_equals_ranking_metrics_and_does_not_depend_on_batch_size(masked_score):
     data = common.make_synthetic(0, n_users=80, n_items=60)
     split = common.split_dataset(data, "ratio", seed=0, sequential=False)
     model = common.MF(split.n_users, split.n_items, 8)
-    a = common.evaluate(model, split.test, [5, 10], batch_size=7)
-    b = common.evaluate(model, split.test, [5, 10], batch_size=1000)
+    a = common.evaluate(model, split.test, [5, 10], batch_size=7, masked_score=masked_score)
+    b = common.evaluate(model, split.test, [5, 10], batch_size=1000, masked_score=masked_score)
     with torch.no_grad():
         q, table = model(split.test.query)
         scores = q @ table.T
@@ -270,7 +271,7 @@ def test_evaluate_equals_ranking_metrics_and_does_not_depend_on_batch_size():
     positives = torch.zeros_like(scores, dtype=torch.bool)
     for r in range(len(split.test)):
         masked = split.test.masked_items[split.test.masked_ptr[r]:split.test.masked_ptr[r + 1]]
-        scores[r, masked] = -float("inf")
+        scores[r, masked] = masked_score   # the MDCNS code's baselines: history scored 0
         positives[r, split.test.target_items[split.test.target_ptr[r]:split.test.target_ptr[r + 1]]] = True
     c = common.ranking_metrics(scores, positives, [5, 10])
     for name in c:
@@ -609,7 +610,7 @@ def test_same_seed_same_metrics_and_results_file(tmp_path):
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     saved = json.loads((tmp_path / "a" / "results.json").read_text())
     for key in ("method", "dataset", "backbone", "seed", "config", "data", "history", "best_epoch", "valid",
-                "test", "epoch_seconds", "train_seconds"):
+                "test", "epoch_seconds", "train_seconds", "test_history_masked_to_zero"):
         assert key in saved
     assert set(saved["test"]) == {f"{m}@{k}" for m in common.METRICS for k in (5, 10, 20)}
 
