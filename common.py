@@ -1268,13 +1268,18 @@ class KangSASRec(SequentialBackbone):
 
 
 class GRU4Rec(SequentialBackbone):
-    """GRU4Rec (Hidasi et al., ICLR 2016) as in RecBole: embedding dropout, a GRU, a linear map to D."""
+    """GRU4Rec (Hidasi et al., ICLR 2016) as in RecBole and the MDCNS code: embedding dropout, a GRU without
+    biases, a linear map to D; xavier-normal item embeddings, xavier-uniform GRU weights of the first layer, the
+    rest PyTorch's defaults. Note: the MDCNS code left-pads, so its GRU steps over the padding row (xavier-normal,
+    never trained) before the first item; right padding keeps the padding after the last item."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 1, dropout: float = 0.2):
         super().__init__(n_items, dim, max_len)
         nn.init.xavier_normal_(self.item_embedding.weight[1:])
         self.dropout = nn.Dropout(dropout)
-        self.gru = nn.GRU(dim, dim, n_layers, batch_first=True)
+        self.gru = nn.GRU(dim, dim, n_layers, bias=False, batch_first=True)
+        nn.init.xavier_uniform_(self.gru.weight_ih_l0)
+        nn.init.xavier_uniform_(self.gru.weight_hh_l0)
         self.output = nn.Linear(dim, dim)
 
     def encode(self, sequences):
@@ -1440,10 +1445,12 @@ class Mamba4Rec(SequentialBackbone):
     LayerNorm, then n_layers MambaLayer (residual around the Mamba block only when n_layers > 1). No positional
     embedding: the causal conv and the scan carry the order. The selective scan is pure PyTorch (no mamba-ssm).
 
-    Init as RecBole's `_init_weights`: Linear / Embedding weights N(0, 0.02), biases 0, LayerNorm 1 / 0, padding
-    row 0; the conv keeps PyTorch's default and A_log, D, dt_proj keep Mamba's own inits. (The official code's
-    `self.apply(_init_weights)` also reaches dt_proj, resetting it to N(0, 0.02) with a zero bias; we keep
-    Mamba's dt init instead.)"""
+    Init as the official code's and the MDCNS code's `self.apply(init_weights)`: every Linear / Embedding weight
+    N(0, 0.02), biases 0, LayerNorm 1 / 0; the conv keeps PyTorch's default, A_log and D keep Mamba's. That apply
+    also reaches the Mamba block's dt_proj, so dt starts at softplus(~0) = 0.69 rather than Mamba's log-uniform
+    [0.001, 0.1]: the init behind the published numbers, kept. Note: the MDCNS code left-pads, so its scan runs
+    over the padding row (N(0, 0.02), LayerNorm'ed to full scale) before the first item; right padding keeps the
+    padding after the last item, where it changes nothing."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2):
@@ -1460,8 +1467,6 @@ class Mamba4Rec(SequentialBackbone):
             if isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        for layer in self.layers:
-            layer.mamba.reset_ssm_parameters()
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 

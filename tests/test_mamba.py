@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import Mamba4Rec, _SelectiveScan, selective_scan
+from common import Mamba4Rec, MambaBlock, _SelectiveScan, selective_scan
 
 
 def close(got, want, rtol=1.3e-6, atol=1e-5, msg=""):
@@ -133,7 +133,8 @@ def test_shapes_dtypes_and_init(n_layers):
     assert block.in_proj.weight.shape == (80, 20) and block.x_proj.weight.shape == (2 + 2 * 4, 40)
     close(block.A_log[3], torch.log(torch.arange(1.0, 5.0)))
     assert torch.equal(block.D, torch.ones(40))
-    dt0 = F.softplus(block.dt_proj.bias)
+    assert not block.dt_proj.bias.any() and abs(block.dt_proj.weight.std().item() - 0.02) < 0.01   # code's apply
+    dt0 = F.softplus(MambaBlock(20).dt_proj.bias)                    # a bare block keeps Mamba's dt init
     assert dt0.min() >= 1e-3 * 0.999 and dt0.max() <= 1e-1 * 1.001
     assert abs(block.in_proj.weight.std().item() - 0.02) < 0.005
     assert model.layers[0].ffn[0].bias.abs().max() == 0
