@@ -5,9 +5,11 @@
 #   ./run_all.sh --quick                      # small grid on synthetic data, a few minutes: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run and what is already done
-#   ./run_all.sh --grid icpns-ml100k          # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo (default: all)
+#   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, table3,
+#                                             # dnsplus-sweep (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
+#   ./run_all.sh --grid table3 & ./run_all.sh --grid table3 &   # two runs at a time (a lock per run)
 #
 # Resumable: a run whose results.json exists is skipped (results.json is written atomically at the end of a
 # run, so an interrupted run is simply redone). Epoch budgets are CPU budgets, below the papers' (see
@@ -24,7 +26,7 @@ while [ $# -gt 0 ]; do
     --grid) GRID="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,6 +38,7 @@ PYTHON="${PYTHON:-python}"
 method_command() {
   case "$1" in
     rns|pns|dns|dnsmn) echo "baselines.py --sampler $1" ;;
+    dnsmn-m*) echo "baselines.py --sampler dnsmn" ;;
     icpns) echo "icpns.py" ;;
     mdcns) echo "mdcns.py" ;;
     *) echo "error: unknown method $1" >&2; exit 2 ;;
@@ -64,29 +67,53 @@ grid_lines() {
   for b in lightgcn mf; do for m in rns pns dns icpns; do for s in $seeds; do
     echo "icpns-ml100k ml-100k ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 5e-3 --epochs 200 --eval-every 5 --patience 6 --pretrain-epochs 200 --pretrain-patience 6 --batch-size 4096"
   done; done; done
-  # 2. MDCNS protocol on Beauty: user split, history masked, BCE, SASRec as in the MDCNS code, NDCG@20
+  # 2. MDCNS protocol on Beauty, 20 epochs, Kang's SASRec block (the grid of 2026-12-02, kept as the "before" of
+  #    the s3rec block): user split, history masked, BCE, NDCG@20; DNS(M,N) at baselines.py's M = 5
   seeds="${SEEDS:-42 43 44}"   # the paper's seed 42, then two more
   for m in rns dnsmn mdcns; do for s in $seeds; do
-    echo "mdcns-beauty beauty user sasrec $m $s -- --loss bce --dim 64 --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30 --epochs 20 --top-m 1"
+    echo "mdcns-beauty beauty user sasrec $m $s -- --sasrec-block kang --loss bce --dim 64 --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30 --epochs 20 $([ $m = mdcns ] && echo --top-m 1)"
   done; done
   # 3. ml-1m (SASRec's ml-1m.txt), leave-one-out, SASRec's own ml-1m settings (L = 200, D = 50, 1 head, dropout
   #    0.2, 128 sequences per batch) spelled out, because mdcns.py's defaults are the MDCNS protocol's; BPR for
   #    every method; 5 epochs: a CPU budget
   seeds="${SEEDS:-1 2 3}"
   for m in rns dnsmn mdcns icpns; do for s in $seeds; do
-    echo "ml1m-loo ml-1m loo sasrec $m $s -- --max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --pretrain-epochs 5 --eval-every 1"
+    echo "ml1m-loo ml-1m loo sasrec $m $s -- --sasrec-block kang --max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --pretrain-epochs 5 --eval-every 1"
   done; done
+  # 4. MDCNS Table 3 (Beauty, Sports, LastFM): the s3rec SASRec block and the MDCNS protocol (user split 70/20/10,
+  #    history masked, BCE, D 64, 2 heads, dropout 0.5, L 50, ~1024 examples per batch as the code, NDCG@20),
+  #    every row early-stopped (patience 30, <= 300 epochs). DNS = DNS(1, 100); DNS+ = DNS(M, 100) with M chosen
+  #    by the dnsplus-sweep grid on validation (seed 42, 20 epochs per M: a stated equal budget); MDCNS with the
+  #    published gamma, tau per dataset and M = 1.
+  local table3="--loss bce --valid-metric ndcg@20 --ks 5,10,20 --examples-per-batch 1024"
+  for d in "beauty 1.0 1.0" "sports 3.0 1.0" "lastfm 0.3 5.0"; do
+    set -- $d
+    for s in ${SEEDS:-42 43 44}; do
+      echo "table3 $1 user sasrec mdcns $s -- $table3 --epochs 300 --patience 30 --gamma $2 --kd-temperature $3 --top-m 1"
+      echo "table3 $1 user sasrec rns $s -- $table3 --epochs 300 --patience 30"
+      echo "table3 $1 user sasrec dns $s -- $table3 --epochs 300 --patience 30 --candidates 100"
+      local best; best=$(best_m "$1")
+      [ -n "$best" ] && echo "table3 $1 user sasrec dnsmn $s -- $table3 --epochs 300 --patience 30 --candidates 100 --top-m $best"
+    done
+    for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
+      echo "dnsplus-sweep $1 user sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
+    done
+  done
 }
 
-# flags only some methods take are dropped for the others (--pretrain-* is ICPNS's; --top-m 1 is MDCNS's
-# published M, while the DNS(M,N) baseline keeps its own default M)
+# DNS+'s M for a dataset: the M of the finished dnsplus-sweep runs with the best validation NDCG@20 (empty until
+# all of them are done, so the table3 DNS+ runs wait for the sweep)
+best_m() {
+  $PYTHON results/aggregate.py --best-m "$RUNS/dnsplus-sweep" --dataset "$1" 2>/dev/null || true
+}
+
+# flags only some methods take are dropped for the others (--pretrain-* is ICPNS's)
 filter_flags() {
   local method="$1"; shift
   local out=()
   while [ $# -gt 0 ]; do
     case "$1" in
       --pretrain-epochs|--pretrain-patience) [ "$method" = icpns ] && out+=("$1" "$2"); shift 2; continue ;;
-      --top-m) [ "$method" = mdcns ] && out+=("$1" "$2"); shift 2; continue ;;   # MDCNS's published M
     esac
     out+=("$1"); shift
   done
@@ -103,11 +130,17 @@ while read -r grid dataset split backbone method seed _ extra; do
   todo=$((todo + 1))
   cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)"
   if [ "$DRY" = 1 ]; then echo "todo  $cmd"; continue; fi
-  echo "[$(date +%H:%M:%S)] $cmd"
   mkdir -p "$dir"
+  # a lock per run: several ./run_all.sh may share the grid (one per core); each skips the runs another holds
+  exec {lock}> "$dir/.lock"
+  if ! flock -n "$lock"; then
+    echo "[$(date +%H:%M:%S)] skip (another run_all.sh runs it): $dir"; exec {lock}>&-; continue
+  fi
+  echo "[$(date +%H:%M:%S)] $cmd"
   if ! $cmd > "$dir/log.txt" 2>&1; then
     echo "  failed: see $dir/log.txt" >&2; tail -n 2 "$dir/log.txt" >&2
   fi
+  exec {lock}>&-
 done < <(grid_lines)
 
 echo "$done_ runs already done, $todo to run$([ "$DRY" = 1 ] && echo ' (dry run)')"
