@@ -1434,8 +1434,8 @@ class LinearAttention(nn.Module):
         original:  A = Q' (K'^T V) / sqrt(d_h)           over every position of the (left-padded) input
         here:      A_t = Q'_t (sum_{s<=t} K'_s^T V_s) / sqrt(d_h) = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
 
-    The sum is computed as the lower-triangular (L, L) product on the right: the same numbers, and cheaper than
-    the running (d_h, d_h) sums at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep)."""
+    The causal sum is computed as (Q' K'^T, kept for s <= t) V: the same numbers as the running (d_h, d_h) sums,
+    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward)."""
 
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
