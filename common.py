@@ -7,7 +7,7 @@ What no paper owns lives here, in the order a run uses it:
    filtering, cache).
 3. Splits: `loo` (leave-one-out by time), `ratio` (per-user random 8:1:1, RecBole's rounding), `user` (MDCNS:
    70/20/10 of the users).
-4. Backbones: MF, LightGCN, SASRec, GRU4Rec, Mamba4Rec, all behind one scoring interface:
+4. Backbones: MF, LightGCN, NGCF, SASRec, GRU4Rec, Mamba4Rec, LinRec, FMLP4Rec, behind one scoring interface:
    `queries, item_table = model(inputs)`; the score of an item is the dot product of the two.
 5. Negative-sampling plumbing every method shares: users' training positives, exact uniform sampling of
    non-interacted items (RNS itself), candidate pools, alias tables with positives excluded.
@@ -1030,8 +1030,8 @@ def to_csr(lists):
 #                            or (B, L, D) at every position with every_position=True
 #      item_table: (n_items + 1, D), row 0 is padding; score(query, item) = query . item_table[item]
 # ----------------------------------------------------------------------------------------------------------
-BACKBONES = ("mf", "lightgcn", "sasrec", "gru4rec", "mamba4rec")
-SEQUENTIAL_BACKBONES = ("sasrec", "gru4rec", "mamba4rec")
+BACKBONES = ("mf", "lightgcn", "sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec", "ngcf")
+SEQUENTIAL_BACKBONES = ("sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec")
 
 
 class MF(nn.Module):
@@ -1077,7 +1077,7 @@ class LightGCN(nn.Module):
             warnings.simplefilter("ignore")
             adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
         self.register_buffer("adjacency", adjacency, persistent=False)
-        self.propagated = None   # (layer-0 weights, adjacency, their propagated tables) of cached_propagate
+        self.propagated = None   # (weights, adjacency, their propagated tables) of cached_propagate
 
     def propagate(self):
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
@@ -1089,16 +1089,16 @@ class LightGCN(nn.Module):
 
     @torch.no_grad()
     def cached_propagate(self):
-        """propagate(), recomputed only when the layer-0 weights changed (value, dtype or device) or the adjacency
-        was replaced: any optimizer step, load_state_dict or .to() recomputes it. The weights are compared
-        exactly with a copy taken at the last propagation, not through their `_version` counters, which fused
-        optimizer steps (e.g. Adam(fused=True)) and writes through `.data` leave unchanged. The returned tables
-        are shared between calls: callers must not write into them."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
+        """propagate(), recomputed only when a weight changed (value, dtype or device; the layer-0 tables, and
+        NGCF's layer weights) or the adjacency was replaced: any optimizer step, load_state_dict or .to()
+        recomputes it. The weights are compared exactly with a copy taken at the last propagation, not through
+        their `_version` counters, which fused optimizer steps (e.g. Adam(fused=True)) and writes through `.data`
+        leave unchanged. The returned tables are shared between calls: callers must not write into them."""
+        weights = torch.cat([parameter.reshape(-1) for parameter in self.parameters()])   # a copy, flat
         cached = self.propagated
-        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != ego.dtype or \
-                cached[0].device != ego.device or not torch.equal(cached[0], ego):
-            self.propagated = (ego, self.adjacency, self.propagate())
+        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != weights.dtype or \
+                cached[0].device != weights.device or not torch.equal(cached[0], weights):
+            self.propagated = (weights, self.adjacency, self.propagate())
         return self.propagated[2]
 
     def forward(self, users):
@@ -1156,37 +1156,52 @@ class SequentialBackbone(nn.Module):
         return hidden, self.item_embedding.weight
 
 
-class SASRec(SequentialBackbone):
-    """SASRec (Kang & McAuley, ICDM 2018) as the field runs it (S3-Rec, RecBole, and the MDCNS code's
-    `models.SASRec` + `modules.Encoder`, the block behind every MDCNS number), `--sasrec-block s3rec`:
+def normal_init_(model: nn.Module, std: float = 0.02):
+    """The S3-Rec / RecBole `init_weights` of the sequential backbones: Linear and Embedding weights N(0, std),
+    Linear biases 0, LayerNorm weight 1 and bias 0. Other parameters keep their own init."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
 
-        x_0 = Dropout(LN(E[item] + P[position]))
-        a   = LN(x + Dropout(W_O · MHA(x)))               causal multi-head attention, dropout on its weights
-        x'  = LN(a + Dropout(W_2 · GELU(W_1 a)))          feed-forward of width 4 D, GELU (erf form)
 
-    post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases.
+class ResidualFFN(nn.Module):
+    """The position-wise feed-forward block of the S3-Rec code family (MDCNS `modules.Intermediate`):
+    LN(x + dropout(W2 GELU(W1 x))), inner size 4 D, no dropout between the two layers."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x):
+        return self.norm(x + self.ffn(x))
+
+
+class PositionalBackbone(SequentialBackbone):
+    """The frame the MDCNS code's `SASRec`, `Linrec` and `FMLPRecModel` share (its `models.py`, S3-Rec style):
+    dropout(LN(item embedding + learned position embedding)), then the blocks; init `normal_init_`.
+
     Positions count back from the last item, which always sits at position max_len - 1: the MDCNS code left-pads
     every row to max_len and numbers the positions from the left edge. With right padding that is position
-    max_len - n + t for item t of a row of n items. The query is the hidden state at the last item, as there.
+    max_len - n + t for item t of a row of n items. Note: with every position of a sequence trained in one pass
+    (the default), the prefix ending at item j < n - 1 sees its items at positions shifted by n - 1 - j from where
+    a row holding only that prefix would put them; `--augmented-prefixes` trains one row per prefix, as the MDCNS
+    code. The padding row of the item table is zero (the MDCNS code leaves it random; it never reaches a valid
+    position here, see the subclasses)."""
 
-    Note: with every position of a sequence trained in one pass (the default), the prefix ending at item j < n - 1
-    sees its items at positions shifted by n - 1 - j from where a row holding only that prefix would put them;
-    `--augmented-prefixes` trains one row per prefix, exactly as the MDCNS code. Padding never reaches a real
-    position (it comes after it, under a causal mask); the code's additive -10000 mask is 0 after exp as well."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
-                 dropout: float = 0.5):
+    def __init__(self, n_items: int, dim: int, max_len: int, blocks, dropout: float):
         super().__init__(n_items, dim, max_len)
         self.position_embedding = nn.Embedding(max_len, dim)
-        self.embedding_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
         self.dropout = nn.Dropout(dropout)
-        self.layers = nn.ModuleList(TransformerLayer(dim, n_heads, dropout) for _ in range(n_layers))
-        for module in self.modules():               # the code's init_weights
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-            if isinstance(module, nn.Linear):
-                nn.init.zeros_(module.bias)
-        with torch.no_grad():   # Note: the code's padding row is N(0, 0.02) too; it is never a key nor scored
+        self.blocks = nn.ModuleList(blocks)
+        normal_init_(self)
+        with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
     def encode(self, sequences):
@@ -1194,36 +1209,51 @@ class SASRec(SequentialBackbone):
         n = (sequences > 0).sum(1, keepdim=True)                                       # (B, 1) items per row
         position = (torch.arange(L, device=sequences.device) + self.max_len - n).clamp(0, self.max_len - 1)
         x = self.item_embedding(sequences) + self.position_embedding(position)        # (B, L, D)
-        x = self.dropout(self.embedding_norm(x))
-        for layer in self.layers:
-            x = layer(x)
+        x = self.dropout(self.norm(x))
+        for block in self.blocks:
+            x = block(x)
         return x
 
 
-class TransformerLayer(nn.Module):
-    """One post-LN Transformer layer of the S3-Rec / RecBole SASRec (`modules.SelfAttention` + `Intermediate`
-    of the MDCNS code): causal multi-head self-attention, then a GELU feed-forward of width 4 D."""
+class SASRec(PositionalBackbone):
+    """SASRec (Kang & McAuley, ICDM 2018) as the field runs it (S3-Rec, RecBole, and the MDCNS code's
+    `models.SASRec` + `modules.Encoder`, the block behind every MDCNS number), `--sasrec-block s3rec`:
+
+        x_0 = Dropout(LN(E[item] + P[position]))             (PositionalBackbone)
+        a   = LN(x + Dropout(W_O · MHA(x)))                  causal multi-head attention, dropout on its weights
+        x'  = LN(a + Dropout(W_2 · GELU(W_1 a)))             feed-forward of width 4 D, GELU (erf form)
+
+    post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases; the query is the
+    hidden state at the last item, as there. Padding never reaches a real position (it comes after it, under a
+    causal mask); the code's additive -10000 mask is 0 after exp as well."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
+                 dropout: float = 0.5):
+        blocks = [block for _ in range(n_layers)
+                  for block in (CausalSelfAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+
+class CausalSelfAttention(nn.Module):
+    """The attention sub-layer of the S3-Rec / RecBole SASRec (the MDCNS code's `modules.SelfAttention`):
+    LN(x + Dropout(W_O · softmax(q k^T / sqrt(D/H) + causal mask) v)), dropout on the attention weights too."""
 
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads, self.attention_dropout = n_heads, dropout
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.attention_output = nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
-        self.attention_norm = nn.LayerNorm(dim, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
-        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x):                                                              # (B, L, D)
         B, L, D = x.shape
         q, k, v = (f(x).view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)   # (B, H, L, D/H)
                    for f in (self.query, self.key, self.value))
-        # softmax(q k^T / sqrt(D/H) + causal mask), dropout on the weights, times v
         context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                  dropout_p=self.attention_dropout if self.training else 0.0)
         context = context.transpose(1, 2).reshape(B, L, D)                             # (B, L, D)
-        x = self.attention_norm(x + self.dropout(self.attention_output(context)))
-        return self.ffn_norm(x + self.ffn(x))
+        return self.norm(x + self.dropout(self.output(context)))
 
 
 class KangSASRec(SequentialBackbone):
@@ -1459,14 +1489,7 @@ class Mamba4Rec(SequentialBackbone):
         self.norm = nn.LayerNorm(dim, eps=1e-12)
         self.layers = nn.ModuleList(MambaLayer(dim, d_state, d_conv, expand, dropout, residual=n_layers > 1)
                                     for _ in range(n_layers))
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, 0.0, 0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        normal_init_(self)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
@@ -1475,6 +1498,156 @@ class Mamba4Rec(SequentialBackbone):
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+class LinearAttention(nn.Module):
+    """LinRec's L2-normalized linear attention (Liu et al., SIGIR 2023) as in the MDCNS code's
+    `LinrecAttention`, made causal, followed by the output projection, dropout and LN(x + .):
+
+        Q' = rho_row(ELU(Q)),  K' = rho(ELU(K))          each query / key row scaled to unit L2 norm, per head
+        original:  A = Q' (K'^T V) / sqrt(d_h)           over every position of the (left-padded) input
+        here:      A_t = Q'_t (sum_{s<=t} K'_s^T V_s) / sqrt(d_h) = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
+
+    The causal sum is computed as (Q' K'^T, kept for s <= t) V: the same numbers as the running (d_h, d_h) sums,
+    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query, self.key, self.value, self.output = (nn.Linear(dim, dim) for _ in range(4))
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x):                                                              # (B, L, D)
+        B, L, D = x.shape
+        d_h = D // self.n_heads
+
+        def heads(t):
+            return t.view(B, L, self.n_heads, d_h).transpose(1, 2)                    # (B, h, L, d_h)
+
+        q = F.normalize(F.elu(heads(self.query(x))), dim=-1)                          # Q' = rho_row(ELU(Q))
+        k = F.normalize(F.elu(heads(self.key(x))), dim=-1)                            # K' = rho(ELU(K))
+        weights = (q @ k.transpose(-1, -2)).tril()                                     # (B, h, L, L): s <= t
+        attended = (weights @ heads(self.value(x)) / math.sqrt(d_h)).transpose(1, 2)  # (B, L, h, d_h)
+        return self.norm(x + self.dropout(self.output(attended.reshape(B, L, D))))
+
+
+class LinRec(PositionalBackbone):
+    """LinRec (Liu et al., "Linear Attention Mechanism for Long-term Sequential Recommender Systems", SIGIR 2023)
+    as the MDCNS code's `Linrec` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `LinearAttention`
+    then `ResidualFFN` (its `LinrecTransformerLayer`); its attention dropout is never applied there either.
+
+    Causality: the original attention is not causal and has no padding mask: every position attends to every
+    position of the left-padded input, padding included (the mask argument is ignored). The MDCNS and LinRec
+    trainers read only the last position of each prefix, so nothing leaks there. This project trains every
+    position of a right-padded window at once (`examples`); there the original attention would let position t
+    see its own target (the input at t + 1). So the attention is made causal (`LinearAttention`). Consequences:
+    one block at position t equals the original block at the last position of the prefix i_1..i_t with no
+    padding (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks also mix later items
+    of the same prefix into earlier positions, ours never do; the original's left padding (non-zero after the
+    LayerNorm) enters its sums, ours never does; positions count from the start of the sequence, not from its
+    end as with left padding (as for every backbone here); one pass per window instead of one per prefix."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
+                 dropout: float = 0.5):
+        blocks = [nn.Sequential(LinearAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))
+                  for _ in range(n_layers)]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+
+class CausalFilter(nn.Module):
+    """FMLP-Rec's learnable filter (Zhou et al., WWW 2022) as the MDCNS code's `FilterLayer`, made
+    causal, followed by dropout and LN(x + .). W is complex, (max_len // 2 + 1, D), init N(0, 0.02^2) per part.
+
+        original:  X~ = irfft(rfft(X, ortho) * W, ortho) over the L = max_len positions
+                      = the circular convolution of X with w = irfft(W, n=max_len) (max_len taps, per channel)
+        here:      X~_t = sum_{j=0..t} w_j X_{t-j}           the same taps, convolved linearly (no wrap-around)
+
+    At the last position of a full-length sequence both are the same sum; the original's other positions take
+    terms from later positions (wrap-around), which is what would leak under per-position training. The linear
+    convolution is a product with the lower-triangular Toeplitz matrix of the taps, (L, L) per channel: later
+    positions contribute exact zeros (FFTs of length 2L give the same sum, but only up to rounding, ~1e-6 in
+    float32, so an earlier output would move slightly with a later item)."""
+
+    def __init__(self, dim: int, max_len: int, dropout: float):
+        super().__init__()
+        self.max_len = max_len
+        self.weight = nn.Parameter(torch.randn(max_len // 2 + 1, dim, 2) * 0.02)    # W as (real, imag) pairs
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def taps(self):
+        """w = irfft(W, n=max_len): the filter in the time domain, (max_len, D); w_j weighs the item j steps back."""
+        return torch.fft.irfft(torch.view_as_complex(self.weight), n=self.max_len, dim=0)
+
+    def forward(self, x):                                                              # (B, L, D), L <= max_len
+        L = x.shape[1]
+        lag = torch.arange(L, device=x.device)
+        lag = lag[:, None] - lag[None, :]                                              # (L, L): t - s
+        toeplitz = self.taps()[lag.clamp(min=0)] * (lag >= 0).unsqueeze(-1)            # (L, L, D): w_{t-s}, s <= t
+        filtered = torch.einsum("tsd,bsd->btd", toeplitz, x)                           # sum_{j<=t} w_j x_{t-j}
+        return self.norm(x + self.dropout(filtered))
+
+
+class FMLP4Rec(PositionalBackbone):
+    """FMLP-Rec (Zhou et al., "Filter-enhanced MLP is All You Need for Sequential Recommendation", WWW 2022) as
+    the MDCNS code's `FMLPRecModel` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `CausalFilter`
+    then `ResidualFFN` (its `FMLPLayer`). The filter is learned over a fixed max_len (`--max-len`), so
+    sequences may be shorter (the first taps are used) but not longer.
+
+    Causality: the original filter is a circular convolution over all max_len positions of the left-padded
+    input, so it is not causal, and padding (non-zero after the LayerNorm) enters it. FMLP-Rec's and the MDCNS
+    trainers read only the last position of each prefix, where the circular sum covers the prefix and its
+    padding only: nothing leaks there. Trained at every position of a right-padded window at once (this
+    project's `examples`), the wrap-around would hand position t its own target. So the filter is applied as a
+    causal linear convolution with the same taps (`CausalFilter`). Consequences: one block at position t equals
+    the original block at the last position of the prefix i_1..i_t left-padded with zero vectors
+    (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks mix the whole prefix into
+    every position (through the wrap-around), ours mix only earlier positions; padding never enters; positions
+    count from the sequence start; one pass per window instead of one per prefix."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5):
+        blocks = [nn.Sequential(CausalFilter(dim, max_len, dropout), ResidualFFN(dim, dropout))
+                  for _ in range(n_layers)]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+
+class NGCF(LightGCN):
+    """NGCF (Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019) as RecBole-GNN's `NGCF` (the copy the
+    ICPNS code runs): LightGCN's graph L = D^-1/2 A D^-1/2 (no self-loops), tables, evaluation cache and L2 term,
+    with the paper's propagation rule, Eq. (7), with biases, then message dropout and row L2-normalization:
+
+        E^(l) = normalize(dropout(LeakyReLU_0.2((L + I) E^(l-1) W1 + b1 + (L E^(l-1) * E^(l-1)) W2 + b2)))
+        final = E^(0) || E^(1) || ... || E^(K)                   Eq. (9): concatenation, D (K + 1) wide
+
+    Init xavier_normal on the embeddings and on W1, W2, biases 0 (RecBole). Defaults of RecBole-GNN's and the ICPNS
+    code's NGCF.yaml: three layers of 64, message dropout 0.1, no node dropout (node dropout is not implemented),
+    reg_weight 1e-5. Deviations: the L2 term is the shared ½‖e⁰‖²/B on layer-0 embeddings (RecBole-GNN: the
+    unsquared norm of the final embeddings); the original TensorFlow code applies LeakyReLU to the two terms
+    separately, RecBole-GNN and we to their sum, as Eq. (7) writes it."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, dropout: float, train_user,
+                 train_item):
+        super().__init__(n_users, n_items, dim, n_layers, train_user, train_item)
+        self.sum_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))       # W1, b1
+        self.product_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))   # W2, b2
+        self.message_dropout = nn.Dropout(dropout)
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_normal_(parameter)
+            else:
+                nn.init.zeros_(parameter)
+
+    def propagate(self):
+        E = torch.cat([self.user_embedding.weight, self.item_embedding.weight])        # E^(0): (U+I+1, D)
+        layers = [E]
+        for W1, W2 in zip(self.sum_transforms, self.product_transforms):
+            side = SymmetricSparseMatmul.apply(self.adjacency, E)                      # L E^(l-1)
+            E = F.leaky_relu(W1(side + E) + W2(side * E), 0.2)                         # Eq. (7)
+            E = F.normalize(self.message_dropout(E), dim=1)
+            layers.append(E)
+        final = torch.cat(layers, 1)                                                   # Eq. (9): (U+I+1, D(K+1))
+        return final[:self.n_users], final[self.n_users:]
 
 
 def build_backbone(name: str, split: SplitData, args) -> nn.Module:
@@ -1494,6 +1667,14 @@ def build_backbone(name: str, split: SplitData, args) -> nn.Module:
         return block(split.n_items, dim, split.max_len, layers, args.heads, dropout)
     if name == "gru4rec":
         return GRU4Rec(split.n_items, dim, split.max_len, layers, dropout)
+    if name == "linrec":
+        if dim % args.heads:
+            raise RecError(f"--dim {dim} is not a multiple of --heads {args.heads} (LinRec splits D into heads)")
+        return LinRec(split.n_items, dim, split.max_len, layers, args.heads, dropout)
+    if name == "fmlp4rec":
+        return FMLP4Rec(split.n_items, dim, split.max_len, layers, dropout)
+    if name == "ngcf":
+        return NGCF(split.n_users, split.n_items, dim, layers, dropout, split.train_user, split.train_item)
     return Mamba4Rec(split.n_items, dim, split.max_len, layers, dropout)
 
 
@@ -1505,6 +1686,9 @@ BACKBONE_DEFAULTS = {
     "sasrec-kang": dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
     "gru4rec":   dict(dim=64, layers=1, dropout=0.2, heads=1, max_len=50, reg_weight=0.0),   # RecBole GRU4Rec
     "mamba4rec": dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS code
+    "linrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # MDCNS main.py
+    "fmlp4rec":  dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS main.py
+    "ngcf":      dict(dim=64, layers=3, dropout=0.1, heads=1, max_len=50, reg_weight=1e-5),  # ICPNS NGCF.yaml
 }
 
 

@@ -307,19 +307,19 @@ def literal_s3rec_sasrec(model, items, max_len):
     ln = lambda x, norm: (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True)
                                                                       + 1e-12) * norm.weight + norm.bias
     x = ln(model.item_embedding.weight[ids] + model.position_embedding.weight[torch.arange(max_len)],
-           model.embedding_norm)
+           model.norm)
     allowed = (ids > 0).float()[:, None, None, :] * torch.tril(torch.ones(max_len, max_len))   # (1, 1, L, L)
     mask = (1.0 - allowed) * -10000.0
-    for layer in model.layers:
-        H, D = layer.n_heads, x.shape[-1]
+    for attention, ffn in zip(model.blocks[::2], model.blocks[1::2]):
+        H, D = attention.n_heads, x.shape[-1]
         split = lambda t: t.view(1, max_len, H, D // H).permute(0, 2, 1, 3)           # (1, H, L, D/H)
-        q, k, v = split(layer.query(x)), split(layer.key(x)), split(layer.value(x))
+        q, k, v = split(attention.query(x)), split(attention.key(x)), split(attention.value(x))
         probs = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D // H) + mask, -1)
         context = (probs @ v).permute(0, 2, 1, 3).reshape(1, max_len, D)
-        x = ln(layer.attention_output(context) + x, layer.attention_norm)
-        w1, w2 = layer.ffn[0], layer.ffn[2]
+        x = ln(attention.output(context) + x, attention.norm)
+        w1, w2 = ffn.ffn[0], ffn.ffn[2]
         hidden = w1(x)
-        x = ln(w2(hidden * 0.5 * (1.0 + torch.erf(hidden / math.sqrt(2.0)))) + x, layer.ffn_norm)
+        x = ln(w2(hidden * 0.5 * (1.0 + torch.erf(hidden / math.sqrt(2.0)))) + x, ffn.norm)
     return x[0, -1]
 
 
@@ -337,14 +337,14 @@ def test_s3rec_sasrec_equals_the_mdcns_code_written_out():
 def test_s3rec_sasrec_initialisation():
     torch.manual_seed(0)
     model = common.SASRec(2000, 64, 50, n_layers=2, n_heads=2)
-    layer = model.layers[0]
-    for weight in (model.item_embedding.weight[1:], model.position_embedding.weight, layer.query.weight,
-                   layer.ffn[0].weight, layer.ffn[2].weight):
+    attention, ffn = model.blocks[:2]
+    for weight in (model.item_embedding.weight[1:], model.position_embedding.weight, attention.query.weight,
+                   ffn.ffn[0].weight, ffn.ffn[2].weight):
         assert abs(weight.mean().item()) < 2e-3 and weight.std().item() == pytest.approx(0.02, rel=0.05)
     assert not model.item_embedding.weight[0].any()
-    assert not layer.query.bias.any() and not layer.ffn[0].bias.any()
-    assert (layer.ffn[0].weight.shape, layer.ffn_norm.eps, model.embedding_norm.eps) == ((256, 64), 1e-12, 1e-12)
-    assert torch.equal(layer.attention_norm.weight, torch.ones(64))
+    assert not attention.query.bias.any() and not ffn.ffn[0].bias.any()
+    assert (ffn.ffn[0].weight.shape, ffn.norm.eps, model.norm.eps, len(model.blocks)) == ((256, 64), 1e-12, 1e-12, 4)
+    assert torch.equal(attention.norm.weight, torch.ones(64))
 
 
 def test_lightgcn_zero_layers_is_its_embedding_table():
