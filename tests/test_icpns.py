@@ -201,7 +201,8 @@ def test_exclude_held_out_fine_tunes_at_finetune_lr_and_reuses_the_clean_pretrai
     clean = run(tmp_path, "clean", "--backbone", "mf", "--lr", "0.01")
     assert clean["config"]["exclude_held_out"] is False and "leaks" not in capsys.readouterr().err
     learning_rates = []
-    monkeypatch.setattr(icpns, "fit", lambda args, *rest, **kw: learning_rates.append(args.lr) or fit(args, *rest, **kw))
+    monkeypatch.setattr(icpns, "fit",
+                        lambda args, *rest, **kw: learning_rates.append(args.lr) or fit(args, *rest, **kw))
     leak = run(tmp_path, "leak", "--backbone", "mf", "--exclude-held-out", "--finetune-lr", "0.002",
                "--pretrained", str(tmp_path / "clean" / "pretrained.pt"))
     assert "leaks held-out labels into training" in capsys.readouterr().err
