@@ -150,7 +150,9 @@ class ICPNSampler:
                  epsilon: float = 0.0, positives: PositiveSets | None = None):
         device = community.device
         self.community = community
-        self.positives = positives or PositiveSets(train_user, train_item, len(community), n_items, device)
+        if positives is None:
+            positives = PositiveSets(train_user, train_item, len(community), n_items, device)
+        self.positives = positives
         self.counts = in_community_popularity(community, train_user, train_item, n_communities, n_items)
         self.weights = smoothed_weights(self.counts, alpha, epsilon)                    # (K, I+1)
         empty = self.weights.sum(1) == 0
@@ -267,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "--patience 200 (no early stop); mf (BPR.yaml): --communities 64 --alpha 0.1 --batch-size 40960 "
                      "--pretrain-patience 20 --epochs 500 --patience 20; sequential backbones (no official config): "
                      "LightGCN's, batch 128 sequences. Both configs: --lr and --finetune-lr 1e-3, --pretrain-epochs "
-                     "1000, validation every epoch (--eval-every 1) in both stages, seed 2026.")
+                     "1000, validation every epoch (--eval-every 1) in both stages, seed 2026. --exclude-held-out "
+                     "applies to fine-tuning only, as in the official pipeline (Deviation 5).")
     # Official configs: ratio split, NDCG@10 for early stopping, learning_rate 1e-3, seed 2026
     parser.set_defaults(split="ratio", backbone="lightgcn", valid_metric="ndcg@10", ks="10,20", epochs=None,
                         lr=1e-3, patience=None, seed=2026)
