@@ -200,7 +200,7 @@ def main(argv=None):
     args = resolve_sampler_args(build_parser().parse_args(argv))
     args, split = prepare(args, args.sampler)
     model = build_backbone(args.backbone, split, args)
-    positives = training_positives(split, args.device)
+    positives = training_positives(split, args.device, args.exclude_held_out)
     negatives_fn = make_sampler(args.sampler, positives, args.negatives, split.train_item, args.pns_alpha,
                                 args.candidates, args.top_m)
     record = fit(args, split, model, standard_loss(negatives_fn, args.loss, args.reg_weight))

@@ -850,6 +850,8 @@ class SplitData:
     train_sequences:        (S, L) right-padded inputs, train_targets (S, L) next items (0 = no target),
                             train_sequence_user (S,): every position of a training sequence is an example
     valid, test:            EvalRows
+    held_out_user/item:     the validation and test interactions (every interaction not in training), read only
+                            by `training_positives` for --exclude-held-out
     """
 
     protocol: str
@@ -864,6 +866,8 @@ class SplitData:
     train_sequence_user: torch.Tensor
     valid: EvalRows
     test: EvalRows
+    held_out_user: torch.Tensor
+    held_out_item: torch.Tensor
     statistics: dict = field(default_factory=dict)
 
 
@@ -954,7 +958,8 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         return EvalRows(query, target_ptr, target_items, masked_ptr, masked_items)
 
     split = SplitData(protocol, n_users, data.n_items, max_len, sequential, train_user, train_item,
-                      sequences, targets, sequence_user, rows(1), rows(2))
+                      sequences, targets, sequence_user, rows(1), rows(2),
+                      torch.from_numpy(user[~train]), torch.from_numpy(item[~train]))
     split.statistics = {**data.statistics(), "protocol": protocol, "train_interactions": int(train.sum()),
                         "valid_rows": len(split.valid), "test_rows": len(split.test),
                         "train_examples": int((targets > 0).sum()) if sequential else int(train.sum())}
@@ -2091,6 +2096,10 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     train.add_argument("--out-dir", default=None,
                        help="where results.json goes (default runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--exclude-held-out", action="store_true",
+                       help="negatives and candidate pools also avoid each user's validation and test items: a leak "
+                            "of held-out labels into training, only to reproduce the official ICPNS pipeline "
+                            "(RecBole-GNN's user_positive_item_dict); no effect under --split user")
     return parser
 
 
@@ -2257,9 +2266,23 @@ def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
     return batch_loss
 
 
-def training_positives(split: SplitData, device) -> PositiveSets:
-    """Every user's training items (what no negative may be), on `device`."""
-    return PositiveSets(split.train_user, split.train_item, split.n_users, split.n_items, device)
+def training_positives(split: SplitData, device, exclude_held_out: bool = False) -> PositiveSets:
+    """Every user's training items (what no negative may be), on `device`.
+
+    exclude_held_out (--exclude-held-out): also every user's validation and test items, what the official ICPNS
+    pipeline does (RecBole-GNN's `user_positive_item_dict` is built from the whole data before the split). That
+    leaks held-out labels into training; it exists only to reproduce that pipeline, and says so on stderr. Under
+    the user split, training users have no held-out items: nothing changes."""
+    user, item = split.train_user, split.train_item
+    if exclude_held_out and split.protocol == "user":
+        print("warning: --exclude-held-out changes nothing under --split user: training users have no validation "
+              "or test items", file=sys.stderr)
+    elif exclude_held_out:
+        print("warning: --exclude-held-out: negatives also avoid each user's validation and test items, which leaks "
+              "held-out labels into training; it exists only to reproduce the official ICPNS pipeline",
+              file=sys.stderr)
+        user, item = torch.cat([user, split.held_out_user]), torch.cat([item, split.held_out_item])
+    return PositiveSets(user, item, split.n_users, split.n_items, device)
 
 
 def uniform_sampler(positives: PositiveSets, k: int = 1):
@@ -2269,7 +2292,8 @@ def uniform_sampler(positives: PositiveSets, k: int = 1):
 
 def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain") -> dict:
     """Train `model` with one uniform negative per positive and BPR (RNS), with validation early stopping:
-    the RNS baseline and ICPNS's pre-training stage."""
+    the RNS baseline and ICPNS's pre-training stage. Negatives avoid training items only, whatever
+    --exclude-held-out says (the official pre-training uses RecBole's uniform sampler, which does)."""
     positives = training_positives(split, args.device)
     return fit(args, split, model, standard_loss(uniform_sampler(positives), "bpr", args.reg_weight),
                stage=stage)

@@ -12,7 +12,7 @@ positive's negative from its user's community with p(j | u) ∝ c[k(u), j]^α ov
 with: items popular in your community that you skipped are "real" and "hard" negatives, and α smooths the counts.
 
     python icpns.py --dataset ml-1m --backbone lightgcn
-    python icpns.py --dataset ml-1m --backbone mf --pretrained runs/<earlier run>/pretrained.pt --alpha 0.1
+    python icpns.py --dataset ml-1m --backbone mf --pretrained runs/<earlier run>/pretrained.pt --alpha 0.2
     python icpns.py --dataset ml-1m --backbone sasrec --split loo      # sequential backbones need loo or user
 
 Evaluation protocol (the official RecBole config): rating >= 3 and 10-core on the MovieLens files (the dataset's
@@ -29,12 +29,17 @@ the per-user renormalized distribution, and finish the draws of users whose posi
 community's mass by an exact masked draw instead of looping (`common.weighted_negatives`; tests/test_icpns.py
 proves the equality by chi-square against the literal per-user construction).
 
-Defaults (official RecBole-GNN LightGCN.yaml): K = 8, α = 0.8, seed 2026, batch 4096 for MF and LightGCN,
-Adam at 1e-3 in both stages (a fresh one for fine-tuning), at most 1000 pre-training epochs with patience 100
-(`--pretrain-patience`), 200 fine-tuning epochs with patience 200 (`--patience`; no early stop), validation
-NDCG@10. As in the official trainer, the best fine-tuning epoch is kept even if it validates below the
-pre-trained model. With these budgets `python icpns.py` (synthetic, LightGCN) takes a few minutes on one CPU
-core; `python icpns.py --pretrain-epochs 20 --epochs 20` is a quick look.
+Defaults: the official config of the backbone (OFFICIAL_DEFAULTS; Uli-Chen/ICPNS recbole_gnn/properties/model/).
+Both configs: seed 2026, Adam at `--lr` 1e-3 for pre-training (learning_rate) and a fresh Adam at `--finetune-lr`
+1e-3 for fine-tuning (finetune_lr), at most 1000 pre-training epochs, validation NDCG@10 after every epoch of both
+stages (eval_step 1; the trainer's fine-tuning loop validates every epoch). LightGCN (LightGCN.yaml @2ce5570):
+K = 8, α = 0.8, batch 4096, pre-training patience 100, 200 fine-tuning epochs with patience 200 (no early stop).
+MF (BPR.yaml @2f16859): K = 64, α = 0.1, batch 40960, pre-training patience 20, 500 fine-tuning epochs with
+patience 20. NGCF (NGCF.yaml @2f16859): K = 8, α = 0.1, batch 4096, pre-training patience 100, 500 fine-tuning
+epochs with patience 20. Sequential backbones have no official config: LightGCN's values, batch 128 sequences. As in the
+official trainer, the best fine-tuning epoch is kept even if it validates below the pre-trained model. With these
+budgets `python icpns.py` (synthetic, LightGCN) takes a few minutes on one CPU core; `python icpns.py
+--pretrain-epochs 20 --epochs 20` is a quick look.
 
 Deviations from the paper / official code (default first, then the flag for the alternative):
 1. Items no community member interacted with have weight 0^α = 0 and are never drawn (official code, which
@@ -48,18 +53,22 @@ Deviations from the paper / official code (default first, then the flag for the 
 4. [INFER] Fine-tuning starts from the best pre-training state (by validation). The official trainer resumes
    `checkpoint_path`; when that load fails it continues from the last pre-training epoch, since RecBole's fit
    does not restore the best state. No flag.
-5. Negatives avoid the user's training items only. [INFER, unverified] RecBole-GNN's `user_positive_item_dict`
-   may also hold validation and test items, which would use test data in training; we do not copy that. No flag.
+5. Negatives avoid the user's training items only. The official pipeline (graph backbones) also avoids the
+   user's validation and test items: RecBole-GNN's `GeneralGraphDataset` builds `user_positive_item_dict` from the
+   whole filtered data before the split (`recbole_gnn/data/dataset.py` lines 27-31 @2ce5570), the split copies
+   carry it, and the sampler zeroes the weight of every item in it (`sampler.py` ~58-68, ~100-102): held-out
+   labels shape training. `--exclude-held-out` reproduces that, in fine-tuning only, as there: pre-training uses
+   RecBole's uniform sampler, which avoids training items only (so one pre-training serves both settings), and
+   the counts c are training interactions in both.
 6. A user-item pair seen twice counts once in c (the official csr_matrix sums duplicates; the MovieLens files
    have none). The padding item is never drawn (the official α = 0 and fallback paths can draw item 0).
 7. Communities come from the backbone's query for the user: the user table for MF, the propagated (layer-mean)
    embedding for LightGCN, the representation of the user's training sequence for SASRec/GRU4Rec/Mamba4Rec. The
    official code calls `model.forward()` and so runs on graph backbones only.
-8. k-means is sklearn's `KMeans(n_init='auto')` written in torch: greedy k-means++ (2 + ln K local trials), one
-   init, Lloyd iterations up to 300, tolerance 1e-4 x the mean feature variance, empty clusters re-seeded with the
-   farthest points. It is seeded with `--seed` (the official `random_state=2026` equals its config's seed 2026);
-   its random stream is torch's, so clusters equal sklearn's only up to the initialisation. Other clusterers of
-   the official code (minibatch, gmm, dbscan, hierarchical, spectral, faiss) are not provided.
+8. k-means is scikit-learn's `KMeans` as the official code calls it (`n_init='auto'`, hence one k-means++
+   seeding, up to 300 Lloyd iterations), run on the CPU and seeded with `--seed` (the official
+   `random_state=2026` equals its config's seed 2026; reclustering uses seed + epoch). Other clusterers of the
+   official code (minibatch, gmm, dbscan, hierarchical, spectral, faiss) are not provided.
 9. `--recluster-every E` rebuilds the communities from the current model every E fine-tuning epochs (the
    paper's future work); off by default, as in the paper.
 Shared with the other method files (common.py): the L2 term is LightGCN's ½‖e⁰‖²/B, not RecBole's EmbLoss of
@@ -70,85 +79,37 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import math
 import os
 import time
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
 from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, base_parser, build_backbone,
                     evaluate, finish, fit, pad_right, prepare, pretrain_uniform, run_cli, standard_loss,
-                    weighted_negatives)
+                    training_positives, weighted_negatives)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The method: communities, in-community popularity, the sampler
 # ----------------------------------------------------------------------------------------------------------
-def squared_distances(x, centers):
-    """||x_n - c_k||^2 for x (N, D) and centers (K, D) -> (N, K), clamped at 0 against rounding."""
-    return (x.pow(2).sum(1, keepdim=True) - 2 * x @ centers.T + centers.pow(2).sum(1)).clamp_(min=0)
-
-
-def kmeans_plus_plus(x, n_clusters: int, generator: torch.Generator):
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007; sklearn's `_kmeans_plusplus`): the first center is
-    a uniform point; each next one is the best, by the resulting potential, of 2 + ln K points drawn with
-    probability proportional to the squared distance to the nearest center so far. x (N, D) -> (K, D)."""
-    N = len(x)
-    trials = 2 + int(math.log(n_clusters))
-    first = torch.randint(0, N, (1,), generator=generator, device=x.device)
-    centers = [x[first]]                                                                # list of (1, D)
-    closest = squared_distances(x, x[first]).squeeze(1)                                 # (N,)
-    for _ in range(1, n_clusters):
-        target = torch.rand(trials, generator=generator, device=x.device, dtype=x.dtype) * closest.sum()
-        candidates = torch.searchsorted(closest.cumsum(0), target).clamp(max=N - 1)     # (T,)
-        closest_if = torch.minimum(closest.unsqueeze(0), squared_distances(x, x[candidates]).T)  # (T, N)
-        best = closest_if.sum(1).argmin()
-        centers.append(x[candidates[best]].unsqueeze(0))
-        closest = closest_if[best]
-    return torch.cat(centers)                                                           # (K, D)
-
-
-def kmeans(x, n_clusters: int, generator: torch.Generator, max_iter: int = 300, tol: float = 1e-4):
-    """Lloyd's k-means from a k-means++ seeding, one init (sklearn's n_init='auto' for k-means++).
-
-    Stops when no label changes or the centers move by at most tol x mean feature variance (squared, summed:
-    sklearn's rule); an empty cluster is re-seeded with the point farthest from its center. Returns labels (N,)
-    and centers (K, D), the labels being the nearest center of each point."""
-    if n_clusters > len(x):
-        raise RecError(f"cannot form {n_clusters} communities from {len(x)} users; lower --communities")
-    tolerance = tol * x.var(0, unbiased=False).mean()
-    centers = kmeans_plus_plus(x, n_clusters, generator)
-    labels = squared_distances(x, centers).argmin(1)                                    # (N,)
-    for _ in range(max_iter):
-        sums = torch.zeros_like(centers).index_add_(0, labels, x)                        # (K, D)
-        sizes = torch.bincount(labels, minlength=n_clusters)                             # (K,)
-        new_centers = sums / sizes.clamp(min=1).unsqueeze(1).to(x.dtype)
-        empty = (sizes == 0).nonzero().squeeze(1)
-        if len(empty):
-            far = ((x - centers[labels]).pow(2).sum(1)).topk(len(empty)).indices         # farthest points
-            new_centers[empty] = x[far]
-        shift = (new_centers - centers).pow(2).sum()
-        centers = new_centers
-        new_labels = squared_distances(x, centers).argmin(1)
-        converged = bool((new_labels == labels).all()) or bool(shift <= tolerance)
-        labels = new_labels
-        if converged:
-            break
-    return labels, centers
-
-
-def community_of_user(representations, n_communities: int, generator: torch.Generator,
-                      cluster_padding_user: bool = True):
-    """Stage 2: the community of each user, k-means on the users' representations (N, D) -> labels (N,).
+def community_of_user(representations, n_communities: int, seed: int, cluster_padding_user: bool = True):
+    """Stage 2: the community of each user, k-means on the users' representations (N, D) -> labels (N,) on their
+    device. scikit-learn's KMeans as the official `cluster_users` calls it: k-means++ seeding, n_init='auto'
+    (one seeding for k-means++), at most 300 Lloyd iterations (sklearn's defaults), on the CPU; random_state is
+    our `seed` (the official 2026 equals its config's seed).
 
     cluster_padding_user: add a zero-vector pseudo-user to the k-means input, as the official code clusters
     RecBole's (untrained) padding user 0 with the others (Deviation 2); its label is dropped."""
-    x = representations.detach()
+    x = representations.detach().cpu().numpy()                                           # (N, D)
     if cluster_padding_user:
-        x = torch.cat([x, torch.zeros(1, x.shape[1], dtype=x.dtype, device=x.device)])  # (N+1, D)
-    labels, _ = kmeans(x, n_communities, generator)
-    return labels[:len(representations)]
+        x = np.concatenate([x, np.zeros((1, x.shape[1]), dtype=x.dtype)])                # (N+1, D)
+    if n_communities > len(x):
+        raise RecError(f"cannot form {n_communities} communities from {len(x)} users; lower --communities")
+    kmeans = KMeans(n_clusters=n_communities, init="k-means++", n_init="auto", max_iter=300, random_state=seed)
+    labels = torch.from_numpy(kmeans.fit_predict(x).astype(np.int64))
+    return labels[:len(representations)].to(representations.device)
 
 
 def in_community_popularity(community, train_user, train_item, n_communities: int, n_items: int):
@@ -182,13 +143,17 @@ class ICPNSampler:
     draw (`common.weighted_negatives`): the same law as the official per-user tables in O(K x I) memory.
 
     community: (U,) long on the sampling device, -1 for users without training interactions (never sampled).
+    positives: the items no negative may be (default: the training items; `training_positives(split, device,
+    exclude_held_out=True)` adds the held-out ones, as the official pipeline does: Deviation 5).
     """
 
     def __init__(self, community, train_user, train_item, n_items: int, n_communities: int, alpha: float,
-                 epsilon: float = 0.0):
+                 epsilon: float = 0.0, positives: PositiveSets | None = None):
         device = community.device
         self.community = community
-        self.positives = PositiveSets(train_user, train_item, len(community), n_items, device)
+        if positives is None:
+            positives = PositiveSets(train_user, train_item, len(community), n_items, device)
+        self.positives = positives
         self.counts = in_community_popularity(community, train_user, train_item, n_communities, n_items)
         self.weights = smoothed_weights(self.counts, alpha, epsilon)                    # (K, I+1)
         empty = self.weights.sum(1) == 0
@@ -272,35 +237,54 @@ def load_pretrained(path: str, model, args, split) -> dict:
     return checkpoint.get("record", {})
 
 
-def build_sampler(model, split, args, seed: int):
-    """Stages 2-3 from the model's current state: communities, counts, the sampler. Returns (sampler, info)."""
+def build_sampler(model, split, args, seed: int, positives: PositiveSets):
+    """Stages 2-3 from the model's current state: communities (k-means seeded with `seed`), counts, the sampler
+    avoiding `positives`. Returns (sampler, info)."""
     start = time.perf_counter()
     device = torch.device(args.device)
     users, representations = user_representations(model, split, device, args.eval_batch_size)
-    generator = torch.Generator(device).manual_seed(seed)
-    labels = community_of_user(representations, args.communities, generator, args.cluster_padding_user)
+    labels = community_of_user(representations, args.communities, seed, args.cluster_padding_user)
     community = torch.full((split.n_users,), -1, dtype=torch.long, device=device)
     community[users] = labels
     sampler = ICPNSampler(community, split.train_user, split.train_item, split.n_items, args.communities,
-                          args.alpha, args.epsilon)
+                          args.alpha, args.epsilon, positives)
     sizes = torch.bincount(labels, minlength=args.communities).tolist()
     return sampler, {"sizes": sizes, "seconds": time.perf_counter() - start}
+
+
+# The official configs (Uli-Chen/ICPNS recbole_gnn/properties/model/): LightGCN.yaml @2ce5570 and, for MF, BPR.yaml
+# @2f16859 (num_clusters, popularity_alpha, train_batch_size, stopping_step, finetune_epochs, stopping_step_ft).
+# Both also set learning_rate = finetune_lr = 1e-3, epochs 1000, eval_step 1 and seed 2026 (build_parser).
+# Sequential backbones have no official config: LightGCN's values, with common.py's batch of 128 sequences.
+OFFICIAL_DEFAULTS = {
+    "lightgcn": dict(communities=8, alpha=0.8, batch_size=4096, pretrain_patience=100, epochs=200, patience=200),
+    "mf": dict(communities=64, alpha=0.1, batch_size=40960, pretrain_patience=20, epochs=500, patience=20),
+    "ngcf": dict(communities=8, alpha=0.1, batch_size=4096, pretrain_patience=100, epochs=500, patience=20),  # NGCF.yaml
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("ICPNS: pre-train with uniform negatives, cluster users into communities, fine-tune "
                          "with negatives drawn by in-community popularity (arXiv 2602.18759)")
-    # Official RecBole-GNN LightGCN.yaml: ratio split, NDCG@10 for early stopping, 200 fine-tuning epochs with
-    # a fresh Adam at 1e-3 and no early stop (patience 200).
-    parser.set_defaults(split="ratio", backbone="lightgcn", valid_metric="ndcg@10", ks="10,20", epochs=200,
-                        lr=1e-3, patience=200, seed=2026)
+    parser.epilog = ("Defaults left at None are the official config's for the backbone: lightgcn (LightGCN.yaml): "
+                     "--communities 8 --alpha 0.8 --batch-size 4096 --pretrain-patience 100 --epochs 200 "
+                     "--patience 200 (no early stop); mf (BPR.yaml): --communities 64 --alpha 0.1 --batch-size 40960 "
+                     "--pretrain-patience 20 --epochs 500 --patience 20; ngcf (NGCF.yaml): --communities 8 --alpha 0.1 "
+                     "--batch-size 4096 --pretrain-patience 100 --epochs 500 --patience 20; sequential backbones (no "
+                     "official config): "
+                     "LightGCN's, batch 128 sequences. All configs: --lr and --finetune-lr 1e-3, --pretrain-epochs "
+                     "1000, validation every epoch (--eval-every 1) in both stages, seed 2026. --exclude-held-out "
+                     "applies to fine-tuning only, as in the official pipeline (Deviation 5).")
+    # Official configs: ratio split, NDCG@10 for early stopping, learning_rate 1e-3, seed 2026
+    parser.set_defaults(split="ratio", backbone="lightgcn", valid_metric="ndcg@10", ks="10,20", epochs=None,
+                        lr=1e-3, patience=None, seed=2026)
     icpns = parser.add_argument_group("ICPNS")
-    icpns.add_argument("--communities", type=int, default=8,
-                       help="K, the number of user communities (official num_clusters 8 for LightGCN; its "
-                            "per-model configs used 8-64)")
-    icpns.add_argument("--alpha", type=float, default=0.8,
+    icpns.add_argument("--communities", type=int, default=None,
+                       help="K, the number of user communities (official num_clusters: LightGCN 8, MF 64; its "
+                            "other per-model configs 8-32)")
+    icpns.add_argument("--alpha", type=float, default=None,
                        help="α, smoothing exponent of the in-community popularity, weights c^α (official "
-                            "popularity_alpha 0.8 for LightGCN, 0.1-0.4 for other backbones); 0 = uniform (RNS)")
+                            "popularity_alpha: LightGCN 0.8, MF 0.1, other backbones 0.1-0.4); 0 = uniform (RNS)")
     icpns.add_argument("--epsilon", type=float, default=0.0,
                        help="ε added to every count before smoothing, (c+ε)^α, so items no community member "
                             "interacted with can be drawn; 0 = the official code (its epsilon key is unused)")
@@ -309,30 +293,45 @@ def build_parser() -> argparse.ArgumentParser:
     icpns.add_argument("--recluster-every", type=int, default=0, metavar="E",
                        help="rebuild the communities from the current model every E fine-tuning epochs (the "
                             "paper's future work); 0 = never, as in the paper")
+    icpns.add_argument("--finetune-lr", type=float, default=1e-3,
+                       help="learning rate of fine-tuning's fresh Adam (official finetune_lr 1e-3, LightGCN.yaml "
+                            "and BPR.yaml); --lr is pre-training's (official learning_rate 1e-3)")
     pre = parser.add_argument_group("ICPNS stage 1: pre-training with uniform negatives (RNS)")
     pre.add_argument("--pretrain-epochs", type=int, default=1000,
                      help="maximum pre-training epochs (official epochs 1000); --epochs is the fine-tuning budget "
-                          "(official finetune_epochs 200)")
-    pre.add_argument("--pretrain-patience", type=int, default=100,
+                          "(official finetune_epochs: LightGCN 200, MF 500)")
+    pre.add_argument("--pretrain-patience", type=int, default=None,
                      help="pre-training stops after this many validations without improvement (official "
-                          "stopping_step 100); --patience is fine-tuning's (official stopping_step_ft 200)")
+                          "stopping_step: LightGCN 100, MF 20); --patience is fine-tuning's (official "
+                          "stopping_step_ft: LightGCN 200, MF 20)")
     pre.add_argument("--pretrained", default=None, metavar="PATH",
                      help="skip pre-training and load this checkpoint (an earlier run's <out-dir>/pretrained.pt, "
                           "same dataset, split and seed); one that does not fit is an error")
     return parser
 
 
+def resolve_official_defaults(args):
+    """Fill the flags left at None with the backbone's official value (OFFICIAL_DEFAULTS)."""
+    sequential = args.backbone in SEQUENTIAL_BACKBONES
+    for name, value in OFFICIAL_DEFAULTS["lightgcn" if sequential else args.backbone].items():
+        if getattr(args, name) is None and not (sequential and name == "batch_size"):
+            setattr(args, name, value)
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = resolve_official_defaults(build_parser().parse_args(argv))
     for name in ("communities", "pretrain_epochs"):
         if getattr(args, name) < 1:
             raise RecError(f"--{name.replace('_', '-')} must be at least 1")
     if args.alpha < 0 or args.epsilon < 0 or args.recluster_every < 0 or args.pretrain_patience < 0:
         raise RecError("--alpha, --epsilon, --recluster-every and --pretrain-patience must be non-negative")
-    if args.batch_size is None and args.backbone not in SEQUENTIAL_BACKBONES:
-        args.batch_size = 4096   # official train_batch_size (LightGCN.yaml)
+    if args.finetune_lr <= 0:
+        raise RecError("--finetune-lr must be positive")
     args, split = prepare(args, "icpns")
     model = build_backbone(args.backbone, split, args).to(args.device)
+    # what fine-tuning's negatives avoid: training items, + held-out items with --exclude-held-out (Deviation 5)
+    excluded = training_positives(split, args.device, args.exclude_held_out)
 
     # Stage 1: pre-train with uniform negatives (or load), keep the best state by validation
     if args.pretrained:
@@ -349,11 +348,11 @@ def main(argv=None):
         print(f"wrote {path}")
 
     # Stages 2-3: communities from the pre-trained representations, in-community popularity
-    sampler, communities = build_sampler(model, split, args, args.seed)
+    sampler, communities = build_sampler(model, split, args, args.seed, excluded)
     print(f"{args.communities} communities in {communities['seconds']:.1f}s, sizes {communities['sizes']}")
     reclusterings = []
 
-    # Stage 4: fine-tune with a fresh Adam (fit makes one), one ICPNS negative per positive
+    # Stage 4: fine-tune with a fresh Adam (fit makes one) at --finetune-lr, one ICPNS negative per positive
     def negatives(ex, generator):
         return sampler.sample(ex.users, 1, generator)                                  # (P, 1)
 
@@ -366,13 +365,15 @@ def main(argv=None):
         nonlocal sampler, calls
         epoch, step = divmod(calls, batches_per_epoch)
         if args.recluster_every and step == 0 and epoch and epoch % args.recluster_every == 0:
-            sampler, info = build_sampler(model, split, args, args.seed + epoch)
+            sampler, info = build_sampler(model, split, args, args.seed + epoch, excluded)
             reclusterings.append({"before_epoch": epoch + 1, **info})
             print(f"reclustered before fine-tuning epoch {epoch + 1}: sizes {info['sizes']}")
         calls += 1
         return icpns_loss(model, batch, generator)
 
-    record = fit(args, split, model, batch_loss, stage="finetune")
+    finetune_args = copy.copy(args)
+    finetune_args.lr = args.finetune_lr
+    record = fit(finetune_args, split, model, batch_loss, stage="finetune")
     return finish(args, split, model, record, extra={
         "pretrain": pretrain, "communities": communities, "reclusterings": reclusterings})
 

@@ -286,7 +286,7 @@ def main(argv=None):
               f"beta={args.beta} gamma={args.gamma} teacher={args.teacher} tau={args.kd_temperature} "
               f"mu={args.kd_weight if args.distillation else 0} ({args.kd_reduction})")
     pair = SelfAndPeer(self_model, peer)
-    positives = training_positives(split, args.device)
+    positives = training_positives(split, args.device, args.exclude_held_out)
     # Note: the code steps two Adams, one per model. Adam is per-parameter, so fit's single Adam over both
     # parameter sets (same lr, betas, no weight decay) takes exactly the same steps.
     record = fit(args, split, pair, mdcns_loss(args, positives))

@@ -5,15 +5,17 @@
 #   ./run_all.sh --quick                      # small grid on synthetic data, a few minutes: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run and what is already done
-#   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, table3,
-#                                             # dnsplus-sweep (default: all)
+#   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
+#                                             # icpns-leak-ml1m, table3, dnsplus-sweep (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #   ./run_all.sh --grid table3 & ./run_all.sh --grid table3 &   # two runs at a time (a lock per run)
 #
 # Resumable: a run whose results.json exists is skipped (results.json is written atomically at the end of a
 # run, so an interrupted run is simply redone). Epoch budgets are CPU budgets, below the papers' (see
-# results/RESULTS.md, which states the epochs actually run). Set PYTHON to choose the interpreter.
+# results/RESULTS.md, which states the epochs actually run), except icpns-leak's, the official ones. A run with
+# --exclude-held-out (a leak of held-out items, reproducing the official ICPNS pipeline) has "-leak" after its
+# method in its folder name. Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
     --grid) GRID="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -63,9 +65,12 @@ grid_lines() {
   #    still rising at epoch 300 (0.225; the official budget is 1000 epochs, patience 100); at 5e-3 it peaks
   #    near epoch 100 (0.232); at 1e-2 near epoch 50, then falls. Validation dips after epoch 2 before it climbs,
   #    so patience counted in single epochs stops far too early.
+  #    ICPNS fine-tunes at the same lr with K = 8, α = 0.8 on both backbones, as these runs were made.
   seeds="${SEEDS:-1 2 3}"
+  local icpns_flags
   for b in lightgcn mf; do for m in rns pns dns icpns; do for s in $seeds; do
-    echo "icpns-ml100k ml-100k ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 5e-3 --epochs 200 --eval-every 5 --patience 6 --pretrain-epochs 200 --pretrain-patience 6 --batch-size 4096"
+    icpns_flags=""; [ "$m" != icpns ] || icpns_flags="--finetune-lr 5e-3 --communities 8 --alpha 0.8"
+    echo "icpns-ml100k ml-100k ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 5e-3 --epochs 200 --eval-every 5 --patience 6 --pretrain-epochs 200 --pretrain-patience 6 --batch-size 4096 $icpns_flags"
   done; done; done
   # 2. MDCNS protocol on Beauty, 20 epochs, Kang's SASRec block (the grid of 2026-12-02, kept as the "before" of
   #    the s3rec block): user split, history masked, BCE, NDCG@20; DNS(M,N) at baselines.py's M = 5
@@ -99,6 +104,39 @@ grid_lines() {
       echo "dnsplus-sweep $1 user sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
   done
+  # 5. icpns-leak (issue 15): how much of ICPNS's gain is the official pipeline's exclusion of each user's
+  #    validation and test items from the negatives, given here to every method (--exclude-held-out, "-leak" runs)
+  #    and withheld from all (clean). The official schedules, validation every epoch: icpns.py's defaults are the
+  #    backbone's official config (LightGCN.yaml; BPR.yaml for MF), and the baselines train with its stage-1
+  #    schedule (lr 1e-3, at most 1000 epochs; lightgcn batch 4096, patience 100; mf batch 40960, patience 20).
+  #    Pre-training ignores the flag (the official one avoids training items only), so the leak run of ICPNS
+  #    fine-tunes the clean run's pretrained.pt, listed (and so run) first.
+  seeds="${SEEDS:-1 2 3}"
+  icpns_leak_lines icpns-leak ml-100k lightgcn mf
+  # 6. icpns-leak-ml1m: the same on ml-1m, LightGCN, RNS and ICPNS. The ml-1m here is SASRec's ml-1m.txt, which
+  #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).
+  seeds="${SEEDS:-1}"
+  icpns_leak_lines icpns-leak-ml1m ml-1m lightgcn -- rns icpns
+}
+
+# icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5-6 (methods: rns pns dns icpns)
+icpns_leak_lines() {
+  local grid="$1" dataset="$2" backbones=() methods=(rns pns dns icpns) b s m leak flags
+  shift 2
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do backbones+=("$1"); shift; done
+  if [ $# -gt 0 ]; then shift; methods=("$@"); fi
+  for b in "${backbones[@]}"; do for s in $seeds; do for m in "${methods[@]}"; do
+    for leak in "" --exclude-held-out; do
+      if [ "$m" = icpns ]; then   # icpns.py's defaults; the leak run reuses the clean run's pre-training
+        flags="${leak:+--pretrained $RUNS/$grid/$dataset-ratio-$b-icpns-s$s/pretrained.pt}"
+      elif [ "$b" = mf ]; then
+        flags="--batch-size 40960 --epochs 1000 --patience 20"
+      else
+        flags="--batch-size 4096 --epochs 1000 --patience 100"
+      fi
+      echo "$grid $dataset ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 $flags $leak"
+    done
+  done; done; done
 }
 
 # DNS+'s M for a dataset: the M of the finished dnsplus-sweep runs with the best validation NDCG@20 (empty until
@@ -123,7 +161,8 @@ filter_flags() {
 todo=0; done_=0
 while read -r grid dataset split backbone method seed _ extra; do
   [ "$GRID" = all ] || [ "$GRID" = "$grid" ] || [ "$QUICK" = 1 ] || continue
-  dir="$RUNS/$grid/$dataset-$split-$backbone-$method-s$seed"
+  case " $extra " in *" --exclude-held-out "*) variant=-leak ;; *) variant="" ;; esac
+  dir="$RUNS/$grid/$dataset-$split-$backbone-$method$variant-s$seed"
   if [ -f "$dir/results.json" ]; then
     done_=$((done_ + 1)); [ "$DRY" = 1 ] && echo "done  $dir"; continue
   fi

@@ -2,12 +2,16 @@
 
     python results/aggregate.py [--runs results/runs] [--out results]
 
-One table per (dataset, protocol, backbone): methods as rows, Recall/NDCG/MRR at the papers' K as mean ± std
-over seeds with the number of seeds, the paper's value beside ours where the paper reports one, seconds per
-epoch, and the epochs actually run. Above each table, the protocol in one paragraph; below it, the hand-written
-`results/notes/<dataset>-<split>-<backbone>.md` (the likely cause of each gap to a paper) when it exists. Plots (PNG, needs
-matplotlib): validation NDCG against epoch and against wall-clock seconds, one figure per (dataset, backbone), one
-line per seed, one colour per method.
+One table per (dataset, protocol, backbone, grid): methods as rows, Recall/NDCG/MRR at the papers' K as mean ±
+std over seeds with the number of seeds, the paper's value beside ours where the paper reports one, seconds per
+epoch, and the epochs actually run. Runs with --exclude-held-out (negatives also avoid each user's validation and
+test items, the official ICPNS pipeline's leak) are rows of their own, "<method> (held-out excluded)", and their
+table is followed by a side-by-side one: each method clean and with held-out items excluded, and the difference.
+Above each table, the protocol in one paragraph; below it, the hand-written `results/notes/<name>.md` (the likely
+cause of each gap to a paper) when it exists, <name> being <dataset>-<split>-<backbone>, followed by -<grid> for a
+grid with held-out-excluded runs (it shares its protocol with another grid). Plots (PNG, needs matplotlib):
+validation NDCG against epoch and against wall-clock seconds, one figure per table, one line per seed, one colour
+per method.
 """
 import argparse
 import glob
@@ -37,14 +41,32 @@ PAPER_SOURCE = {"beauty": "MDCNS paper, Table 3 (Beauty, SASRec, BCE)"}
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20)}
 METHOD_ORDER = ("rns", "pns", "dns", "dnsmn", "icpns", "mdcns")
-GENERAL_BACKBONES = ("mf", "lightgcn")   # the others are sequential
+GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
                 "mdcns": "MDCNS"}
+HELD_OUT = " (held-out excluded)"   # the row name's suffix for --exclude-held-out runs
 
 
 def method_rank(method):
     """Rows and plot lines in METHOD_ORDER, unknown methods last."""
     return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def excludes_held_out(run):
+    return bool(run["config"].get("exclude_held_out", False))
+
+
+def row_key(run):
+    """A table row: the method, and whether its negatives also avoided the held-out items (clean rows first)."""
+    return run["method"], excludes_held_out(run)
+
+
+def row_rank(row):
+    return method_rank(row[0]), row[1]
+
+
+def row_name(row):
+    return METHOD_NAMES.get(row[0], row[0]) + (HELD_OUT if row[1] else "")
 
 
 def span(counts):
@@ -53,17 +75,26 @@ def span(counts):
 
 
 def load_runs(root):
+    """Every results.json under root, with its path and its grid: the folder between root and the run's own."""
     runs = []
     for path in sorted(glob.glob(os.path.join(root, "**", "results.json"), recursive=True)):
         with open(path) as f:
             run = json.load(f)
         run["path"] = path
+        grid = os.path.relpath(os.path.dirname(os.path.dirname(path)), root)
+        run["grid"] = "" if grid == "." else grid
         runs.append(run)
     return runs
 
 
 def group_key(run):
-    return (os.path.basename(str(run["dataset"])), run["config"]["split"], run["backbone"])
+    return (os.path.basename(str(run["dataset"])), run["config"]["split"], run["backbone"], run.get("grid", ""))
+
+
+def table_name(key, runs):
+    """The stem of a table's notes and plot files (see the module docstring)."""
+    name = "-".join(key[:3])
+    return f"{name}-{key[3].replace(os.sep, '-')}" if any(map(excludes_held_out, runs)) and key[3] else name
 
 
 def pretrain_seconds(run):
@@ -137,41 +168,60 @@ def table(key, runs):
     dataset = key[0]
     ks = REPORT_KS.get(dataset, (10,))
     metrics = [f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in ks]
-    by_method = defaultdict(list)
+    by_row = defaultdict(list)
     for run in runs:
-        by_method[run["method"]].append(run)
+        by_row[row_key(run)].append(run)
     lines = ["| method | seeds | " + " | ".join(metrics) + " | s / epoch | epochs run (ICPNS: pre-training + "
              "fine-tuning) |",
              "|---|---|" + "---|" * len(metrics) + "---|---|"]
-    methods = sorted(by_method, key=method_rank)
-    for method in methods:
-        rs = by_method[method]
+    rows = sorted(by_row, key=row_rank)
+    for row in rows:
+        rs = by_row[row]
         cells = []
         for metric in metrics:
             ours = mean_std([r["test"][metric] for r in rs])
-            paper = PAPER.get((*key, method), {}).get(metric)
+            paper = None if row[1] else PAPER.get((*key[:3], row[0]), {}).get(metric)   # papers: clean only
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
         ran = span([len(r["epoch_seconds"]) for r in rs])
         pre = [len(pretrain_seconds(r)) for r in rs]
         if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
             ran = span(pre) + " + " + ran
-        lines.append(f"| {METHOD_NAMES.get(method, method)} | {len(rs)} | " + " | ".join(cells) +
-                     f" | {seconds:.2f} | {ran} |")
-    source = PAPER_SOURCE.get(dataset) if any((*key, m) in PAPER for m in methods) else None
+        lines.append(f"| {row_name(row)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
+    source = PAPER_SOURCE.get(dataset) if any((*key[:3], m) in PAPER for m, _ in rows) else None
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
     return "\n".join(lines) + "\n\n" + note
 
 
-def plot(key, runs, out_dir):
+def held_out_table(key, runs):
+    """Each method's test metrics at the first reported K, clean beside held-out-excluded (means over seeds), and
+    the difference of the means: what the official pipeline's leak adds to each method."""
+    k = REPORT_KS.get(key[0], (10,))[0]
+    by_row = defaultdict(list)
+    for run in runs:
+        by_row[row_key(run)].append(run)
+    header = "| method | " + " | ".join(f"{m}@{k} {part}" for m in ("recall", "ndcg")
+                                         for part in ("clean", "held-out excluded", "difference")) + " |"
+    lines = [header, "|---|" + "---|" * 6]
+    for method in sorted({m for m, _ in by_row}, key=method_rank):
+        cells = []
+        for metric in (f"recall@{k}", f"ndcg@{k}"):
+            clean, leak = ([r["test"][metric] for r in by_row.get((method, x), [])] for x in (False, True))
+            cells += [mean_std(clean) if clean else "–", mean_std(leak) if leak else "–",
+                      f"{statistics.mean(leak) - statistics.mean(clean):+.4f}" if clean and leak else "–"]
+        lines.append(f"| {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(key, runs, out_dir, name):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     metric = runs[0]["config"]["valid_metric"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    methods = sorted({r["method"] for r in runs}, key=method_rank)
-    for colour, method in enumerate(methods):   # one line per seed, one colour per method
-        seeds = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seed"])
+    rows = sorted({row_key(r) for r in runs}, key=row_rank)
+    for colour, row in enumerate(rows):   # one line per seed, one colour per row
+        seeds = sorted((r for r in runs if row_key(r) == row), key=lambda r: r["seed"])
         for i, run in enumerate(seeds):
             history = [h for h in run["history"] if h.get("stage", "train") != "pretrain"]
             offset = sum(pretrain_seconds(run))
@@ -179,7 +229,7 @@ def plot(key, runs, out_dir):
             seconds = [offset + h["seconds"] for h in history]
             values = [h["valid"][metric] for h in history]
             style = dict(color=f"C{colour}", alpha=0.9 if i == 0 else 0.45,
-                         label=f"{METHOD_NAMES.get(method, method)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+                         label=f"{row_name(row)} ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
                          if i == 0 else None)
             axes[0].plot(epochs, values, **style)
             axes[1].plot(seconds, values, **style)
@@ -189,12 +239,12 @@ def plot(key, runs, out_dir):
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
-    fig.suptitle(f"{key[0]} · {key[1]} split · {key[2]}")
+    fig.suptitle(f"{key[0]} · {key[1]} split · {key[2]}" + (f" · {key[3]}" if name != "-".join(key[:3]) else ""))
     fig.tight_layout()
-    name = f"valid-{key[0]}-{key[1]}-{key[2]}.png"
-    fig.savefig(os.path.join(out_dir, name), dpi=110)
+    file_name = f"valid-{name}.png"
+    fig.savefig(os.path.join(out_dir, file_name), dpi=110)
     plt.close(fig)
-    return name
+    return file_name
 
 
 def main():
@@ -218,15 +268,23 @@ def main():
                 "side on an idle machine, so compare them loosely: `bench/` measures speed side by side.\n"]
     for key in sorted(groups):
         runs_ = groups[key]
-        sections.append(f"## {key[0]} · `{key[1]}` split · {key[2]}\n")
+        name = table_name(key, runs_)
+        leak = any(map(excludes_held_out, runs_))
+        sections.append(f"## {key[0]} · `{key[1]}` split · {key[2]}" +
+                        (f" · grid `{key[3]}`, with held-out items excluded" if leak else "") + "\n")
         sections.append(protocol_paragraph(runs_) + "\n")
         sections.append(table(key, runs_) + "\n")
-        notes = os.path.join(args.out, "notes", f"{key[0]}-{key[1]}-{key[2]}.md")
+        if leak:
+            sections.append("Held-out excluded (`--exclude-held-out`): negatives also avoid each user's validation "
+                            "and test items, as in the official ICPNS pipeline; a leak of held-out labels into "
+                            "training. Each method side by side:\n")
+            sections.append(held_out_table(key, runs_) + "\n")
+        notes = os.path.join(args.out, "notes", f"{name}.md")
         if os.path.exists(notes):   # hand-written: the likely cause of every gap to a paper's number
             with open(notes) as f:
                 sections.append(f.read().strip() + "\n")
         if not args.no_plots:
-            sections.append(f"![validation curves]({plot(key, runs_, args.out)})\n")
+            sections.append(f"![validation curves]({plot(key, runs_, args.out, name)})\n")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "RESULTS.md")
     with open(path + ".tmp", "w") as f:

@@ -10,8 +10,9 @@ from scipy.stats import chisquare
 
 from baselines import (SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives, main, make_sampler,
                        pns_negatives, popularity_weights, resolve_sampler_args)
-from common import (GRU4Rec, AliasTable, Examples, KangSASRec, PositiveSets, RecError, pad_right, score_items,
-                    standard_loss, training_windows, uniform_negatives)
+from common import (GRU4Rec, AliasTable, Examples, KangSASRec, PositiveSets, RecError, make_synthetic, pad_right,
+                    score_items, split_dataset, standard_loss, training_positives, training_windows,
+                    uniform_negatives)
 
 P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
 
@@ -143,6 +144,84 @@ def test_pns_counts_training_interactions_only():
     weights = popularity_weights(train_item, 5, 0.5)
     assert torch.allclose(weights, torch.tensor([[0.0, 3 ** 0.5, 1.0, 0.0, 2 ** 0.5, 0.0]], dtype=torch.double))
     assert torch.equal(popularity_weights(train_item, 5, 0.0), torch.tensor([[0.0, 1, 1, 0, 1, 0]]).double())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --exclude-held-out: never a validation or test item with the flag, the same laws over the larger exclusion
+# ---------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ratio_split():
+    """A ratio split with each user's held-out items as a (U, I+1) mask read from the validation/test rows."""
+    split = split_dataset(make_synthetic(0, n_users=80, n_items=40, mean_length=12), "ratio", 0, sequential=False)
+    held_out = torch.zeros(split.n_users, split.n_items + 1, dtype=torch.bool)
+    for rows in (split.valid, split.test):
+        counts = rows.target_ptr[1:] - rows.target_ptr[:-1]
+        held_out[rows.query.repeat_interleave(counts), rows.target_items] = True
+    return split, held_out
+
+
+def examples_with_fixed_queries(users, n_items, dim=8, seed=0):
+    """Examples whose query depends on the user only (DNS's law is then fixed per user)."""
+    g = torch.Generator().manual_seed(seed)
+    queries = torch.randn(int(users.max()) + 1, dim, generator=g)
+    return Examples(queries[users], torch.randn(n_items + 1, dim, generator=g), users, torch.ones_like(users))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_exclude_held_out_never_draws_a_held_out_item(name, ratio_split):
+    split, held_out = ratio_split
+    users = torch.unique(split.train_user).repeat(30)                                    # (P,)
+    ex = fake_examples(users, split.n_items)
+    for exclude in (False, True):
+        positives = training_positives(split, "cpu", exclude)
+        negatives = sampler(name, positives, split.train_item, k=4)(ex, torch.Generator().manual_seed(7))
+        hits = int(held_out[users.unsqueeze(1), negatives].sum())                          # (P, 4) gather
+        assert not bool(training_positives(split, "cpu").contains(users.unsqueeze(1), negatives).any())
+        assert (hits == 0) if exclude else (hits > 0), (name, exclude, hits)      # without it: drawn as any
+
+
+def law_over_free_items(name, free, weights, scores, n_candidates):
+    """The exact law of one negative over the items `free` (I+1,) bool: RNS uniform, PNS ∝ weights, DNS the best of
+    n_candidates uniform draws with replacement, P(rank r from the bottom) = (r/n)^N - ((r-1)/n)^N."""
+    p = np.zeros(len(free))
+    items = np.flatnonzero(free)
+    if name == "rns":
+        p[items] = 1.0 / len(items)
+    elif name == "pns":
+        p[items] = weights[items] / weights[items].sum()
+    else:
+        ranked = items[np.argsort(scores[items], kind="stable")]                          # ascending score
+        r = np.arange(1, len(items) + 1) / len(items)
+        p[ranked] = r ** n_candidates - (r - 1 / len(items)) ** n_candidates
+    return p
+
+
+@pytest.mark.parametrize("name", ["rns", "pns", "dns"])
+def test_exclude_held_out_keeps_each_law_over_the_larger_exclusion(name, ratio_split):
+    """Without the flag the law is the old one over the non-training items; with it, the same law over the items
+    neither trained on nor held out. Chi-square per user, bins of expected count < 5 merged."""
+    split, held_out = ratio_split
+    for exclude in (False, True):
+        positives = training_positives(split, "cpu", exclude)
+        g = torch.Generator().manual_seed(8)
+        for user in (3, 17, 42):
+            users = torch.full((6000,), user)
+            ex = examples_with_fixed_queries(users, split.n_items)
+            draws = sampler(name, positives, split.train_item, k=2, alpha=0.5)(ex, g)        # (6000, 2)
+            free = ~training_positives(split, "cpu").dense_mask(torch.tensor([user]))[0]     # (I+1,)
+            if exclude:
+                free &= ~held_out[user]
+            scores = (ex.queries[0] @ ex.item_table.T).numpy()                               # (I+1,)
+            weights = (torch.bincount(split.train_item, minlength=split.n_items + 1).double() ** 0.5).numpy()
+            p = law_over_free_items(name, free.numpy(), weights, scores, 10)
+            observed = frequencies(draws, split.n_items)
+            assert observed[p == 0].sum() == 0
+            expected = p * draws.numel()
+            big = expected >= 5
+            observed_bins = np.r_[observed[big], observed[~big & (p > 0)].sum()]
+            expected_bins = np.r_[expected[big], expected[~big & (p > 0)].sum()]
+            keep = expected_bins > 0
+            assert chisquare(observed_bins[keep], expected_bins[keep]).pvalue > P_MIN, (name, exclude, user)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -482,6 +482,32 @@ def test_uniform_negatives_exact_uniform_over_non_positives():
             assert counts.sum() == 6000
 
 
+@pytest.mark.parametrize("protocol, sequential", [("ratio", False), ("loo", False), ("loo", True)])
+def test_training_positives_add_exactly_the_held_out_items_when_asked(protocol, sequential, capsys):
+    data = random_interactions(seed=8, n_users=40, max_len=15)          # no user repeats an item
+    split = common.split_dataset(data, protocol, seed=0, sequential=sequential, max_len=5)
+    train = {u: set(split.train_item[split.train_user == u].tolist()) for u in range(data.n_users)}
+    held_out = {u: set(data.item[data.user == u].tolist()) - train[u] for u in range(data.n_users)}
+    if not sequential:   # the same sets read from the validation and test rows
+        _, valid, test = parts_by_user(data, split)
+        assert held_out == {u: valid.get(u, set()) | test.get(u, set()) for u in range(data.n_users)}
+    users = torch.arange(data.n_users)
+    clean = common.training_positives(split, "cpu").dense_mask(users)                      # (U, I+1)
+    assert capsys.readouterr().err == ""
+    leaky = common.training_positives(split, "cpu", exclude_held_out=True).dense_mask(users)
+    assert capsys.readouterr().err.count("leaks held-out labels into training") == 1
+    for u in range(data.n_users):
+        assert set(clean[u].nonzero().flatten().tolist()) - {0} == train[u]
+        assert set(leaky[u].nonzero().flatten().tolist()) - {0} == train[u] | held_out[u]
+
+
+def test_exclude_held_out_changes_nothing_under_the_user_split(capsys):
+    split = common.split_dataset(random_interactions(seed=9, n_users=40), "user", seed=0, sequential=True)
+    clean, leaky = common.training_positives(split, "cpu"), common.training_positives(split, "cpu", True)
+    assert torch.equal(clean.key, leaky.key) and torch.equal(clean.free, leaky.free)
+    assert "changes nothing under --split user" in capsys.readouterr().err
+
+
 def test_uniform_negatives_reproducible_and_full_user_is_an_error():
     users, items = torch.tensor([0, 0, 0, 1]), torch.tensor([1, 2, 3, 1])
     positives = common.PositiveSets(users, items, 2, 3)

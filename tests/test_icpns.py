@@ -9,14 +9,18 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from common import RecError
-from icpns import (ICPNSampler, community_of_user, in_community_popularity, kmeans, main, smoothed_weights)
+from common import PositiveSets, RecError, fit
+import icpns
+from icpns import (ICPNSampler, build_parser, community_of_user, in_community_popularity, main,
+                   resolve_official_defaults, smoothed_weights)
 
 
-def official_distribution(community, train_user, train_item, n_items, n_communities, alpha, user):
+def official_distribution(community, train_user, train_item, n_items, n_communities, alpha, user, held_out=()):
     """The official construction, literally (`build_user_neg_cache_alias` in Uli-Chen/ICPNS sampler.py): the
     community's counts to the power α, the user's positives zeroed, the rest renormalized; uniform over the
-    user's non-positives when nothing is left. Returns p over items 0..I (item 0 = padding, never drawn)."""
+    user's non-positives when nothing is left. Returns p over items 0..I (item 0 = padding, never drawn).
+    held_out: (user, item) pairs that join the user's positives (the official `user_positive_item_dict` of the
+    whole data), but not the counts."""
     members = [u for u in range(len(community)) if community[u] == community[user]]
     counts = np.zeros(n_items + 1)
     for i in range(1, n_items + 1):
@@ -25,6 +29,7 @@ def official_distribution(community, train_user, train_item, n_items, n_communit
     w = np.power(counts, alpha)
     w[0] = 0.0
     positives = [train_item[e] for e in range(len(train_user)) if train_user[e] == user]
+    positives += [i for u, i in held_out if u == user]
     w[positives] = 0.0
     if not w.any():
         w = np.ones(n_items + 1)
@@ -70,6 +75,25 @@ def test_sampler_equals_official_per_user_tables(alpha):
         assert_matches(draws[u], p, f"user {u}, alpha {alpha}")
 
 
+@pytest.mark.parametrize("alpha", [0.8, 0.0])
+def test_held_out_exclusion_equals_the_official_whole_data_dictionary(alpha):
+    """--exclude-held-out: held-out items join each user's positives (never drawn), not the counts."""
+    community, train_user, train_item, n_items, K = small_case()
+    rng = np.random.default_rng(1)
+    held_out = [(u, int(i)) for u in range(12)
+                for i in rng.choice(np.setdiff1d(np.arange(1, 14), train_item[train_user == u]), 2, replace=False)]
+    held_user, held_item = (torch.tensor(column) for column in zip(*held_out))
+    excluded = PositiveSets(torch.cat([torch.from_numpy(train_user), held_user]),
+                            torch.cat([torch.from_numpy(train_item), held_item]), 12, n_items)
+    sampler = ICPNSampler(torch.from_numpy(community), torch.from_numpy(train_user), torch.from_numpy(train_item),
+                          n_items, K, alpha, positives=excluded)
+    draws = sampler.sample(torch.arange(12), 6000, torch.Generator().manual_seed(5)).numpy()   # (U, 6000)
+    for u in range(12):
+        p = official_distribution(community, train_user, train_item, n_items, K, alpha, u, held_out)
+        assert not np.isin(draws[u], [i for v, i in held_out if v == u]).any()
+        assert_matches(draws[u], p, f"user {u}, alpha {alpha}, held-out items excluded")
+
+
 def test_fallback_to_uniform_over_non_positives():
     community, train_user, train_item, n_items, K = small_case()
     sampler = ICPNSampler(torch.from_numpy(community), torch.from_numpy(train_user), torch.from_numpy(train_item),
@@ -98,18 +122,22 @@ def test_user_holding_most_of_the_mass_is_exact_and_does_not_loop():
     assert_matches(draws.numpy().ravel(), expected, "user 0 (99.4% of the mass in its positives)")
 
 
-def test_kmeans_recovers_well_separated_blobs():
+def test_communities_recover_well_separated_blobs_and_are_seeded():
     generator = torch.Generator().manual_seed(0)
     centers = torch.tensor([[10.0, 0, 0, 0], [0, 10.0, 0, 0], [0, 0, 10.0, 0], [-10.0, -10.0, 0, 5]])
     truth = torch.arange(4).repeat_interleave(50)
     x = centers[truth] + torch.randn(200, 4, generator=generator)
-    labels, found = kmeans(x, 4, torch.Generator().manual_seed(1))
-    pairs = set(zip(truth.tolist(), labels.tolist()))
-    assert len(pairs) == 4 and len({label for _, label in pairs}) == 4        # a bijection blob <-> cluster
-    assert torch.equal(labels, torch.cdist(x, found).argmin(1))
-    # the zero-vector pseudo-user joins the input but not the output
-    with_padding = community_of_user(x, 4, torch.Generator().manual_seed(1), cluster_padding_user=True)
-    assert len(with_padding) == 200 and len(set(zip(truth.tolist(), with_padding.tolist()))) == 4
+    for padding in (False, True):   # the zero-vector pseudo-user joins the input but not the output
+        labels = community_of_user(x, 4, 1, cluster_padding_user=padding)
+        assert labels.shape == (200,) and labels.dtype == torch.long
+        pairs = set(zip(truth.tolist(), labels.tolist()))
+        assert len(pairs) == 4 and len({label for _, label in pairs}) == 4    # a bijection blob <-> cluster
+    # overlapping points: the seed decides the clustering, and the same seed repeats it
+    noise = torch.randn(300, 8, generator=generator)
+    assert torch.equal(community_of_user(noise, 8, 5), community_of_user(noise, 8, 5))
+    assert not torch.equal(community_of_user(noise, 8, 5), community_of_user(noise, 8, 6))
+    with pytest.raises(RecError, match="lower --communities"):
+        community_of_user(x[:3], 5, 0)
 
 
 def test_in_community_counts_equal_a_naive_loop():
@@ -157,6 +185,31 @@ def test_mismatched_pretrained_checkpoint_is_an_error(tmp_path):
         run(tmp_path, "x", "--backbone", "mf", "--pretrained", str(tmp_path / "missing.pt"))
 
 
+def test_official_defaults_per_backbone_and_explicit_flags_win():
+    def resolved(*argv):
+        args = resolve_official_defaults(build_parser().parse_args(list(argv)))
+        return (args.communities, args.alpha, args.batch_size, args.pretrain_patience, args.epochs, args.patience,
+                args.lr, args.finetune_lr, args.pretrain_epochs, args.eval_every)
+    assert resolved("--backbone", "lightgcn") == (8, 0.8, 4096, 100, 200, 200, 1e-3, 1e-3, 1000, 1)  # LightGCN.yaml
+    assert resolved("--backbone", "mf") == (64, 0.1, 40960, 20, 500, 20, 1e-3, 1e-3, 1000, 1)          # BPR.yaml
+    assert resolved("--backbone", "sasrec")[:3] == (8, 0.8, None)             # LightGCN's; common's batch
+    assert resolved("--backbone", "mf", "--communities", "4", "--epochs", "3", "--batch-size", "64")[:5] == \
+        (4, 0.1, 64, 20, 3)
+
+
+def test_exclude_held_out_fine_tunes_at_finetune_lr_and_reuses_the_clean_pretraining(tmp_path, capsys, monkeypatch):
+    clean = run(tmp_path, "clean", "--backbone", "mf", "--lr", "0.01")
+    assert clean["config"]["exclude_held_out"] is False and "leaks" not in capsys.readouterr().err
+    learning_rates = []
+    monkeypatch.setattr(icpns, "fit",
+                        lambda args, *rest, **kw: learning_rates.append(args.lr) or fit(args, *rest, **kw))
+    leak = run(tmp_path, "leak", "--backbone", "mf", "--exclude-held-out", "--finetune-lr", "0.002",
+               "--pretrained", str(tmp_path / "clean" / "pretrained.pt"))
+    assert "leaks held-out labels into training" in capsys.readouterr().err
+    assert leak["config"]["exclude_held_out"] is True and learning_rates == [0.002]   # fine-tuning's Adam
+    assert leak["pretrain"]["valid"] == pytest.approx(clean["pretrain"]["record"]["valid"])   # the same model
+
+
 @pytest.mark.parametrize("backbone, flags", [
     ("mf", ()),
     ("lightgcn", ("--layers", "2", "--recluster-every", "1", "--epochs", "2", "--no-cluster-padding-user")),
@@ -167,7 +220,7 @@ def test_end_to_end(tmp_path, backbone, flags):
     result = run(tmp_path, backbone, "--backbone", backbone, *flags)
     users_in_training = 420 if "user" in flags else 600                                  # user split: 70%
     assert sum(result["communities"]["sizes"]) == users_in_training and result["data"]["users"] == 600
-    assert len(result["communities"]["sizes"]) == 8
+    assert len(result["communities"]["sizes"]) == (64 if backbone == "mf" else 8)   # official K per backbone
     assert 0 <= result["test"]["ndcg@10"] <= 1 and result["pretrain"]["record"]["best_epoch"] == 1
     assert os.path.isfile(tmp_path / backbone / "pretrained.pt")
     with open(tmp_path / backbone / "results.json") as f:

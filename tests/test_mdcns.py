@@ -141,6 +141,25 @@ def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmen
         assert candidates[p].min() >= 1
 
 
+def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small, monkeypatch):
+    """--exclude-held-out under leave-one-out: the pool also avoids the user's validation and test items."""
+    _, pair = small
+    data = make_synthetic(0, n_users=120, n_items=80, mean_length=12)
+    split = split_dataset(data, "loo", 0, sequential=True, max_len=20)
+    drawn = []
+    monkeypatch.setattr(mdcns, "uniform_negatives",
+                        lambda *a: drawn.append(uniform_negatives(*a)) or drawn[-1])
+    batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
+    loss = mdcns.mdcns_loss(loss_args(n_candidates=40), training_positives(split, "cpu", exclude_held_out=True))
+    loss(pair, batch, torch.Generator().manual_seed(1))
+    (candidates,) = drawn                                                               # (P, N)
+    _, targets, users = batch
+    example_users = users.unsqueeze(1).expand_as(targets)[targets > 0]                  # (P,)
+    for user, pool in zip(example_users.tolist(), candidates.tolist()):
+        last_two = set(data.item[data.user == user][-2:].tolist())                     # valid + test targets
+        assert not last_two & set(pool)
+
+
 def test_loss_equals_equations_9_to_13(small):
     """The batch loss against the equations written out again (M = 1, so the negatives are argmaxes), and
     --no-distillation ('w/o CD') drops exactly the KD term."""

@@ -10,7 +10,7 @@ import aggregate  # noqa: E402
 
 
 def fake_run(folder, method, seed, ndcg20, dataset="beauty", split="user", backbone="sasrec", pretrain=None,
-             batch_size=128):
+             batch_size=128, exclude_held_out=None):
     """A results.json with the keys common.finish writes (only those aggregate reads are meaningful)."""
     metrics = {f"{m}@{k}": ndcg20 for m in ("recall", "ndcg", "mrr", "hit", "precision") for k in (5, 10, 20)}
     run = {"method": method, "dataset": dataset, "backbone": backbone, "seed": seed,
@@ -23,7 +23,9 @@ def fake_run(folder, method, seed, ndcg20, dataset="beauty", split="user", backb
            "epoch_seconds": [1.0, 3.0], "test": metrics}
     if pretrain is not None:
         run["pretrain"] = {"record": {"epoch_seconds": pretrain}}
-    path = os.path.join(folder, f"{method}-{seed}")
+    if exclude_held_out is not None:   # runs written before --exclude-held-out existed have no such key
+        run["config"]["exclude_held_out"] = exclude_held_out
+    path = os.path.join(folder, f"{method}-{seed}{'-leak' * bool(exclude_held_out)}")
     os.makedirs(path)
     with open(os.path.join(path, "results.json"), "w") as f:
         json.dump(run, f)
@@ -66,3 +68,49 @@ def test_run_all_rejects_an_unknown_option():
     result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--bogus"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown option --bogus")
+
+
+def test_run_all_leak_grid_names_the_leak_runs_and_reuses_icpns_pretraining(tmp_path):
+    result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--grid", "icpns-leak", "--runs",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    todo = [line for line in result.stdout.splitlines() if line.startswith("todo")]
+    assert len(todo) == 2 * 4 * 2 * 3                          # backbones x methods x {clean, leak} x seeds
+    leak = [line for line in todo if "--exclude-held-out" in line]
+    assert len(leak) == 24 and all("-leak-s" in line for line in leak)
+    assert not any("-leak-s" in line for line in todo if line not in leak)
+    icpns_leak = [line for line in leak if "icpns.py" in line]
+    assert len(icpns_leak) == 6 and all(
+        f"--pretrained {tmp_path}/icpns-leak/ml-100k-ratio-{b}-icpns-s{s}/pretrained.pt" in " ".join(icpns_leak)
+        for b in ("lightgcn", "mf") for s in (1, 2, 3))
+    for line in icpns_leak:                                    # the clean run that writes the checkpoint comes first
+        clean = line.split("--pretrained ")[1].split("/pretrained.pt")[0]
+        assert todo.index(next(t for t in todo if f"--out-dir {clean} " in t)) < todo.index(line)
+    assert not any("--pretrained" in line for line in todo if "baselines.py" in line)
+
+
+def test_aggregate_held_out_rows_side_by_side_and_one_table_per_grid(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    fake_run(runs / "old-grid", "rns", 1, 0.50)                                   # same protocol, another grid
+    for seed, (clean, leak) in enumerate([(0.10, 0.30), (0.20, 0.40)], start=1):
+        fake_run(runs / "leak-grid", "rns", seed, clean, exclude_held_out=False)
+        fake_run(runs / "leak-grid", "rns", seed, leak, exclude_held_out=True)
+    fake_run(runs / "leak-grid", "mdcns", 1, 0.60, exclude_held_out=True)
+    (out / "notes").mkdir(parents=True)
+    (out / "notes" / "beauty-user-sasrec-leak-grid.md").write_text("NOTE OF THE LEAK GRID")
+    sys.argv = ["aggregate.py", "--runs", str(runs), "--out", str(out), "--no-plots"]
+    aggregate.main()
+    text = (out / "RESULTS.md").read_text()
+    sections = text.split("\n## ")[1:]
+    assert [section.splitlines()[0] for section in sections] == [
+        "beauty · `user` split · sasrec · grid `leak-grid`, with held-out items excluded",
+        "beauty · `user` split · sasrec"]                                         # one table per grid
+    new, old = sections
+    assert "0.5000" in old and "0.1500" not in old and "NOTE OF THE LEAK GRID" not in old
+    main_table, side_by_side = new.split("Each method side by side:")
+    rows = {line.split(" |")[0]: line for line in main_table.splitlines() if line.startswith("| ")}
+    assert "0.1500 ± 0.0707 (paper 0.0435)" in rows["| RNS"]                     # clean: the paper beside it
+    assert "0.3500 ± 0.0707" in rows["| RNS (held-out excluded)"] and "paper" not in rows["| RNS (held-out excluded)"]
+    assert list(rows)[-3:] == ["| RNS", "| RNS (held-out excluded)", "| MDCNS (held-out excluded)"]
+    assert "| RNS | 0.1500 ± 0.0707 | 0.3500 ± 0.0707 | +0.2000 |" in side_by_side        # recall@5 clean, leak, Δ
+    assert "| MDCNS | – | 0.6000 | – | – | 0.6000 | – |" in side_by_side and "NOTE OF THE LEAK GRID" in new
