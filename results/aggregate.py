@@ -22,24 +22,31 @@ import statistics
 from collections import defaultdict
 
 # Published values, keyed by (dataset, protocol, backbone, method): {metric: value}, with the source.
-PAPER = {
-    # MDCNS (SIGIR 2026) Table 3, Beauty, SASRec backbone (Mamba4Rec peer), BCE loss, user split, full ranking.
-    ("beauty", "user", "sasrec", "rns"): dict(zip(
-        ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"),
-        (0.0434, 0.0612, 0.0966, 0.0289, 0.0347, 0.0435))),
-    ("beauty", "user", "sasrec", "dns"): dict(zip(
-        ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"),
-        (0.0398, 0.0545, 0.0715, 0.0288, 0.0335, 0.0378))),
-    ("beauty", "user", "sasrec", "dnsmn"): dict(zip(
-        ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"),
-        (0.0550, 0.0769, 0.1140, 0.0355, 0.0425, 0.0519))),
-    ("beauty", "user", "sasrec", "mdcns"): dict(zip(
-        ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"),
-        (0.0823, 0.1144, 0.1502, 0.0582, 0.0685, 0.0775))),
+# MDCNS (SIGIR 2026) Table 3: SASRec backbone (Mamba4Rec peer), BCE loss, user split, full ranking; each row
+# R@5, R@10, R@20, N@5, N@10, N@20 (../shared/papers/MDCNS.md 1.7). DNS is DNS(1, 100), DNS+ the best M of a sweep.
+TABLE3 = {
+    "beauty": {"rns": (0.0434, 0.0612, 0.0966, 0.0289, 0.0347, 0.0435),
+               "dns": (0.0398, 0.0545, 0.0715, 0.0288, 0.0335, 0.0378),
+               "dnsmn": (0.0550, 0.0769, 0.1140, 0.0355, 0.0425, 0.0519),
+               "mdcns": (0.0823, 0.1144, 0.1502, 0.0582, 0.0685, 0.0775)},
+    "sports": {"rns": (0.0233, 0.0368, 0.0587, 0.0153, 0.0195, 0.0250),
+               "dns": (0.0048, 0.0087, 0.0157, 0.0027, 0.0039, 0.0056),
+               "dnsmn": (0.0312, 0.0486, 0.0713, 0.0202, 0.0258, 0.0316),
+               "mdcns": (0.0402, 0.0573, 0.0806, 0.0285, 0.0340, 0.0398)},
+    "lastfm": {"rns": (0.0917, 0.1483, 0.2244, 0.0591, 0.0773, 0.0966),
+               "dns": (0.0782, 0.1209, 0.1678, 0.0515, 0.0652, 0.0769),
+               "dnsmn": (0.1154, 0.1768, 0.2569, 0.0745, 0.0943, 0.1145),
+               "mdcns": (0.1363, 0.2033, 0.2869, 0.0915, 0.1131, 0.1342)},
 }
-PAPER_SOURCE = {"beauty": "MDCNS paper, Table 3 (Beauty, SASRec, BCE)"}
+PAPER = {(dataset, "user", "sasrec", method): dict(zip(
+             ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"), values))
+         for dataset, rows in TABLE3.items() for method, values in rows.items()}
+PAPER_SOURCE = {dataset: f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE)" for dataset in TABLE3}
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
-REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20)}
+REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20), "sports": (5, 10, 20), "lastfm": (5, 10, 20)}
+# Grids made before tables were kept per grid: their notes and plots are named <dataset>-<split>-<backbone>.
+UNSUFFIXED_GRIDS = ("", "icpns-ml100k", "mdcns-beauty", "ml1m-loo")
+SWEEP_GRID = "dnsplus-sweep"   # DNS+'s M chosen on validation: a table of its own, not method rows
 METHOD_ORDER = ("rns", "pns", "dns", "dnsmn", "icpns", "mdcns")
 GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
@@ -65,8 +72,14 @@ def row_rank(row):
     return method_rank(row[0]), row[1]
 
 
-def row_name(row):
-    return METHOD_NAMES.get(row[0], row[0]) + (HELD_OUT if row[1] else "")
+def row_name(row, runs=()):
+    """The method's name, its DNS hardness (M of N) where it has one, and the held-out suffix."""
+    name = METHOD_NAMES.get(row[0], row[0])
+    if row[0] == "dnsmn" and runs:
+        name += f" (M = {settings(runs, 'top_m')}, N = {settings(runs, 'candidates')})"
+    elif row[0] == "dns" and runs:
+        name += f" (N = {settings(runs, 'candidates')})"
+    return name + (HELD_OUT if row[1] else "")
 
 
 def span(counts):
@@ -94,7 +107,7 @@ def group_key(run):
 def table_name(key, runs):
     """The stem of a table's notes and plot files (see the module docstring)."""
     name = "-".join(key[:3])
-    return f"{name}-{key[3].replace(os.sep, '-')}" if any(map(excludes_held_out, runs)) and key[3] else name
+    return name if key[3] in UNSUFFIXED_GRIDS else f"{name}-{key[3].replace(os.sep, '-')}"
 
 
 def pretrain_seconds(run):
@@ -158,10 +171,59 @@ def cpu_name():
         return f"{platform.machine()} CPU"
 
 
-def mean_std(values):
+def mean_std(values, standard_error=False):
+    """'mean ± sample std' (one value: itself); with standard_error, also the standard error of the mean."""
     if len(values) == 1:
         return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+    std = statistics.stdev(values)
+    se = f" (s.e. {std / len(values) ** 0.5:.4f})" if standard_error else ""
+    return f"{statistics.mean(values):.4f} ± {std:.4f}{se}"
+
+
+def history_zero_table(runs):
+    """Test metrics with the input history scored -inf (ours, MDCNS's) and 0 (the MDCNS code's baselines,
+    `test_history_masked_to_zero`), means over seeds: what the baselines' evaluation does to a row."""
+    by_method = defaultdict(list)
+    for run in runs:
+        if "test_history_masked_to_zero" in run:
+            by_method[run["method"]].append(run)
+    if not by_method:
+        return None
+    metrics = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
+    lines = ["| method | " + " | ".join(f"{m} history −inf / 0" for m in metrics) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for method in sorted(by_method, key=method_rank):
+        rs = by_method[method]
+        cells = [f"{statistics.mean(r['test'][m] for r in rs):.4f} / "
+                 f"{statistics.mean(r['test_history_masked_to_zero'][m] for r in rs):.4f}" for m in metrics]
+        lines.append(f"| {row_name((method, False), rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def best_validation(run, metric):
+    """The run's best validation value of `metric` and its epoch."""
+    best = max(run["history"], key=lambda h: h["valid"][metric])
+    return best["valid"][metric], best["epoch"]
+
+
+def sweep_table(runs):
+    """DNS+'s M sweep: each M's best validation value (the choice) and, for reference only, its test value."""
+    metric = runs[0]["config"]["valid_metric"]
+    lines = [f"| M (N = {settings(runs, 'candidates')}) | best validation {metric} | at epoch | epochs run | "
+             f"test {metric} (not used to choose) |", "|---|---|---|---|---|"]
+    chosen = best_m(runs)
+    for run in sorted(runs, key=lambda r: r["config"]["top_m"]):
+        value, epoch = best_validation(run, metric)
+        mark = " (chosen)" if run["config"]["top_m"] == chosen else ""
+        lines.append(f"| {run['config']['top_m']}{mark} | {value:.4f} | {epoch} | {len(run['epoch_seconds'])} | "
+                     f"{run['test'][metric]:.4f} |")
+    return "\n".join(lines)
+
+
+def best_m(runs):
+    """The M of the sweep run with the best validation value (ties: the smaller M)."""
+    metric = runs[0]["config"]["valid_metric"]
+    return max(runs, key=lambda r: (best_validation(r, metric)[0], -r["config"]["top_m"]))["config"]["top_m"]
 
 
 def table(key, runs):
@@ -179,7 +241,7 @@ def table(key, runs):
         rs = by_row[row]
         cells = []
         for metric in metrics:
-            ours = mean_std([r["test"][metric] for r in rs])
+            ours = mean_std([r["test"][metric] for r in rs], standard_error=key[3] == "table3")
             paper = None if row[1] else PAPER.get((*key[:3], row[0]), {}).get(metric)   # papers: clean only
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
@@ -187,7 +249,7 @@ def table(key, runs):
         pre = [len(pretrain_seconds(r)) for r in rs]
         if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
             ran = span(pre) + " + " + ran
-        lines.append(f"| {row_name(row)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
+        lines.append(f"| {row_name(row, rs)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
     source = PAPER_SOURCE.get(dataset) if any((*key[:3], m) in PAPER for m, _ in rows) else None
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
     return "\n".join(lines) + "\n\n" + note
@@ -254,13 +316,25 @@ def main():
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                         help="where RESULTS.md and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    parser.add_argument("--best-m", metavar="SWEEP_DIR", help="only print DNS+'s M chosen on validation by the "
+                        "dnsplus-sweep runs of --dataset in SWEEP_DIR (nothing until --sweep-size runs are done)")
+    parser.add_argument("--dataset", help="with --best-m")
+    parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep")
     args = parser.parse_args()
+    if args.best_m:
+        sweep = [r for r in load_runs(args.best_m) if os.path.basename(str(r["dataset"])) == args.dataset]
+        if len(sweep) >= args.sweep_size:
+            print(best_m(sweep))
+        return
     runs = load_runs(args.runs)
     if not runs:
         raise SystemExit(f"error: no results.json under {args.runs}; run ./run_all.sh first")
-    groups = defaultdict(list)
+    groups, sweeps = defaultdict(list), defaultdict(list)
     for run in runs:
-        groups[group_key(run)].append(run)
+        if run["grid"] == SWEEP_GRID:
+            sweeps[os.path.basename(str(run["dataset"]))].append(run)
+        else:
+            groups[group_key(run)].append(run)
     sections = ["# Results\n",
                 "Produced by `./run_all.sh` and `python results/aggregate.py` from the `results.json` files under "
                 "`results/runs/`. Test metrics at the best validation epoch, mean ± std over seeds (sample std). "
@@ -271,7 +345,8 @@ def main():
         name = table_name(key, runs_)
         leak = any(map(excludes_held_out, runs_))
         sections.append(f"## {key[0]} · `{key[1]}` split · {key[2]}" +
-                        (f" · grid `{key[3]}`, with held-out items excluded" if leak else "") + "\n")
+                        (f" · grid `{key[3]}`" if key[3] not in UNSUFFIXED_GRIDS else "") +
+                        (", with held-out items excluded" if leak else "") + "\n")
         sections.append(protocol_paragraph(runs_) + "\n")
         sections.append(table(key, runs_) + "\n")
         if leak:
@@ -279,6 +354,16 @@ def main():
                             "and test items, as in the official ICPNS pipeline; a leak of held-out labels into "
                             "training. Each method side by side:\n")
             sections.append(held_out_table(key, runs_) + "\n")
+        zero = history_zero_table(runs_)
+        if zero:
+            sections.append("The same models with the input history scored 0 instead of −inf at test, as the MDCNS "
+                            "code's baselines evaluate (`Baselines/Neg_samples_DNS+/trainers.py`, full sort), means "
+                            "over seeds:\n")
+            sections.append(zero + "\n")
+        if key[0] in sweeps and key[3] == "table3":
+            sections.append(f"DNS+'s M, chosen on validation (grid `{SWEEP_GRID}`, seed 42, "
+                            f"{settings(sweeps[key[0]], 'epochs')} epochs per M):\n")
+            sections.append(sweep_table(sweeps[key[0]]) + "\n")
         notes = os.path.join(args.out, "notes", f"{name}.md")
         if os.path.exists(notes):   # hand-written: the likely cause of every gap to a paper's number
             with open(notes) as f:

@@ -91,7 +91,7 @@ def test_run_all_leak_grid_names_the_leak_runs_and_reuses_icpns_pretraining(tmp_
 
 def test_aggregate_held_out_rows_side_by_side_and_one_table_per_grid(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    fake_run(runs / "old-grid", "rns", 1, 0.50)                                   # same protocol, another grid
+    fake_run(runs / "mdcns-beauty", "rns", 1, 0.50)          # same protocol, an older grid (no suffix)
     for seed, (clean, leak) in enumerate([(0.10, 0.30), (0.20, 0.40)], start=1):
         fake_run(runs / "leak-grid", "rns", seed, clean, exclude_held_out=False)
         fake_run(runs / "leak-grid", "rns", seed, leak, exclude_held_out=True)
@@ -114,3 +114,28 @@ def test_aggregate_held_out_rows_side_by_side_and_one_table_per_grid(tmp_path):
     assert list(rows)[-3:] == ["| RNS", "| RNS (held-out excluded)", "| MDCNS (held-out excluded)"]
     assert "| RNS | 0.1500 ± 0.0707 | 0.3500 ± 0.0707 | +0.2000 |" in side_by_side        # recall@5 clean, leak, Δ
     assert "| MDCNS | – | 0.6000 | – | – | 0.6000 | – |" in side_by_side and "NOTE OF THE LEAK GRID" in new
+
+
+def sweep_run(folder, m, valid_by_epoch, test):
+    """A dnsplus-sweep results.json: DNS(M, 100) with the given validation NDCG@20 per epoch."""
+    run = {"method": "dnsmn", "dataset": "beauty", "backbone": "sasrec", "seed": 42,
+           "config": {"top_m": m, "candidates": 100, "valid_metric": "ndcg@20", "epochs": len(valid_by_epoch)},
+           "history": [{"epoch": e + 1, "valid": {"ndcg@20": v}} for e, v in enumerate(valid_by_epoch)],
+           "epoch_seconds": [1.0] * len(valid_by_epoch), "test": {"ndcg@20": test}}
+    os.makedirs(os.path.join(folder, f"m{m}"))
+    with open(os.path.join(folder, f"m{m}", "results.json"), "w") as f:
+        json.dump(run, f)
+
+
+def test_dns_plus_m_is_chosen_on_validation_not_test(tmp_path, capsys):
+    sweep_run(tmp_path, 1, [0.01, 0.02], test=0.09)       # the best test value: never the choice
+    sweep_run(tmp_path, 5, [0.03, 0.02], test=0.01)       # best validation 0.03 at epoch 1
+    sweep_run(tmp_path, 10, [0.01, 0.03], test=0.02)      # ties 0.03: the smaller M wins
+    runs = aggregate.load_runs(str(tmp_path))
+    assert aggregate.best_m(runs) == 5
+    table = aggregate.sweep_table(runs)
+    assert "| 5 (chosen) | 0.0300 | 1 | 2 | 0.0100 |" in table and "| 10 | 0.0300 | 2 | 2 | 0.0200 |" in table
+    for size, printed in ((3, "5\n"), (4, "")):            # nothing until the whole sweep is done
+        sys.argv = ["aggregate.py", "--best-m", str(tmp_path), "--dataset", "beauty", "--sweep-size", str(size)]
+        aggregate.main()
+        assert capsys.readouterr().out == printed
