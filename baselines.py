@@ -71,6 +71,8 @@ Deviations of RNS, PNS, DNS and DNS(M,N) (each MDCNS baseline lists its own):
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from common import (LOSSES, AliasTable, Examples, LightGCN, PositiveSets, RecError, SplitData, base_parser,
@@ -393,17 +395,20 @@ def transition_jaccard(train_user, train_item, n_items: int, window: int = 3, bl
     rows, cols = key // n, key % n
     crow = torch.cat([torch.zeros(1, dtype=torch.long), torch.bincount(rows, minlength=n).cumsum(0)])  # (n+1,)
     ones = torch.ones(len(key))
-    adjacency = torch.sparse_csr_tensor(crow, cols, ones, (n, n))                        # A, symmetric
     degree = torch.bincount(rows, minlength=n).float()                                   # |N(i)|
     jaccard = torch.zeros(n, n)
-    for start in range(0, n, block):                                                     # blocks of rows
-        end = min(start + block, n)
-        a, b = int(crow[start]), int(crow[end])
-        rows_block = torch.sparse_csr_tensor(crow[start:end + 1] - a, cols[a:b], ones[a:b], (end - start, n))
-        common = (rows_block @ adjacency).to_dense()                                     # |N(i) ∩ N(j)|
-        union = degree[start:end, None] + degree[None, :] - common                       # |N(i) ∪ N(j)|
-        # GNNO's Jaccard similarity of the two neighbourhoods
-        jaccard[start:end] = torch.where(union > 0, common / union.clamp(min=1), torch.zeros(()))
+    with warnings.catch_warnings():   # "sparse CSR support is in beta": the matmul and to_dense used are stable
+        warnings.simplefilter("ignore")
+        adjacency = torch.sparse_csr_tensor(crow, cols, ones, (n, n), check_invariants=True)  # A, symmetric
+        for start in range(0, n, block):                                                 # blocks of rows
+            end = min(start + block, n)
+            a, b = int(crow[start]), int(crow[end])
+            rows_block = torch.sparse_csr_tensor(crow[start:end + 1] - a, cols[a:b], ones[a:b], (end - start, n),
+                                                 check_invariants=True)
+            both = (rows_block @ adjacency).to_dense()                                   # |N(i) ∩ N(j)|
+            union = degree[start:end, None] + degree[None, :] - both                     # |N(i) ∪ N(j)|
+            # GNNO's Jaccard similarity of the two neighbourhoods
+            jaccard[start:end] = torch.where(union > 0, both / union.clamp(min=1), torch.zeros(()))
     return jaccard
 
 
@@ -416,22 +421,39 @@ def gnno_hardness(epoch: int) -> float:
 
 @torch.no_grad()
 def gnno_negatives(jaccard, positives: PositiveSets, users, targets, hardness: float, n: int,
-                   generator: torch.Generator, block: int = 2 ** 22):
+                   generator: torch.Generator, rounds: int = 8, block: int = 2 ** 22):
     """GNNO's negatives: n draws with replacement from p(j | t) ∝ exp(J(t, j)) · 1[J(t, j) <= h] over the items j
     the user has not interacted with, t the example's target (the GNNO code's softmax over J's row, masked).
     A row with no such item (every non-positive overlaps t by more than h) draws uniformly over the user's
-    non-positives; the MDCNS code draws the padding item there. users, targets (P,) -> (P, n), in blocks of
-    about `block` (row x item) entries. Draws one torch.multinomial per block only."""
-    rows = max(1, block // jaccard.shape[1])
-    out = []
-    for u, t in zip(users.split(rows), targets.split(rows)):
-        overlap = jaccard[t]                                                               # (B, I+1)
-        allowed = ~positives.dense_mask(u)                                                 # (B, I+1), no padding
-        weights = overlap.exp() * ((overlap <= hardness) & allowed)                        # (B, I+1)
-        empty = weights.sum(1, keepdim=True) == 0                                          # (B, 1)
-        weights = torch.where(empty, allowed.float(), weights)
-        out.append(torch.multinomial(weights, n, replacement=True, generator=generator))   # (B, n)
-    return torch.cat(out)                                                                  # (P, n)
+    non-positives; the MDCNS code draws the padding item there. users, targets (P,) -> (P, n).
+
+    Exact, without touching whole rows of J in the common case: `rounds` of rejection, a uniform non-positive j
+    (common.uniform_negatives) accepted with probability exp(J(t, j) - h) · 1[J(t, j) <= h] <= 1, so an accepted
+    draw has exactly p(j | t); the draws still open after the rounds are finished by a multinomial over the rows
+    of J (in blocks of about `block` entries), the same law. Draw order per round: uniform_negatives(positives,
+    users, n), torch.rand(P, n); the rounds stop early once every draw is accepted; then torch.multinomial per
+    block of open rows."""
+    P = len(users)
+    out = torch.zeros(P, n, dtype=torch.long, device=users.device)
+    open_ = torch.ones(P, n, dtype=torch.bool, device=users.device)                          # (P, n)
+    for _ in range(rounds):
+        draw = uniform_negatives(positives, users, n, generator)                               # (P, n)
+        overlap = jaccard[targets.unsqueeze(1), draw]                                          # (P, n) J(t, j)
+        coin = torch.rand(P, n, generator=generator, device=users.device)
+        accept = open_ & (overlap <= hardness) & (coin < (overlap - hardness).exp())
+        out = torch.where(accept, draw, out)
+        open_ &= ~accept
+        if not bool(open_.any()):
+            return out
+    rows = open_.any(1).nonzero().squeeze(1)                                                   # (R,)
+    for chunk in rows.split(max(1, block // jaccard.shape[1])):
+        overlap = jaccard[targets[chunk]]                                                      # (B, I+1)
+        allowed = ~positives.dense_mask(users[chunk])                                          # (B, I+1)
+        weights = torch.where((overlap <= hardness) & allowed, overlap.exp(), torch.zeros(()))  # (B, I+1)
+        weights = torch.where(weights.sum(1, keepdim=True) > 0, weights, allowed.float())     # empty: uniform
+        draws = torch.multinomial(weights, n, replacement=True, generator=generator)          # (B, n)
+        out[chunk] = torch.where(open_[chunk], draws, out[chunk])
+    return out
 
 
 class GNNOSampler:
