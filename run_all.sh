@@ -5,7 +5,7 @@
 #   ./run_all.sh --quick                      # small grid on synthetic data, a few minutes: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run and what is already done
-#   ./run_all.sh --grid icpns-ml100k          # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo (default: all)
+#   ./run_all.sh --grid icpns-ml100k          # one grid: icpns-ml100k, mdcns-beauty, samplers-beauty, ml1m-loo
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #
@@ -35,7 +35,7 @@ PYTHON="${PYTHON:-python}"
 # command of a method: the method file and its method flag
 method_command() {
   case "$1" in
-    rns|pns|dns|dnsmn) echo "baselines.py --sampler $1" ;;
+    rns|pns|dns|dnsmn|mixgcf|mixgcfmn|adasir|gnno|srns) echo "baselines.py --sampler $1" ;;
     icpns) echo "icpns.py" ;;
     mdcns) echo "mdcns.py" ;;
     *) echo "error: unknown method $1" >&2; exit 2 ;;
@@ -68,6 +68,15 @@ grid_lines() {
   seeds="${SEEDS:-42 43 44}"   # the paper's seed 42, then two more
   for m in rns dnsmn mdcns; do for s in $seeds; do
     echo "mdcns-beauty beauty user sasrec $m $s -- --loss bce --dim 64 --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30 --epochs 20 --top-m 1"
+  done; done
+  # 2b. MDCNS's other Table 3 baselines on Beauty: protocol, budget and seeds of mdcns-beauty (rows of its table).
+  #    The MDCNS code's settings, baselines.py's defaults: N = 100 (mixgcf, mixgcfmn, gnno), 200 (adasir), 500
+  #    (srns); M = 5 for mixgcfmn and gnno. MDCNS searched M over {1..10, 15, ..., 50, 100} (MixGCF+) and
+  #    {1..10, 15, ..., 50} (GNNO), one seed each, without reporting the best; AdaSIR and SRNS were run at one
+  #    setting. A search over M needs its own --runs folder per value: run directories do not name --top-m.
+  seeds="${SEEDS:-42 43 44}"
+  for m in mixgcf mixgcfmn adasir gnno srns; do for s in $seeds; do
+    echo "samplers-beauty beauty user sasrec $m $s -- --loss bce --dim 64 --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30 --epochs 20"
   done; done
   # 3. ml-1m (SASRec's ml-1m.txt), leave-one-out, SASRec's own ml-1m settings (L = 200, D = 50, 1 head, dropout
   #    0.2, 128 sequences per batch) spelled out, because mdcns.py's defaults are the MDCNS protocol's; BPR for
