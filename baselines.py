@@ -22,8 +22,9 @@ ICPNS compares against RNS, PNS and HNS (= DNS); MDCNS (Table 3) against RNS, DN
 - GNNO  Fan et al., SIGIR 2023: negatives drawn by their neighbourhood overlap (Jaccard) with the target on the
        item transition graph, capped by a hardness that grows over the epochs; MDCNS runs them inside a DNS(M,N)
        pool of uniform candidates. `GNNOSampler`.
-- SRNS  Ding et al., NeurIPS 2020: per-user memories of candidates; the negative maximises its score plus α
-       times the standard deviation of its scores over the last 5 epochs (false negatives are high but steady).
+- SRNS  Ding et al., NeurIPS 2020: per-user memories of candidates; the negative maximises its probability of
+       outranking the positive plus α times that probability's standard deviation over the last 5 epochs (false
+       negatives score high but steadily).
        `SRNSMemory`.
 Each of the last five has a docstring with the paper, the official code, the MDCNS code's adaptation
 (`Lyz103/SIGIR26-MDCNS`, `Baselines/Neg_samples_{posmix,two_pass,gnno,srns}`), its hyper-parameters, the size
@@ -32,7 +33,7 @@ the official code was read, the papers' equation numbering could not be checked.
 
 Every sampler is a tensor function or a small class (top of the file), takes an explicit `torch.Generator`, runs
 on the model's device with no loop over users or samples, and states its draw order. RNS, PNS, DNS and DNS(M,N)
-return k negatives per positive, the MDCNS baselines one (as MDCNS runs them). The loss is BPR or BCE (`--loss`)
+return k negatives per positive; MixGCF, MixGCF+, AdaSIR, GNNO and SRNS one (as MDCNS runs them). The loss is BPR or BCE (`--loss`)
 over each (positive, negatives) example; the L2 penalty of general backbones is LightGCN's (MixGCF's for mixgcf).
 
 Commands (the dataset names need common.py's data registry):
