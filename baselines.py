@@ -33,8 +33,9 @@ the official code was read, the papers' equation numbering could not be checked.
 
 Every sampler is a tensor function or a small class (top of the file), takes an explicit `torch.Generator`, runs
 on the model's device with no loop over users or samples, and states its draw order. RNS, PNS, DNS and DNS(M,N)
-return k negatives per positive; MixGCF, MixGCF+, AdaSIR, GNNO and SRNS one (as MDCNS runs them). The loss is BPR or BCE (`--loss`)
-over each (positive, negatives) example; the L2 penalty of general backbones is LightGCN's (MixGCF's for mixgcf).
+return k negatives per positive; MixGCF, MixGCF+, AdaSIR, GNNO and SRNS one (as MDCNS runs them). The loss is
+BPR or BCE (`--loss`) over each (positive, negatives) example; the L2 penalty of general backbones is LightGCN's
+(MixGCF's for mixgcf).
 
 Commands (the dataset names need common.py's data registry):
     python baselines.py --sampler rns --dataset ml-1m --backbone sasrec

@@ -1,7 +1,7 @@
 """Tests of MDCNS's other baselines in baselines.py (MixGCF, MixGCF+, AdaSIR, GNNO, SRNS): each rule on a
 hand-checked case and against a literal loop, the distributions they sample (chi-square, fixed seeds), their
-draw orders, the state they keep across epochs, and every sampler end to end on the synthetic default."""
-import json
+draw orders, the state they keep across epochs, and their flags. tests/test_baselines.py runs every sampler end
+to end."""
 import math
 
 import numpy as np
@@ -25,6 +25,13 @@ def small_split(sequential: bool, seed: int = 0, max_len: int = 50):
     """The synthetic default, shrunk: 120 users x 60 items (leave-one-out)."""
     data = make_synthetic(seed, n_users=120, n_items=60)
     return split_dataset(data, "loo", seed, sequential, max_len)
+
+
+def small_model(split, backbone: str):
+    """An untrained MF or SASRec (D = 8) for `split`, and the split's training positives."""
+    torch.manual_seed(0)
+    model = MF(split.n_users, split.n_items, 8) if backbone == "mf" else SASRec(split.n_items, 8, split.max_len)
+    return model, training_positives(split, "cpu")
 
 
 def fake_examples(users, n_items, dim=6, seed=0):
@@ -176,9 +183,7 @@ def test_merge_pools_picks_each_slot_uniformly_from_old_and_new():
 @pytest.mark.parametrize("backbone", ["mf", "sasrec"])
 def test_adasir_pools_refresh_every_epoch_and_serve_uniform_draws(backbone):
     split = small_split(backbone == "sasrec")
-    torch.manual_seed(0)
-    model = MF(split.n_users, split.n_items, 8) if backbone == "mf" else SASRec(split.n_items, 8, split.max_len)
-    positives = training_positives(split, "cpu")
+    model, positives = small_model(split, backbone)
     pools = AdaSIRPools(positives, split, 20, 4, batch_size=32)
     pools.new_epoch(model, 1, torch.Generator().manual_seed(2))
     g = torch.Generator().manual_seed(2)                                                      # replay epoch 1
@@ -357,9 +362,7 @@ def test_last_example_of_each_user():
 @pytest.mark.parametrize("backbone", ["mf", "sasrec"])
 def test_srns_step_picks_the_criterion_argmax_then_keeps_the_top_s1(backbone):
     split = small_split(backbone == "sasrec")
-    torch.manual_seed(0)
-    model = MF(split.n_users, split.n_items, 8) if backbone == "mf" else SASRec(split.n_items, 8, split.max_len)
-    positives = training_positives(split, "cpu")
+    model, positives = small_model(split, backbone)
     memory = SRNSMemory(positives, split, 50, batch_size=32)
     for epoch in (1, 2, 3):
         memory.new_epoch(model, epoch, torch.Generator().manual_seed(epoch))
@@ -440,20 +443,3 @@ def test_flag_defaults_are_the_mdcns_codes():
 def test_flag_errors(argv):
     with pytest.raises(RecError):
         main(argv + ["--quiet", "--epochs", "1"])
-
-
-EXTRA = {"mixgcf": ["--candidates", "20"], "mixgcfmn": ["--candidates", "20", "--top-m", "3", "--loss", "bce"],
-         "adasir": ["--candidates", "30"], "gnno": ["--candidates", "20", "--top-m", "2", "--loss", "bce"],
-         "srns": ["--candidates", "60"]}
-
-
-@pytest.mark.parametrize("backbone", ["mf", "lightgcn", "sasrec"])
-@pytest.mark.parametrize("name", MDCNS_SAMPLERS)
-def test_end_to_end(name, backbone, tmp_path):
-    result = main(["--sampler", name, "--backbone", backbone, "--epochs", "2", "--quiet", "--dim", "16",
-                   "--max-len", "20", "--out-dir", str(tmp_path), *EXTRA[name]])
-    with open(tmp_path / "results.json") as f:
-        written = json.load(f)
-    assert written["method"] == name and written["config"]["sampler"] == name
-    assert len(written["history"]) == 2 and written["test"] == result["test"]
-    assert all(np.isfinite(v) for v in written["test"].values())
