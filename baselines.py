@@ -527,8 +527,9 @@ class SRNSMemory:
     negatives fluctuate. Each user keeps a variance set of N uniform non-positive items, drawn anew every epoch,
     and a memory of S1 positions in it. A positive's negative is the memory item of highest P_pos + α_t · std
     (`srns_criterion`), with α_t = α min(1, (e - 1) / warm-up) at epoch e and the standard deviation over the
-    last T = 5 epochs' scores. After each step, the memory of each user of the batch (from its last example)
-    takes S2 fresh positions (`fresh_positions`) and keeps the S1 of the S1 + S2 that score highest now.
+    last T = 5 epochs' scores. Then, in the same step, the memory of each user of the batch (scored with its last
+    example's query) takes S2 fresh positions (`fresh_positions`) and keeps the S1 of the S1 + S2 that score
+    highest now.
     N = 500 as MDCNS runs SRNS (`Neg_samples_srns/run_finetune.bash`), S1 = S2 = 20, T = 5, α = 5, warm-up 1
     epoch (MDCNS code defaults).
     Draw order: at each epoch's start uniform_negatives(positives, training users, N) (the variance sets) and,
@@ -540,7 +541,7 @@ class SRNSMemory:
     Deviations. Paper/SRNS code: it scores each variance set at the end of the 5 epochs before it is used and
     keeps those scores (5 sets in rotation); we keep the last 5 epoch-start snapshots of the user queries and
     item table instead and score any item from them when asked: the same numbers, in 44 MB instead of 15 score
-    arrays of users x N. Its memory keeps S1 of the S1 + S2 by sampling without replacement with probability ∝
+    arrays of users x N (671 MB on Beauty). Its memory keeps S1 of the S1 + S2 by sampling without replacement with probability ∝
     exp(score / τ) (τ = 10 in its ml-1m run); the MDCNS code keeps the top S1 by score, and so do we (τ -> 0). As
     in both codes, memory positions are kept when the variance set is redrawn. The memory update uses each
     user's first example in the batch there, the last here (for sequential backbones the longest prefix).
