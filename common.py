@@ -1084,13 +1084,18 @@ class LightGCN(nn.Module):
         self.register_buffer("adjacency", adjacency, persistent=False)
         self.propagated = None   # (weights, adjacency, their propagated tables) of cached_propagate
 
-    def propagate(self):
+    def propagate_layers(self):
+        """E^(0..K) of users (K+1, U, D) and items (K+1, I+1, D); MixGCF's hop mixing reads the layers."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
         layers = [ego]
         for _ in range(self.n_layers):
             layers.append(SymmetricSparseMatmul.apply(self.adjacency, layers[-1]))
-        final = torch.stack(layers).mean(0)                                            # mean over K+1 layers
-        return final[:self.n_users], final[self.n_users:]
+        stacked = torch.stack(layers)                                                  # (K+1, U+I+1, D)
+        return stacked[:, :self.n_users], stacked[:, self.n_users:]
+
+    def propagate(self):
+        users, items = self.propagate_layers()
+        return users.mean(0), items.mean(0)                                            # mean over K+1 layers
 
     @torch.no_grad()
     def cached_propagate(self):

@@ -39,7 +39,7 @@ PYTHON="${PYTHON:-python}"
 # command of a method: the method file and its method flag
 method_command() {
   case "$1" in
-    rns|pns|dns|dnsmn) echo "baselines.py --sampler $1" ;;
+    rns|pns|dns|dnsmn|mixgcf|mixgcfmn|adasir|gnno|srns) echo "baselines.py --sampler $1" ;;
     dnsmn-m*) echo "baselines.py --sampler dnsmn" ;;
     icpns) echo "icpns.py" ;;
     mdcns) echo "mdcns.py" ;;
@@ -100,6 +100,12 @@ grid_lines() {
       local best; best=$(best_m "$1")
       [ -n "$best" ] && echo "table3 $1 user sasrec dnsmn $s -- $table3 --epochs 300 --patience 30 --candidates 100 --top-m $best"
     done
+    # MDCNS's other Table 3 baselines (issue 17), Beauty first, at the MDCNS code's settings (baselines.py's
+    # defaults: N = 100 for mixgcf, mixgcfmn, gnno; 200 adasir; 500 srns; M = 5 for mixgcfmn, gnno) until the
+    # MDCNS code's M search (MixGCF+ {1..10, 15, ..., 50, 100}, GNNO {1..10, 15, ..., 50}) is run on one seed
+    [ "$1" = beauty ] && for s in ${SEEDS:-42 43 44}; do for m in mixgcf mixgcfmn adasir gnno srns; do
+      echo "table3 $1 user sasrec $m $s -- $table3 --epochs 300 --patience 30"
+    done; done
     for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
       echo "dnsplus-sweep $1 user sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done

@@ -33,10 +33,11 @@ ROWS = {
 }
 
 
-def grid_commands(dataset, data_dir):
-    """method -> its SASRec command in the grid of `dataset`, as `run_all.sh --dry-run` lists it (seed 1)."""
+def grid_commands(grid_flags, data_dir):
+    """method -> its SASRec command in the grid that `grid_flags` select (e.g. GRIDS["beauty"]), as
+    `run_all.sh --dry-run` lists it (seed 1)."""
     with tempfile.TemporaryDirectory() as runs:   # an empty runs folder: every run is listed as to do
-        listing = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", *GRIDS[dataset],
+        listing = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", *grid_flags,
                                   "--seeds", "1", "--data-dir", data_dir, "--runs", runs],
                                  capture_output=True, text=True, check=True).stdout
     commands = {}
@@ -68,7 +69,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     args = parser.parse_args()
-    commands = grid_commands(args.dataset, args.data_dir)
+    commands = grid_commands(GRIDS[args.dataset], args.data_dir)
     seconds = {row: [] for row in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):

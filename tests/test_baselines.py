@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from baselines import (SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives, main, make_sampler,
-                       pns_negatives, popularity_weights, resolve_sampler_args)
+from baselines import (MDCNS_SAMPLERS, SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives,
+                       main, make_sampler, pns_negatives, popularity_weights, resolve_sampler_args)
 from common import (GRU4Rec, AliasTable, Examples, KangSASRec, PositiveSets, RecError, make_synthetic, pad_right,
                     score_items, split_dataset, standard_loss, training_positives, training_windows,
                     uniform_negatives)
@@ -334,13 +334,17 @@ def test_per_position_loss_equals_explicit_prefixes(backbone, loss):
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 EXTRA = {"rns": [], "pns": ["--loss", "bce"], "dns": ["--negatives", "2"],
-         "dnsmn": ["--negatives", "2", "--loss", "bce", "--candidates", "20", "--top-m", "3"]}
+         "dnsmn": ["--negatives", "2", "--loss", "bce", "--candidates", "20", "--top-m", "3"],
+         "mixgcf": ["--candidates", "20"], "mixgcfmn": ["--candidates", "20", "--top-m", "3", "--loss", "bce"],
+         "adasir": ["--candidates", "30"], "gnno": ["--candidates", "20", "--top-m", "2", "--loss", "bce"],
+         "srns": ["--candidates", "60"]}
 
 
 @pytest.mark.parametrize("backbone", ["mf", "lightgcn", "sasrec", "gru4rec"])
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", SAMPLERS + MDCNS_SAMPLERS)
 def test_end_to_end(name, backbone, tmp_path):
-    result = main(["--sampler", name, "--backbone", backbone, "--epochs", "1", "--quiet", "--dim", "16",
+    """Two epochs: AdaSIR, GNNO and SRNS change their state at the second epoch's start."""
+    result = main(["--sampler", name, "--backbone", backbone, "--epochs", "2", "--quiet", "--dim", "16",
                    "--max-len", "20", "--out-dir", str(tmp_path), *EXTRA[name]])
     with open(tmp_path / "results.json") as f:
         written = json.load(f)
@@ -348,6 +352,7 @@ def test_end_to_end(name, backbone, tmp_path):
     assert {"config", "data", "history", "best_epoch", "valid", "test", "epoch_seconds", "train_seconds",
             "eval_seconds"} <= set(written)
     assert written["config"]["sampler"] == name and written["test"] == result["test"]
+    assert len(written["history"]) == 2
     assert all(np.isfinite(v) for v in written["test"].values())
 
 
