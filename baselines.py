@@ -53,8 +53,8 @@ from __future__ import annotations
 
 import torch
 
-from common import (AliasTable, PositiveSets, RecError, base_parser, build_backbone, finish, fit, prepare,
-                    run_cli, score_items, standard_loss, training_positives, uniform_negatives,
+from common import (AliasTable, PositiveSets, RecError, base_parser, build_backbone, evaluate_saved, finish, fit,
+                    prepare, run_cli, score_items, standard_loss, training_positives, uniform_negatives,
                     weighted_negatives)
 
 SAMPLERS = ("rns", "pns", "dns", "dnsmn")
@@ -152,7 +152,8 @@ def make_sampler(name: str, positives: PositiveSets, k: int, train_item=None, al
 # Command line
 # ----------------------------------------------------------------------------------------------------------
 def build_parser():
-    parser = base_parser("RNS, PNS, DNS and DNS(M,N) negative sampling on MF, LightGCN, SASRec and GRU4Rec")
+    parser = base_parser("RNS, PNS, DNS and DNS(M,N) negative sampling on MF, LightGCN, SASRec and GRU4Rec",
+                         __file__)
     group = parser.add_argument_group("negative sampling")
     group.add_argument("--sampler", default="rns", choices=SAMPLERS,
                        help="rns: uniform (Rendle 2009); pns: popularity^α (Chen 2017); dns: best of N "
@@ -203,7 +204,8 @@ def main(argv=None):
     positives = training_positives(split, args.device)
     negatives_fn = make_sampler(args.sampler, positives, args.negatives, split.train_item, args.pns_alpha,
                                 args.candidates, args.top_m)
-    record = fit(args, split, model, standard_loss(negatives_fn, args.loss, args.reg_weight))
+    record = evaluate_saved(args, split, model) if args.eval_only else \
+        fit(args, split, model, standard_loss(negatives_fn, args.loss, args.reg_weight))
     return finish(args, split, model, record)
 
 

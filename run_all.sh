@@ -2,16 +2,19 @@
 # The comparison grid: every (dataset, protocol, backbone, method, seed) run through the method files, each
 # writing results/runs/<grid>/<run>/results.json, then results/RESULTS.md and the plots.
 #
-#   ./run_all.sh --quick                      # small grid on synthetic data, a few minutes: the smoke check
+#   ./run_all.sh --quick                      # small grid on synthetic data, ~1 minute: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
-#   ./run_all.sh --dry-run                    # list what would run and what is already done
+#   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid icpns-ml100k          # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo (default: all)
-#   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
+#   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
+#                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #
-# Resumable: a run whose results.json exists is skipped (results.json is written atomically at the end of a
-# run, so an interrupted run is simply redone). Epoch budgets are CPU budgets, below the papers' (see
-# results/RESULTS.md, which states the epochs actually run). Set PYTHON to choose the interpreter.
+# Resumable across sessions: a run whose results.json exists is skipped; a run with a checkpoint.pt but no
+# results.json continues from it (--resume), so a grid cut short loses at most one validation interval of one
+# run. Ctrl-C or SIGTERM stops the whole grid: the current run saves its checkpoint first. Epoch budgets are CPU
+# budgets, below the papers' (see results/RESULTS.md, which states the epochs actually run). Set PYTHON to
+# choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,13 +27,28 @@ while [ $# -gt 0 ]; do
     --grid) GRID="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON="${PYTHON:-python}"
-[ -n "$RUNS" ] || { [ "$QUICK" = 1 ] && RUNS=results/quick || RUNS=results/runs; }
+if [ -z "$RUNS" ] && [ "$QUICK" = 1 ]; then
+  RUNS=$(mktemp -d "${TMPDIR:-/tmp}/negsampling-quick.XXXXXX")   # a smoke check never reuses old runs
+  echo "quick grid in $RUNS"
+fi
+RUNS="${RUNS:-results/runs}"
+
+# Ctrl-C (SIGINT) or SIGTERM: the running method file gets SIGTERM, saves its checkpoint, and the grid stops
+child=""
+stop_grid() {
+  trap - INT TERM
+  echo "interrupted: stopping the grid; run the same command again to continue" >&2
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; fi
+  exit "$1"
+}
+trap 'stop_grid 130' INT
+trap 'stop_grid 143' TERM
 
 # command of a method: the method file and its method flag
 method_command() {
@@ -101,16 +119,22 @@ while read -r grid dataset split backbone method seed _ extra; do
     done_=$((done_ + 1)); [ "$DRY" = 1 ] && echo "done  $dir"; continue
   fi
   todo=$((todo + 1))
-  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)"
-  if [ "$DRY" = 1 ]; then echo "todo  $cmd"; continue; fi
+  state=todo; resume=""
+  if [ -f "$dir/checkpoint.pt" ]; then state=resume; resume=" --resume"; fi   # stopped mid-way: continue it
+  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)$resume"
+  if [ "$DRY" = 1 ]; then echo "$state  $cmd"; continue; fi
   echo "[$(date +%H:%M:%S)] $cmd"
   mkdir -p "$dir"
-  if ! $cmd > "$dir/log.txt" 2>&1; then
+  # in the background, so that the traps above run at once; the log of a resumed run continues its own
+  $cmd >> "$dir/log.txt" 2>&1 &
+  child=$!
+  if ! wait "$child"; then
     echo "  failed: see $dir/log.txt" >&2; tail -n 2 "$dir/log.txt" >&2
   fi
+  child=""
 done < <(grid_lines)
 
-echo "$done_ runs already done, $todo to run$([ "$DRY" = 1 ] && echo ' (dry run)')"
+echo "$done_ runs already done, $todo to run or resume$([ "$DRY" = 1 ] && echo ' (dry run)')"
 if [ "$DRY" = 0 ]; then
   $PYTHON results/aggregate.py --runs "$RUNS" --out "$([ "$QUICK" = 1 ] && echo "$RUNS" || echo results)"
 fi
