@@ -1920,6 +1920,8 @@ def run_config(args) -> dict:
 def resolve_args(args, method: str):
     """Fill per-backbone defaults, check every flag, pick the device, check --out-dir and what it holds: all before
     any data is read. Every problem is a RecError (one line, exit 2). Returns args (modified)."""
+    if args.resume and args.eval_only:
+        raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
     if args.eval_only:
         method = adopt_saved_settings(args)
     defaults = BACKBONE_DEFAULTS[args.backbone]
@@ -1979,8 +1981,6 @@ def check_flags(args):
         raise RecError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.seed < 2 ** 32 - 1:
         raise RecError(f"--seed must be in [0, 2^32 - 1) (numpy's seed range), got {args.seed}")
-    if args.resume and args.eval_only:
-        raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
 
 
 def check_out_dir(args):
@@ -1988,6 +1988,8 @@ def check_out_dir(args):
     command: --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must
     not overwrite one. A fresh run writes run.json, its command and settings."""
     out = args.out_dir
+    if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
+        raise RecError("--resume needs --out-dir, the folder of the interrupted run")
     if args.resume and not os.path.isdir(out):
         raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
     if os.path.exists(out) and not os.path.isdir(out):
@@ -2001,8 +2003,6 @@ def check_out_dir(args):
                        f"writable folder") from None
     checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
     if args.resume:
-        if not args.command or not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
-            raise RecError("--resume needs --out-dir, the folder of the interrupted run")
         if not os.path.isfile(checkpoint):
             finished = os.path.isfile(os.path.join(out, "results.json"))
             raise RecError(f"--resume: {out} has no checkpoint.pt" + (
