@@ -2117,14 +2117,24 @@ def resume_command(args) -> str:
 
 @contextlib.contextmanager
 def deferred_signals():
-    """While training, SIGINT and SIGTERM are only noted (in the yielded list): `fit` acts on them after the current
-    step. Outside the main thread (where handlers cannot be set) nothing changes."""
+    """While training, SIGINT and SIGTERM are noted (in the yielded list) and `fit` acts on them after the current
+    step; a second one stops at once (the last checkpoint stays). Outside the main thread (where handlers cannot be
+    set) nothing changes."""
     received = []
+
+    def note(signum, frame):
+        name = signal.Signals(signum).name
+        if received:
+            raise Interrupted(f"{name} again: stopped at once; the last checkpoint stays (resume with the run's "
+                              f"command and --resume)", signum)
+        received.append(signum)
+        print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
+              file=sys.stderr, flush=True)
+
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
-                for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield received
     finally:
@@ -2304,7 +2314,7 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
     for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
-        if os.path.exists(finished):
+        if os.path.exists(finished) and not args.eval_only:
             os.remove(finished)
     print(f"best epoch {record['best_epoch']}  test " + "  ".join(
         f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))

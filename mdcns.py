@@ -67,7 +67,7 @@ import torch.nn.functional as F
 
 from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
                     evaluate_saved, examples, finish, fit, parser_action, positions_within_users, prepare, run_cli,
-                    score_items, training_positives, uniform_negatives)
+                    score_items, synthetic_defaults, training_positives, uniform_negatives)
 
 CODE_BATCH = 1024      # examples per batch in the official code
 CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     # The official code's settings (MDCNS.md 1.3-1.5) and the paper's protocol.
     parser.set_defaults(backbone="sasrec", split="user", loss="bce", dim=64, layers=2, heads=2, dropout=0.5,
                         max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42)
+    synthetic_defaults(parser, epochs=4)   # two models, one of them the plain-PyTorch Mamba scan: ~2 s an epoch
     parser_action(parser, "batch_size").help = (
         "sequences per step (prefix rows with --augmented-prefixes); default: set from --examples-per-batch")
     g = parser.add_argument_group("MDCNS")

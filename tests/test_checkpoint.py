@@ -123,13 +123,31 @@ def test_sigterm_to_a_real_run_prints_the_resume_command_and_it_finishes_the_run
             break
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert len(stderr.splitlines()) == 1 and stderr.startswith("interrupted by SIGTERM: train stopped after")
+    notice, last = stderr.splitlines()
+    assert notice == "SIGTERM: finishing the current step, then saving a checkpoint (send it again to stop at once)"
+    assert last.startswith("interrupted by SIGTERM: train stopped after")
     command = re.search(r"resume with: (.*)$", stderr).group(1)
     resumed = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     whole = quietly(baselines.main, argv + ["--out-dir", str(tmp_path / "whole")])
     with open(os.path.join(out_dir, "results.json")) as f:
         assert outcome(json.load(f)) == outcome(whole)
+
+
+def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+    main, argv = RUNS["baselines"]
+    batches = common.training_batches
+
+    def twice(*args, **kwargs):
+        for item in batches(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(common, "training_batches", twice)
+    with pytest.raises(common.Interrupted, match="SIGTERM again: stopped at once"):
+        quietly(main, argv + ["--out-dir", str(tmp_path)])
+    assert not (tmp_path / "checkpoint.pt").exists()                   # stopped before any step: nothing saved
 
 
 def test_resume_refuses_what_would_not_continue_the_same_run(tmp_path, monkeypatch):

@@ -120,7 +120,7 @@ def test_help_per_script_values():
                for name, module in (("baselines", baselines), ("icpns", icpns), ("mdcns", mdcns))}
     assert "mf/lightgcn (default 4096" in help_of["icpns"] and "2048" not in help_of["icpns"]
     assert "default: set from --examples-per-batch" in help_of["mdcns"]
-    assert "(default: 300; 10 with --dataset synthetic)" in help_of["mdcns"]
+    assert "(default: 300; 4 with --dataset synthetic)" in help_of["mdcns"]
     assert "--pretrain-epochs PRETRAIN_EPOCHS maximum pre-training epochs" in help_of["icpns"]
     assert "(default: 1000; 10 with --dataset synthetic)" in help_of["icpns"]
     assert "(default: sasrec 200, others 50; 20 with --dataset synthetic)" in help_of["baselines"]
