@@ -1809,7 +1809,8 @@ class _DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if not action.option_strings or action.default in (argparse.SUPPRESS, False) or "default" in text.lower():
+        if not action.option_strings or action.default is argparse.SUPPRESS or action.default is False or \
+                "default" in text.lower():
             return text   # (a store_true flag is off unless given: no default to state)
         parts = [per_backbone_default(action.dest) if action.default is None else str(action.default)]
         if hasattr(action, "synthetic_default"):
@@ -1979,8 +1980,8 @@ def check_flags(args):
         raise RecError(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.lr <= 0:
         raise RecError(f"--lr must be positive, got {args.lr}")
-    if not 0 <= args.seed < 2 ** 32 - 1:
-        raise RecError(f"--seed must be in [0, 2^32 - 1) (numpy's seed range), got {args.seed}")
+    if not 0 <= args.seed <= 2 ** 32 - 1:
+        raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
 
 
 def check_out_dir(args):
@@ -2008,6 +2009,9 @@ def check_out_dir(args):
             raise RecError(f"--resume: {out} has no checkpoint.pt" + (
                 " but a results.json: the run has finished" if finished else
                 ": the run was stopped before its first checkpoint; run it again without --resume"))
+        if not os.path.isfile(run_file):
+            raise RecError(f"--resume: {out} has a checkpoint.pt but no run.json (the run's settings); start the run "
+                           f"again in a new --out-dir")
         with open(run_file) as f:
             saved = json.load(f)
         now = run_config(args)
@@ -2016,7 +2020,7 @@ def check_out_dir(args):
                    if k not in WHERE_AND_HOW and now.get(k) != saved["config"].get(k)]
         if changed:
             raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
-                           f"Resume with the run's own command: {shlex.join(saved['command'])} --resume")
+                           f"Resume with the run's own command: {resume_command(saved['command'], out)}")
     elif not args.eval_only:
         if os.path.exists(checkpoint):
             raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
@@ -2107,12 +2111,12 @@ def set_rng_states(states: dict):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def resume_command(args) -> str:
-    """The command that continues this run: its own, with --out-dir spelled out and --resume."""
-    argv = [a for a in args.command[1:] if a != "--resume"]
+def resume_command(command: list, out_dir: str) -> str:
+    """The command that continues a run: its own (`args.command`), with --out-dir spelled out and --resume."""
+    argv = [a for a in command[1:] if a != "--resume"]
     if not any(a == "--out-dir" or a.startswith("--out-dir=") for a in argv):
-        argv += ["--out-dir", args.out_dir]
-    return shlex.join([sys.executable, args.command[0], *argv, "--resume"])
+        argv += ["--out-dir", out_dir]
+    return shlex.join([sys.executable, command[0], *argv, "--resume"])
 
 
 @contextlib.contextmanager
@@ -2202,7 +2206,7 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
         save()
         return Interrupted(f"{signal.Signals(signum).name}: {stage} stopped after {loop['epoch']} epochs and "
                            f"{loop['step']} batches, saved to {checkpoint_path(args)}; resume with: "
-                           f"{resume_command(args)}", signum)
+                           f"{resume_command(args.command, args.out_dir)}", signum)
 
     recent = []   # wall seconds of the latest epochs (training and validation), for the ETA
     with deferred_signals() as received:
