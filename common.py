@@ -2122,18 +2122,20 @@ def resume_command(command: list, out_dir: str) -> str:
 @contextlib.contextmanager
 def deferred_signals():
     """While training, SIGINT and SIGTERM are noted (in the yielded list) and `fit` acts on them after the current
-    step; a second one stops at once (the last checkpoint stays). Outside the main thread (where handlers cannot be
-    set) nothing changes."""
+    step; the same signal again (Ctrl-C twice) stops at once, the last checkpoint staying. (run_all.sh follows a
+    Ctrl-C with a SIGTERM: that one waits for the step too.) Outside the main thread (where handlers cannot be set)
+    nothing changes."""
     received = []
 
     def note(signum, frame):
         name = signal.Signals(signum).name
-        if received:
+        if signum in received:
             raise Interrupted(f"{name} again: stopped at once; the last checkpoint stays (resume with the run's "
                               f"command and --resume)", signum)
+        if not received:
+            print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
+                  file=sys.stderr, flush=True)
         received.append(signum)
-        print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
-              file=sys.stderr, flush=True)
 
     if threading.current_thread() is not threading.main_thread():
         yield received

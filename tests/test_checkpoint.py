@@ -134,20 +134,27 @@ def test_sigterm_to_a_real_run_prints_the_resume_command_and_it_finishes_the_run
         assert outcome(json.load(f)) == outcome(whole)
 
 
-def test_a_second_signal_stops_at_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)])
+def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch, signals):
+    """Ctrl-C twice stops at once; Ctrl-C then run_all.sh's SIGTERM still waits for the step and saves."""
     main, argv = RUNS["baselines"]
     batches = common.training_batches
 
-    def twice(*args, **kwargs):
+    def signalled(*args, **kwargs):
         for item in batches(*args, **kwargs):
-            os.kill(os.getpid(), signal.SIGTERM)
-            os.kill(os.getpid(), signal.SIGTERM)
+            for signum in signals:
+                os.kill(os.getpid(), signum)
             yield item
 
-    monkeypatch.setattr(common, "training_batches", twice)
-    with pytest.raises(common.Interrupted, match="SIGTERM again: stopped at once"):
+    monkeypatch.setattr(common, "training_batches", signalled)
+    with pytest.raises(common.Interrupted) as stopped:
         quietly(main, argv + ["--out-dir", str(tmp_path)])
-    assert not (tmp_path / "checkpoint.pt").exists()                   # stopped before any step: nothing saved
+    if signals[0] == signals[1]:
+        assert "SIGTERM again: stopped at once" in str(stopped.value)
+        assert not (tmp_path / "checkpoint.pt").exists()               # stopped before any step: nothing saved
+    else:
+        assert "train stopped after 0 epochs and 1 batches" in str(stopped.value)
+        assert stopped.value.signum == signal.SIGINT and (tmp_path / "checkpoint.pt").exists()
 
 
 def test_resume_refuses_what_would_not_continue_the_same_run(tmp_path, monkeypatch):
