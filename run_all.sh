@@ -74,10 +74,10 @@ grid_lines() {
   local seeds
   # 1. ICPNS protocol on ml-100k: rating >= 3, 10-core (the loader's ml-100k default), ratio split, NDCG@10.
   #    CPU budget: lr 5e-3 instead of the official 1e-3, at most 200 epochs per stage, validation every 5 epochs,
-  #    stop after 6 validations without improvement (30 epochs). At lr 1e-3 LightGCN's validation NDCG@10 was
-  #    still rising at epoch 300 (0.225; the official budget is 1000 epochs, patience 100); at 5e-3 it peaks
-  #    near epoch 100 (0.232); at 1e-2 near epoch 50, then falls. Validation dips after epoch 2 before it climbs,
-  #    so patience counted in single epochs stops far too early.
+  #    stop at the 7th validation in a row without improvement (--patience 6: 35 epochs). At lr 1e-3 LightGCN's
+  #    validation NDCG@10 was still rising at epoch 300 (0.225; the official budget is 1000 epochs, patience 100);
+  #    at 5e-3 it peaks near epoch 100 (0.232); at 1e-2 near epoch 50, then falls. Validation dips after epoch 2
+  #    before it climbs, so patience counted in single epochs stops far too early.
   seeds="${SEEDS:-1 2 3}"
   for b in lightgcn mf; do for m in rns pns dns icpns; do for s in $seeds; do
     echo "icpns-ml100k ml-100k ratio $b $m $s -- --valid-metric ndcg@10 --ks 10,20 --lr 5e-3 --epochs 200 --eval-every 5 --patience 6 --pretrain-epochs 200 --pretrain-patience 6 --batch-size 4096"
