@@ -78,7 +78,7 @@ import warnings
 import torch
 
 from common import (LOSSES, AliasTable, Examples, LightGCN, PositiveSets, RecError, SplitData, base_parser,
-                    build_backbone, examples, finish, fit, prepare, run_cli, score_items, standard_loss,
+                    build_backbone, evaluate_saved, examples, finish, fit, prepare, run_cli, score_items, standard_loss,
                     training_positives, uniform_negatives, weighted_negatives)
 
 SAMPLERS = ("rns", "pns", "dns", "dnsmn")                           # make_sampler: negatives for standard_loss
@@ -616,7 +616,7 @@ DEFAULT_TOP_M = {"dnsmn": 5, "mixgcfmn": 5, "gnno": 5}
 
 def build_parser():
     parser = base_parser("Baseline negative samplers (RNS, PNS, DNS, DNS(M,N), MixGCF, MixGCF+, AdaSIR, GNNO, "
-                         "SRNS) on every backbone")
+                         "SRNS) on every backbone", __file__)
     group = parser.add_argument_group("negative sampling")
     group.add_argument("--sampler", default="rns", choices=SAMPLERS + MDCNS_SAMPLERS,
                        help="rns: uniform (Rendle 2009); pns: popularity^α (Chen 2017); dns: best of N "
@@ -678,8 +678,9 @@ def main(argv=None):
     args = resolve_sampler_args(build_parser().parse_args(argv))
     args, split = prepare(args, args.sampler)
     model = build_backbone(args.backbone, split, args)
-    record = fit(args, split, model, make_batch_loss(args, split, training_positives(split, args.device,
-                                                                                args.exclude_held_out)))
+    positives = training_positives(split, args.device, args.exclude_held_out)
+    record = evaluate_saved(args, split, model) if args.eval_only else \
+        fit(args, split, model, make_batch_loss(args, split, positives))
     return finish(args, split, model, record)
 
 

@@ -12,7 +12,8 @@ What no paper owns lives here, in the order a run uses it:
 5. Negative-sampling plumbing every method shares: users' training positives, exact uniform sampling of
    non-interacted items (RNS itself), candidate pools, alias tables with positives excluded.
 6. Full-ranking evaluation and `ranking_metrics` (RecBole's formulas, pessimistic ties).
-7. The training loop (`fit`), the shared command line and `results.json`.
+7. The shared command line and its checks, the training loop (`fit`) with its checkpoints, `results.json` and
+   `model.pt`.
 
 Copy this file together with one method file (`baselines.py`, `icpns.py`, `mdcns.py`) into another project.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import glob
 import gzip
@@ -29,9 +31,14 @@ import io
 import json
 import math
 import os
+import platform
 import random
+import shlex
+import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import warnings
@@ -72,6 +79,8 @@ class Interactions:
     n_items: int
     name: str = "custom"
     source: str = "arrays"
+    data_file: str | None = None     # the file(s) read, " + "-joined (results.json's provenance); None if generated
+    data_sha256: str | None = None   # sha256 of their bytes, concatenated in that order
 
     @classmethod
     def from_raw(cls, raw_user, raw_item, order=None, name="custom", source="arrays") -> "Interactions":
@@ -259,7 +268,7 @@ def _first_bad(values, numbers, convert, where: str, what: str):
         try:
             convert(value)
         except (ValueError, TypeError):
-            raise RecError(f"{where}, line {number}: {what} {value!r} is not valid") from None
+            raise RecError(f"{where}, line {number}: {what} {str(value)!r} is not valid") from None
     raise RecError(f"{where}: could not read the {what} column")
 
 
@@ -430,7 +439,8 @@ _HEADER_NAMES = {"user", "users", "userid", "user_id", "uid"}
 def _read_custom(sources) -> _Columns:
     """A user's file `user,item[,rating[,timestamp]]`.
 
-    Separator: the first of `::`, tab, comma found on every one of the first 20 lines, else whitespace.
+    Separator: the first of `::`, tab, comma found on the first line, else whitespace (a later line without it is
+    then reported by its own line number).
     Header: the first line is a header when its first field is a user column name (user, user_id, userid, uid,
     with an optional RecBole `:type`) or one of its fields is not a number where the second line has one.
     Text is UTF-8, or Latin-1 when it is not valid UTF-8 (MovieLens files). Timestamps: unix numbers or ISO dates.
@@ -447,7 +457,7 @@ def _read_custom_encoded(sources, encoding: str) -> _Columns:
         head = [line.rstrip("\r\n") for line in f.readlines(1 << 16) if line.strip()][:20]
     if not head:
         raise RecError(f"{path}: the file is empty")
-    sep = next((s for s in ("::", "\t", ",") if all(s in line for line in head)), None)
+    sep = next((s for s in ("::", "\t", ",") if s in head[0]), None)
     first = [field.strip() for field in _split(head[:1], sep)[0]]
     second = [field.strip() for field in _split(head[1:2], sep)[0]] if len(head) > 1 else first
     header = first[0].split(":")[0].lower() in _HEADER_NAMES or any(
@@ -700,7 +710,7 @@ def _save_cache(folders: list, file_name: str, data: Interactions, summary: str)
             handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
             with os.fdopen(handle, "wb") as f:
                 np.savez(f, user=data.user, item=data.item, n_users=data.n_users, n_items=data.n_items,
-                         source=data.source, summary=summary)
+                         source=data.source, summary=summary, data_sha256=data.data_sha256 or "")
             os.replace(temporary, os.path.join(folder, file_name))
             return os.path.join(folder, file_name)
         except OSError:  # read-only data folder: try the next one
@@ -716,7 +726,8 @@ def _load_cache(folders: list, file_name: str, name: str):
             with np.load(path, allow_pickle=False) as z:
                 user = z["user"]
                 data = Interactions(user, z["item"], positions_within_users(user), int(z["n_users"]),
-                                    int(z["n_items"]), name, str(z["source"]))
+                                    int(z["n_items"]), name, str(z["source"]),
+                                    data_sha256=str(z["data_sha256"]) if "data_sha256" in z.files else "")
                 return data, str(z["summary"]), path
     return None
 
@@ -757,6 +768,8 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     cached = _load_cache(folders, cache_name, name) if use_cache else None
     if cached is not None:
         data, summary, cache_path = cached
+        data.data_file = " + ".join(os.path.abspath(p) for p in paths)
+        data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
         print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}")
         return data
     try:
@@ -773,10 +786,21 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     data, summary = _preprocess(columns, name, settings["min_rating"] if columns.rating is not None else None,
                                 settings["k_core"], settings["time_window"])
     data.source = f"{where} ({fmt.description})"
+    data.data_file, data.data_sha256 = " + ".join(os.path.abspath(p) for p in paths), files_sha256(paths)
     cache_path = _save_cache(folders, cache_name, data, summary) if use_cache else None
     print(f"[data] {name}: {where} ({fmt.description}); {summary}; "
           f"{'cached to ' + cache_path if cache_path else 'not cached'}")
     return data
+
+
+def files_sha256(paths) -> str:
+    """sha256 of the files' bytes, concatenated in order (`cat a b | sha256sum`): the provenance of a dataset."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _fetch(spec: DatasetSpec, name: str, folder: str):
@@ -1914,15 +1938,16 @@ def examples(model: nn.Module, batch) -> Examples:
     return Examples(queries, item_table, users, items)
 
 
-def training_batches(split: SplitData, batch_size: int, generator: torch.Generator, device):
+def training_batches(split: SplitData, batch_size: int, generator: torch.Generator, device, first: int = 0):
     """One epoch of shuffled batches: interactions (users, items) for general backbones (interaction-uniform,
-    RecBole's convention), sequence windows (sequences, targets, users) for sequential ones."""
+    RecBole's convention), sequence windows (sequences, targets, users) for sequential ones. `first`: the batch to
+    start from (a resumed epoch); the epoch's order is drawn in full all the same."""
     if split.sequential:
         tensors = (split.train_sequences, split.train_targets, split.train_sequence_user)
     else:
         tensors = (split.train_user, split.train_item)
     order = torch.randperm(len(tensors[0]), generator=generator)
-    for start in range(0, len(order), batch_size):
+    for start in range(first * batch_size, len(order), batch_size):
         index = order[start:start + batch_size]
         yield tuple(t[index].to(device) for t in tensors)
 
@@ -2037,12 +2062,89 @@ def csr_slice(ptr, values, start: int, end: int):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# 7. Command line, seeding, the training loop, results.json
+# 7. Command line, seeding, the training loop and its checkpoints, results.json and model.pt
 # ----------------------------------------------------------------------------------------------------------
-def base_parser(description: str) -> argparse.ArgumentParser:
-    """The flags every method file shares. Flags left at None take the backbone's or dataset's default."""
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+DEFAULT_BATCH_SIZE = {"general": 2048, "sequential": 128}   # examples per step when --batch-size is not given
+_UNSET = object()   # a flag not given on the command line (CommandLine.parse_args)
+
+
+class CommandLine(argparse.ArgumentParser):
+    """argparse as every script here uses it: a usage error is one `error:` line (exit 2); each flag's help states
+    its default once (`_DefaultsHelp`); some flags take other defaults with `--dataset synthetic`
+    (`synthetic_defaults`); the parsed namespace keeps the command line (`args.command`: the script, then argv)."""
+
+    def __init__(self, description: str, script: str):
+        super().__init__(prog=os.path.basename(script), description=description, formatter_class=_DefaultsHelp)
+        self.script = script
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed = super().parse_args(argv, namespace)
+        # a second parse into a namespace pre-filled with _UNSET: argparse keeps what it finds there for the flags
+        # that are not given, so the flags still _UNSET are the ones left at their defaults
+        given = super().parse_args(argv, argparse.Namespace(**{a.dest: _UNSET for a in self._actions}))
+        if parsed.dataset == "synthetic":
+            for action in self._actions:
+                if hasattr(action, "synthetic_default") and getattr(given, action.dest) is _UNSET:
+                    setattr(parsed, action.dest, action.synthetic_default)
+        parsed.command = [os.path.relpath(self.script), *argv]   # as typed from here: `python <script> ...`
+        return parsed
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Appends each flag's default to its help once: the script's own value, the per-backbone values of a flag left
+    at None (from BACKBONE_DEFAULTS, so they cannot drift), and the value `--dataset synthetic` gives it. A help that
+    already speaks of its default is left alone, and None is never printed."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or action.default is False or \
+                "default" in text.lower():
+            return text   # (a store_true flag is off unless given: no default to state)
+        parts = [per_backbone_default(action.dest) if action.default is None else str(action.default)]
+        if hasattr(action, "synthetic_default"):
+            parts.append(f"{action.synthetic_default} with --dataset synthetic")
+        parts = [p for p in parts if p]
+        return text + (f" (default: {'; '.join(parts)})".replace("%", "%%") if parts else "")
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def per_backbone_default(dest: str) -> str | None:
+    """'sasrec 50, others 64': a flag's BACKBONE_DEFAULTS, each value once (None for a flag not in the table)."""
+    groups = {}
+    for backbone, row in BACKBONE_DEFAULTS.items():
+        if dest in row:
+            groups.setdefault(row[dest], []).append(backbone)
+    if len(groups) <= 1:
+        return next(map(_plain, groups), None)
+    usual = max(groups, key=lambda value: len(groups[value]))
+    return ", ".join([f"{'/'.join(names)} {_plain(value)}" for value, names in groups.items() if value != usual]
+                     + [f"others {_plain(usual)}"])
+
+
+def parser_action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    """The action of the flag stored in `dest` (to reword the help of a shared flag in one script)."""
+    return next(action for action in parser._actions if action.dest == dest)
+
+
+def synthetic_defaults(parser: argparse.ArgumentParser, **values):
+    """Defaults that only `--dataset synthetic` takes, so the offline demo finishes in seconds; a flag given on the
+    command line wins, and each flag's help states its value."""
+    for dest, value in values.items():
+        parser_action(parser, dest).synthetic_default = value
+
+
+def base_parser(description: str, script: str | None = None) -> CommandLine:
+    """The flags every method file shares. Flags left at None take the backbone's or dataset's default.
+    script: the method file (its __file__): the usage, results.json's `command` and the resume hint name it."""
+    parser = CommandLine(description, script or sys.argv[0])
     data = parser.add_argument_group("data and protocol")
     data.add_argument("--dataset", default="synthetic",
                       help="'synthetic' (generated from --seed, offline), a registered dataset name "
@@ -2056,31 +2158,27 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     data.add_argument("--mask-history", default=True, action=argparse.BooleanOptionalAction,
                       help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
                            "--no-mask-history reproduces RecBole's sequential evaluation")
-    data.add_argument("--max-len", type=int, default=None,
-                      help="sequence length L of sequential backbones (default: sasrec-kang 200, others 50)")
+    data.add_argument("--max-len", type=int, default=None, help="sequence length L of sequential backbones")
     model = parser.add_argument_group("backbone")
     model.add_argument("--backbone", default="mf", choices=BACKBONES, help="the model being trained")
     model.add_argument("--sasrec-block", default="s3rec", choices=("s3rec", "kang"),
-                       help="s3rec: the post-LN block of S3-Rec / RecBole / the MDCNS code (GELU FFN of 4 D, "
-                            "N(0, 0.02) init; D 64, 2 heads, dropout 0.5, L 50); kang: SASRec's original block "
-                            "(ReLU FFN of D, xavier init; its ml-1m setting D 50, 1 head, dropout 0.2, L 200)")
-    model.add_argument("--dim", type=int, default=None, help="embedding size D (default: sasrec-kang 50, others 64)")
+                       help="s3rec: the post-LN block of S3-Rec / RecBole / the MDCNS code (GELU feed-forward of "
+                            "4 D, N(0, 0.02) init); kang: SASRec's original block (ReLU feed-forward of D, xavier "
+                            "init), whose defaults are the sasrec-kang row: SASRec's ml-1m setting")
+    model.add_argument("--dim", type=int, default=None, help="embedding size D")
     model.add_argument("--layers", type=int, default=None,
-                       help="LightGCN propagation layers (3) / attention blocks (SASRec 2) / GRU layers (1) / "
-                            "Mamba layers (2)")
-    model.add_argument("--heads", type=int, default=None, help="SASRec attention heads (s3rec 2, kang 1)")
-    model.add_argument("--dropout", type=float, default=None,
-                       help="dropout of sequential backbones (sasrec 0.5, sasrec-kang 0.2, gru4rec 0.2, "
-                            "mamba4rec 0.5)")
+                       help="LightGCN propagation layers / SASRec attention blocks / GRU layers / Mamba layers")
+    model.add_argument("--heads", type=int, default=None, help="SASRec / LinRec attention heads (must divide --dim)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout of sequential backbones, in [0, 1)")
     model.add_argument("--reg-weight", type=float, default=None,
-                       help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B (LightGCN 1e-4, "
-                            "MF 0); general backbones only")
+                       help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B; general backbones only")
     train = parser.add_argument_group("training and evaluation")
     train.add_argument("--loss", default="bpr", choices=sorted(LOSSES), help="pairwise BPR or pointwise BCE")
     train.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
     train.add_argument("--batch-size", type=int, default=None,
-                       help="examples per step: interactions for mf/lightgcn (default 2048), sequences for "
-                            "sequential backbones (default 128)")
+                       help=f"examples per step: training interactions for mf/lightgcn (default "
+                            f"{DEFAULT_BATCH_SIZE['general']}), sequences for sequential backbones (default "
+                            f"{DEFAULT_BATCH_SIZE['sequential']})")
     train.add_argument("--augmented-prefixes", action="store_true",
                        help="sequential backbones: train on one row per prefix (its last --max-len items), as the "
                             "MDCNS code and RecBole do, instead of every position of a sequence in one pass; about "
@@ -2094,22 +2192,47 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                        help="auto = cuda when available")
     train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
     train.add_argument("--patience", type=int, default=10,
-                       help="stop after this many validations without improvement of --valid-metric")
+                       help="P: stop once --valid-metric has not improved for more than P validations in a row "
+                            "(RecBole's stopping_step; P = 10 stops at the 11th)")
     train.add_argument("--valid-metric", default="ndcg@10", help="early-stopping metric, e.g. ndcg@10, recall@20")
     train.add_argument("--ks", default="5,10,20", help="cut-offs K of every metric, comma-separated")
     train.add_argument("--eval-batch-size", type=int, default=1024, help="rows ranked at once")
     train.add_argument("--out-dir", default=None,
-                       help="where results.json goes (default runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
+                       help="where results.json, model.pt, run.json and the checkpoint go; checked for writing "
+                            "before anything else (default: runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out-dir from its checkpoint.pt, with the run's own "
+                            "flags (the interrupted run prints the command); ends with exactly the uninterrupted "
+                            "run's results")
+    train.add_argument("--eval-only", default=None, metavar="PATH",
+                       help="no training: evaluate a saved model.pt, rebuilt from its own settings, on their split "
+                            "and write results.json")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--exclude-held-out", action="store_true",
                        help="negatives and candidate pools also avoid each user's validation and test items: a leak "
                             "of held-out labels into training, only to reproduce the official ICPNS pipeline "
                             "(RecBole-GNN's user_positive_item_dict); no effect under --split user")
+    synthetic_defaults(parser, max_len=20, epochs=10)
     return parser
 
 
+# Settings that do not change a run's results: --resume accepts them changed, --eval-only keeps the command line's.
+WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only")
+
+
+def run_config(args) -> dict:
+    """The settings of a run: every flag, resolved (results.json's `config`); nothing about the process."""
+    return {k: v for k, v in vars(args).items()
+            if k not in ("method", "command", "resume", "data_file", "data_sha256")}
+
+
 def resolve_args(args, method: str):
-    """Fill per-backbone defaults, check the flags, pick the device. Returns args (modified)."""
+    """Fill per-backbone defaults, check every flag, pick the device, check --out-dir and what it holds: all before
+    any data is read. Every problem is a RecError (one line, exit 2). Returns args (modified)."""
+    if args.resume and args.eval_only:
+        raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
+    if args.eval_only:
+        method = adopt_saved_settings(args)
     kang = args.backbone == "sasrec" and args.sasrec_block == "kang"
     defaults = BACKBONE_DEFAULTS["sasrec-kang" if kang else args.backbone]
     for name, value in defaults.items():
@@ -2119,25 +2242,9 @@ def resolve_args(args, method: str):
     if not sequential and (args.augmented_prefixes or args.examples_per_batch is not None):
         raise RecError("--augmented-prefixes and --examples-per-batch are for sequential backbones "
                        f"({', '.join(SEQUENTIAL_BACKBONES)}), not {args.backbone}")
-    if args.examples_per_batch is not None and args.examples_per_batch < 1:
-        raise RecError("--examples-per-batch must be at least 1")
-    if args.batch_size is None and not (sequential and args.examples_per_batch):
-        args.batch_size = 128 if sequential else 2048
-    try:
-        args.ks = sorted({int(k) for k in str(args.ks).split(",")})
-    except ValueError:
-        raise RecError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
-    if min(args.ks) < 1:
-        raise RecError("--ks must be positive")
-    metric, _, k = args.valid_metric.partition("@")
-    if metric not in METRICS or not k.isdigit() or int(k) not in args.ks:
-        raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
-                       f"--ks ({args.ks})")
-    for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:   # batch_size: None until the rows are known
-            raise RecError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.patience < 0:
-        raise RecError("--patience must be at least 0")
+    if args.batch_size is None and not (sequential and args.examples_per_batch):   # else set from the rows
+        args.batch_size = DEFAULT_BATCH_SIZE["sequential" if sequential else "general"]
+    check_flags(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise RecError("--device cuda was asked for but CUDA is not available here; use --device cpu")
     args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
@@ -2147,7 +2254,94 @@ def resolve_args(args, method: str):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = os.path.basename(args.dataset).replace(".", "_")
         args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
+    check_out_dir(args)
     return args
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(args):
+    """The ranges of the shared flags (a method file checks its own flags the same way before `prepare`)."""
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecError(f"{_flag(name)} must be a finite number, got {value}")
+    try:
+        args.ks = sorted({int(k) for k in (args.ks if isinstance(args.ks, list) else str(args.ks).split(","))})
+    except ValueError:
+        raise RecError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
+    if min(args.ks) < 1:
+        raise RecError("--ks must be positive")
+    metric, _, k = args.valid_metric.partition("@")
+    if metric not in METRICS or not k.isdigit() or int(k) not in args.ks:
+        raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
+                       f"--ks ({args.ks})")
+    for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size", "heads",
+                 "examples_per_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:   # None: batch_size set from the rows
+            raise RecError(f"{_flag(name)} must be at least 1, got {getattr(args, name)}")
+    for name in ("patience", "layers", "reg_weight"):
+        if getattr(args, name) < 0:
+            raise RecError(f"{_flag(name)} must be at least 0, got {getattr(args, name)}")
+    if args.k_core is not None and args.k_core < 0:
+        raise RecError(f"--k-core must be at least 0 (0 disables it), got {args.k_core}")
+    if args.backbone in SEQUENTIAL_BACKBONES and args.layers < 1:
+        raise RecError(f"{args.backbone} needs --layers of at least 1, got {args.layers}")
+    if args.backbone in ("sasrec", "linrec") and args.dim % args.heads:
+        raise RecError(f"--heads {args.heads} must divide --dim {args.dim} (each head gets dim / heads features)")
+    if not 0 <= args.dropout < 1:
+        raise RecError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.lr <= 0:
+        raise RecError(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.seed <= 2 ** 32 - 1:
+        raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
+
+
+def check_out_dir(args):
+    """Create --out-dir and write a file in it now, not after hours of training; then what it holds must fit the
+    command: --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must
+    not overwrite one. A fresh run writes run.json, its command and settings."""
+    out = args.out_dir
+    if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
+        raise RecError("--resume needs --out-dir, the folder of the interrupted run")
+    if args.resume and not os.path.isdir(out):
+        raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise RecError(f"--out-dir {out} cannot be created or written ({error.strerror or error}); choose a "
+                       f"writable folder") from None
+    checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
+    if args.resume:
+        if not os.path.isfile(checkpoint):
+            finished = os.path.isfile(os.path.join(out, "results.json"))
+            raise RecError(f"--resume: {out} has no checkpoint.pt" + (
+                " but a results.json: the run has finished" if finished else
+                ": the run was stopped before its first checkpoint; run it again without --resume"))
+        if not os.path.isfile(run_file):
+            raise RecError(f"--resume: {out} has a checkpoint.pt but no run.json (the run's settings); start the run "
+                           f"again in a new --out-dir")
+        with open(run_file) as f:
+            saved = json.load(f)
+        now = run_config(args)
+        changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {saved['config'].get(k)!r})"
+                   for k in sorted(now.keys() | saved["config"].keys())
+                   if k not in WHERE_AND_HOW and now.get(k) != saved["config"].get(k)]
+        if changed:
+            raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
+                           f"Resume with the run's own command: {resume_command(saved['command'], out)}")
+    elif not args.eval_only:
+        if os.path.exists(checkpoint):
+            raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
+                           f"choose another --out-dir")
+        with open(run_file + ".tmp", "w") as f:
+            json.dump({"command": args.command, "config": run_config(args)}, f, indent=1)
+        os.replace(run_file + ".tmp", run_file)
 
 
 def seed_everything(seed: int):
@@ -2158,13 +2352,14 @@ def seed_everything(seed: int):
 
 
 def prepare(args, method: str):
-    """Resolve flags, seed, load and split the data. Returns (args, split)."""
+    """Resolve and check the flags, seed, load and split the data. Returns (args, split)."""
     args = resolve_args(args, method)
     seed_everything(args.seed)
     if args.dataset == "synthetic":
         data = make_synthetic(args.seed)
     else:
         data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
+    args.data_file, args.data_sha256 = data.data_file, data.data_sha256
     print(data.describe())
     split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
                           args.mask_history)
@@ -2198,57 +2393,208 @@ def training_rows(args, split: SplitData) -> SplitData:
     return split
 
 
-def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train") -> dict:
-    """Train `model` with Adam, validating every `--eval-every` epochs; stop after `--patience` validations
-    without improvement of `--valid-metric`, restore the best state. The test set is not touched here.
+# ---------------------------------------------------------------- checkpoints
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the run at a clean point; the message says how to resume. Exit 128 + signum."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def checkpoint_path(args) -> str:
+    return os.path.join(args.out_dir, "checkpoint.pt")
+
+
+def save_atomically(obj, path: str):
+    """torch.save into a temporary file of the same folder, then a rename: a reader never sees half a file."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def read_checkpoint(args) -> dict:
+    """<out-dir>/checkpoint.pt, as `fit` writes it."""
+    path = checkpoint_path(args)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # unpickling errors come in many types; all mean "not a usable checkpoint"
+        raise RecError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); start the run "
+                       f"again without --resume") from None
+
+
+def rng_states() -> dict:
+    """The global random states: python, numpy (its key as int64), torch CPU and CUDA."""
+    name, key, position, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (name, torch.from_numpy(key.astype(np.int64)), position,
+                                                   has_gauss, gauss),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_states(states: dict):
+    random.setstate(states["python"])
+    name, key, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((name, key.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"]:
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def resume_command(command: list, out_dir: str) -> str:
+    """The command that continues a run: its own (`args.command`), with --out-dir spelled out and --resume."""
+    argv = [a for a in command[1:] if a != "--resume"]
+    if not any(a == "--out-dir" or a.startswith("--out-dir=") for a in argv):
+        argv += ["--out-dir", out_dir]
+    return shlex.join([sys.executable, command[0], *argv, "--resume"])
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """While training, SIGINT and SIGTERM are noted (in the yielded list) and `fit` acts on them after the current
+    step; the same signal again (Ctrl-C twice) stops at once, the last checkpoint staying. (run_all.sh follows a
+    Ctrl-C with a SIGTERM: that one waits for the step too.) Outside the main thread (where handlers cannot be set)
+    nothing changes."""
+    received = []
+
+    def note(signum, frame):
+        name = signal.Signals(signum).name
+        if signum in received:
+            raise Interrupted(f"{name} again: stopped at once; the last checkpoint stays (resume with the run's "
+                              f"command and --resume)", signum)
+        if not received:
+            print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
+                  file=sys.stderr, flush=True)
+        received.append(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, note) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train",
+        keep: dict | None = None, epochs_after: int = 0) -> dict:
+    """Train `model` with Adam, validating every `--eval-every` epochs; stop once `--valid-metric` has not improved
+    for more than `--patience` validations, restore the best state. The test set is not touched here.
 
     batch_loss(model, batch, generator) -> scalar loss, for a batch of `training_batches`.
     parameters: what Adam updates (default: the model's); a fresh optimizer every call.
+    keep: the method's own state (a dict of tensors and records that it keeps current, e.g. ICPNS's communities),
+        saved with every checkpoint for the method to rebuild itself on --resume (`read_checkpoint(args)["keep"]`).
+    epochs_after: epochs of the run's later stages, counted in the ETA.
     Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds.
+
+    Checkpoints. After every validation, <out-dir>/checkpoint.pt receives (atomically) all the rest of the run
+    depends on: the model, the optimizer, where the loop is (epochs done, batches done of the next), the history,
+    the best state and the early-stopping count, every random state (python, numpy, torch, the batch-order and
+    sampler generators), `keep` and the stage. SIGINT or SIGTERM finishes the current step, writes the checkpoint
+    and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the checkpoint
+    and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and compares).
     """
     device = torch.device(args.device)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
     order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU
     sample_generator = torch.Generator(device).manual_seed(args.seed + 1)  # samplers, on the model's device
-    best_score, best_epoch, best_state, best_valid, stale = -1.0, 0, None, None, 0
-    history, epoch_seconds = [], []
-    for epoch in range(1, args.epochs + 1):
-        model.train()
-        start, total, steps = time.perf_counter(), 0.0, 0
-        n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user))
-                      // args.batch_size)
-        bar = tqdm(training_batches(split, args.batch_size, order_generator, device), total=n_batches,
-                   desc=f"{stage} epoch {epoch}", leave=False, disable=args.quiet)
-        for batch in bar:
-            loss = batch_loss(model, batch, sample_generator)
-            if not torch.isfinite(loss):
-                raise RecError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr or check the data")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + loss.item(), steps + 1
-        epoch_seconds.append(time.perf_counter() - start)
-        line = f"{stage} epoch {epoch:3d}  loss {total / max(steps, 1):.4f}  {epoch_seconds[-1]:.1f}s"
-        if epoch % args.eval_every == 0 or epoch == args.epochs:
-            valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
-            history.append({"stage": stage, "epoch": epoch, "loss": total / max(steps, 1),
-                            "seconds": sum(epoch_seconds), "valid": valid})
-            score = valid[args.valid_metric]
-            line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
-                                           for k in args.ks)
-            if score > best_score:
-                best_score, best_epoch, best_valid, stale = score, epoch, valid, 0
-                best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-                line += "  *"
-            else:
-                stale += 1
-        print(line, flush=True)
-        if history and stale > args.patience:
-            print(f"early stop: {args.valid_metric} did not improve for {stale} validations")
-            break
+    n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user)) // args.batch_size)
+    # where the loop is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds)
+    loop = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "epoch_seconds": [],
+            "best_score": -1.0, "best_epoch": 0, "best_valid": None, "stale": 0}
+    best_state, epoch_order = None, order_generator.get_state()   # epoch_order: the order generator as it began
+    if args.resume and os.path.isfile(checkpoint_path(args)):
+        checkpoint = read_checkpoint(args)
+        if checkpoint["stage"] == stage:
+            if checkpoint["data_sha256"] != args.data_sha256:
+                raise RecError(f"the data file changed since {checkpoint_path(args)} was written (sha256 "
+                               f"{checkpoint['data_sha256']}, now {args.data_sha256}); the run cannot continue")
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            loop, best_state, epoch_order = checkpoint["loop"], checkpoint["best_state"], checkpoint["epoch_order"]
+            sample_generator.set_state(checkpoint["sample_generator"])
+            set_rng_states(checkpoint["rng"])
+            print(f"resumed {stage} from {checkpoint_path(args)}: {loop['epoch']} epochs and {loop['step']} "
+                  f"batches done")
+
+    def save():
+        save_atomically({"stage": stage, "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "best_state": best_state, "epoch_order": epoch_order,
+                         "sample_generator": sample_generator.get_state(), "rng": rng_states(), "keep": keep,
+                         "data_sha256": args.data_sha256}, checkpoint_path(args))
+
+    def stop(signum):
+        save()
+        return Interrupted(f"{signal.Signals(signum).name}: {stage} stopped after {loop['epoch']} epochs and "
+                           f"{loop['step']} batches, saved to {checkpoint_path(args)}; resume with: "
+                           f"{resume_command(args.command, args.out_dir)}", signum)
+
+    recent = []   # wall seconds of the latest epochs (training and validation), for the ETA
+    with deferred_signals() as received:
+        while loop["epoch"] < args.epochs and loop["stale"] <= args.patience:
+            epoch, start = loop["epoch"] + 1, time.perf_counter()
+            model.train()
+            order_generator.set_state(epoch_order)
+            bar = tqdm(training_batches(split, args.batch_size, order_generator, device, first=loop["step"]),
+                       total=n_batches, initial=loop["step"], desc=f"{stage} epoch {epoch}", leave=False,
+                       disable=args.quiet)
+            for batch in bar:
+                loss = batch_loss(model, batch, sample_generator)
+                if not torch.isfinite(loss):
+                    raise RecError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loop["loss_sum"], loop["step"] = loop["loss_sum"] + loss.item(), loop["step"] + 1
+                if received:
+                    loop["seconds"] += time.perf_counter() - start
+                    bar.close()
+                    raise stop(received[0])
+            loop["epoch_seconds"].append(loop["seconds"] + time.perf_counter() - start)
+            mean_loss = loop["loss_sum"] / max(loop["step"], 1)
+            loop.update(epoch=epoch, step=0, loss_sum=0.0, seconds=0.0)
+            epoch_order = order_generator.get_state()
+            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop['epoch_seconds'][-1]:.1f}s"
+            if epoch % args.eval_every == 0 or epoch == args.epochs:
+                valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
+                loop["history"].append({"stage": stage, "epoch": epoch, "loss": mean_loss,
+                                        "seconds": sum(loop["epoch_seconds"]), "valid": valid})
+                score = valid[args.valid_metric]
+                line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
+                                               for k in args.ks)
+                if score > loop["best_score"]:
+                    loop.update(best_score=score, best_epoch=epoch, best_valid=valid, stale=0)
+                    best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+                    line += "  *"
+                else:
+                    loop["stale"] += 1
+                save()
+            recent = (recent + [time.perf_counter() - start])[-5:]
+            left = args.epochs - epoch + epochs_after        # an upper bound: early stopping may come first
+            print(line + (f"  ETA ≤ {duration(left * sum(recent) / len(recent))}" if left else ""), flush=True)
+            if received:
+                raise stop(received[0])
+    if loop["stale"] > args.patience:
+        print(f"early stop: {args.valid_metric} has not improved for {loop['stale']} validations, more than the "
+              f"patience {args.patience}")
     model.load_state_dict(best_state)
-    return {"history": history, "best_epoch": best_epoch, "valid": best_valid, "epoch_seconds": epoch_seconds}
+    return {"history": loop["history"], "best_epoch": loop["best_epoch"], "valid": loop["best_valid"],
+            "epoch_seconds": loop["epoch_seconds"]}
 
 
 def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
@@ -2295,17 +2641,19 @@ def uniform_sampler(positives: PositiveSets, k: int = 1):
     return lambda ex, generator: uniform_negatives(positives, ex.users, k, generator)
 
 
-def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain") -> dict:
+def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain",
+                     epochs_after: int = 0) -> dict:
     """Train `model` with one uniform negative per positive and BPR (RNS), with validation early stopping:
-    the RNS baseline and ICPNS's pre-training stage. Negatives avoid training items only, whatever
-    --exclude-held-out says (the official pre-training uses RecBole's uniform sampler, which does)."""
+    the RNS baseline and ICPNS's pre-training stage (epochs_after: `fit`'s). Negatives avoid training items only,
+    whatever --exclude-held-out says (the official pre-training uses RecBole's uniform sampler, which does)."""
     positives = training_positives(split, args.device)
     return fit(args, split, model, standard_loss(uniform_sampler(positives), "bpr", args.reg_weight),
-               stage=stage)
+               stage=stage, epochs_after=epochs_after)
 
 
 def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
-    """Evaluate the restored best model on test once, write results.json atomically, print the summary."""
+    """Evaluate the restored best model on test once; write model.pt (the best state and the settings that rebuild
+    it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary."""
     start = time.perf_counter()
     test = evaluate(model, split.test, args.ks, args.eval_batch_size)
     if split.sequential and args.mask_history:
@@ -2313,29 +2661,110 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
         # recorded beside the real test metrics, to measure what that does to a published baseline row
         extra = {**(extra or {}), "test_history_masked_to_zero": evaluate(model, split.test, args.ks,
                                                                           args.eval_batch_size, masked_score=0.0)}
-    config = {k: v for k, v in vars(args).items() if k not in ("method",)}
     result = {"method": args.method, "dataset": args.dataset, "backbone": args.backbone, "seed": args.seed,
-              "config": config, "data": split.statistics, **record, "test": test,
+              "config": run_config(args), "data": split.statistics, **record, "test": test,
               "train_seconds": sum(record["epoch_seconds"]), "eval_seconds": time.perf_counter() - start,
-              **(extra or {})}
-    os.makedirs(args.out_dir, exist_ok=True)
+              **(extra or {}), **provenance(args)}
+    if not args.eval_only:
+        save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
+                         "valid": record["valid"], "state_dict": model.state_dict()},
+                        os.path.join(args.out_dir, "model.pt"))
     path = os.path.join(args.out_dir, "results.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=1)
     os.replace(path + ".tmp", path)
+    for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
+        if os.path.exists(finished) and not args.eval_only:
+            os.remove(finished)
     print(f"best epoch {record['best_epoch']}  test " + "  ".join(
         f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
-    print(f"wrote {path}")
+    print(f"wrote {path}" + ("" if args.eval_only else " and model.pt"))
     return result
 
 
+def provenance(args) -> dict:
+    """What produced a result: the command line, the versions, the code's commit, the data file and its hash."""
+    return {"command": args.command,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+            "git_commit": git_commit(), "data_file": args.data_file, "data_sha256": args.data_sha256}
+
+
+def git_commit() -> str | None:
+    """The commit checked out where this file lives; None outside a git checkout or without git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def read_model_file(path: str) -> dict:
+    """A model.pt as `finish` writes it: method, config, best_epoch, valid, state_dict."""
+    if not os.path.isfile(path):
+        raise RecError(f"--eval-only {path}: no such file")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # unpickling errors come in many types; all mean "not our model file"
+        raise RecError(f"--eval-only {path} is not a readable model.pt ({type(error).__name__}: {error})") from None
+    if not isinstance(saved, dict) or not {"method", "config", "state_dict"} <= saved.keys():
+        raise RecError(f"--eval-only {path} is not a model.pt of this project (no method, config, state_dict)")
+    return saved
+
+
+def adopt_saved_settings(args) -> str:
+    """--eval-only: the settings of the saved model's run replace the command line's, except where and how to
+    evaluate (WHERE_AND_HOW, --device, --eval-batch-size). Returns the run's method."""
+    saved = read_model_file(args.eval_only)
+    foreign = saved["config"].keys() - vars(args).keys()
+    if foreign:
+        raise RecError(f"--eval-only {args.eval_only} was written by another script (its settings include "
+                       f"{', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script")
+    for name, value in saved["config"].items():
+        if name not in WHERE_AND_HOW + ("device", "eval_batch_size"):
+            setattr(args, name, value)
+    return saved["method"]
+
+
+def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
+    """--eval-only: load the state of model.pt into `model` (built from the same settings) and validate it.
+    Returns the record `finish` takes, with no training history."""
+    saved = read_model_file(args.eval_only)
+    try:
+        model.load_state_dict(saved["state_dict"])
+    except RuntimeError as error:
+        raise RecError(f"--eval-only {args.eval_only} does not fit the model its settings build: "
+                       f"{' '.join(str(error).split())}") from None
+    model.to(args.device)
+    print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
+    return {"history": [], "best_epoch": saved["best_epoch"], "epoch_seconds": [],
+            "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size)}
+
+
+def _terminated(signum, frame):
+    raise Interrupted("SIGTERM outside training: nothing new was saved. A run that wrote a checkpoint.pt continues "
+                      "with its own command and --resume", signum)
+
+
 def run_cli(main):
-    """Run main(); print a RecError or an interrupt as one line and exit non-zero, no traceback."""
+    """Run main() as a command. Whatever stops it is one line on stderr: a RecError (bad input, exit 2), an
+    interrupt (exit 128 + the signal; SIGTERM outside training stops the run like Ctrl-C) or anything unexpected
+    (exit 1). NEGSAMPLING_DEBUG=1 shows the traceback instead."""
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
-    except RecError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: no results written", file=sys.stderr)
-        sys.exit(130)
+    except (Exception, KeyboardInterrupt) as error:
+        if os.environ.get("NEGSAMPLING_DEBUG") == "1":
+            raise
+        if isinstance(error, RecError):
+            line, code = f"error: {error}", 2
+        elif isinstance(error, Interrupted):
+            line, code = f"interrupted by {error}", 128 + error.signum
+        elif isinstance(error, KeyboardInterrupt):
+            line, code = ("interrupted by SIGINT outside training: nothing new was saved. A run that wrote a "
+                          "checkpoint.pt continues with its own command and --resume"), 130
+        else:
+            line, code = (f"error: unexpected {type(error).__name__}: {error} (set NEGSAMPLING_DEBUG=1 to see the "
+                          f"traceback)"), 1
+        print(" ".join(line.split()), file=sys.stderr)
+        sys.exit(code)

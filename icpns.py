@@ -87,8 +87,9 @@ import torch
 from sklearn.cluster import KMeans
 
 from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, base_parser, build_backbone,
-                    evaluate, finish, fit, pad_right, prepare, pretrain_uniform, run_cli, standard_loss,
-                    training_positives, weighted_negatives)
+                    evaluate, evaluate_saved, finish, fit, pad_right, parser_action, prepare, pretrain_uniform,
+                    read_checkpoint, run_cli, standard_loss, synthetic_defaults, training_positives,
+                    weighted_negatives)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -265,7 +266,7 @@ OFFICIAL_DEFAULTS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("ICPNS: pre-train with uniform negatives, cluster users into communities, fine-tune "
-                         "with negatives drawn by in-community popularity (arXiv 2602.18759)")
+                         "with negatives drawn by in-community popularity (arXiv 2602.18759)", __file__)
     parser.epilog = ("Defaults left at None are the official config's for the backbone: lightgcn (LightGCN.yaml): "
                      "--communities 8 --alpha 0.8 --batch-size 4096 --pretrain-patience 100 --epochs 200 "
                      "--patience 200 (no early stop); mf (BPR.yaml): --communities 64 --alpha 0.1 --batch-size 40960 "
@@ -278,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Official configs: ratio split, NDCG@10 for early stopping, learning_rate 1e-3, seed 2026
     parser.set_defaults(split="ratio", backbone="lightgcn", valid_metric="ndcg@10", ks="10,20", epochs=None,
                         lr=1e-3, patience=None, seed=2026)
+    parser_action(parser, "batch_size").help = (
+        "examples per step: training interactions for general backbones (default: the backbone's official "
+        "train_batch_size, below), sequences for sequential backbones (default 128)")
     icpns = parser.add_argument_group("ICPNS")
     icpns.add_argument("--communities", type=int, default=None,
                        help="K, the number of user communities (official num_clusters: LightGCN 8, MF 64; its "
@@ -307,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--pretrained", default=None, metavar="PATH",
                      help="skip pre-training and load this checkpoint (an earlier run's <out-dir>/pretrained.pt, "
                           "same dataset, split and seed); one that does not fit is an error")
+    synthetic_defaults(parser, pretrain_epochs=10)
     return parser
 
 
@@ -328,13 +333,27 @@ def main(argv=None):
         raise RecError("--alpha, --epsilon, --recluster-every and --pretrain-patience must be non-negative")
     if args.finetune_lr <= 0:
         raise RecError("--finetune-lr must be positive")
+    if args.pretrained and not os.path.isfile(args.pretrained):
+        raise RecError(f"--pretrained {args.pretrained}: no such file")
     args, split = prepare(args, "icpns")
+    clustered = len(torch.unique(split.train_user)) + args.cluster_padding_user   # the points k-means clusters
+    if args.communities > clustered:
+        raise RecError(f"--communities {args.communities} exceeds the {clustered} users k-means clusters (users with "
+                       f"training interactions{', plus the padding pseudo-user' if args.cluster_padding_user else ''}"
+                       "); lower --communities")
     model = build_backbone(args.backbone, split, args).to(args.device)
     # what fine-tuning's negatives avoid: training items, + held-out items with --exclude-held-out (Deviation 5)
     excluded = training_positives(split, args.device, args.exclude_held_out)
+    if args.eval_only:
+        return finish(args, split, model, evaluate_saved(args, split, model))
+    # --resume in fine-tuning: stages 1-3 are done, their records and the communities in use are in the checkpoint
+    resumed = read_checkpoint(args) if args.resume else None
+    keep = resumed["keep"] if resumed and resumed["stage"] == "finetune" else None
 
     # Stage 1: pre-train with uniform negatives (or load), keep the best state by validation
-    if args.pretrained:
+    if keep:
+        pretrain = keep["pretrain"]
+    elif args.pretrained:
         pretrain = {"loaded_from": os.path.abspath(args.pretrained),
                     "record": load_pretrained(args.pretrained, model, args, split),
                     "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size)}
@@ -342,15 +361,23 @@ def main(argv=None):
     else:
         stage_args = copy.copy(args)
         stage_args.epochs, stage_args.patience = args.pretrain_epochs, args.pretrain_patience
-        pretrain = {"record": pretrain_uniform(stage_args, split, model, stage="pretrain")}
+        pretrain = {"record": pretrain_uniform(stage_args, split, model, stage="pretrain", epochs_after=args.epochs)}
         path = os.path.join(args.out_dir, "pretrained.pt")
         save_pretrained(path, model, args, split, pretrain["record"])
         print(f"wrote {path}")
 
     # Stages 2-3: communities from the pre-trained representations, in-community popularity
-    sampler, communities = build_sampler(model, split, args, args.seed, excluded)
+    if keep:
+        sampler = ICPNSampler(keep["community"].to(args.device), split.train_user, split.train_item, split.n_items,
+                              args.communities, args.alpha, args.epsilon, excluded)
+        communities = keep["communities"]
+    else:
+        sampler, communities = build_sampler(model, split, args, args.seed, excluded)
     print(f"{args.communities} communities in {communities['seconds']:.1f}s, sizes {communities['sizes']}")
-    reclusterings = []
+    # what fine-tuning's checkpoints keep (fit saves it): the communities in use, the batches done
+    keep = keep or {"pretrain": pretrain, "communities": communities, "reclusterings": [],
+                    "community": sampler.community, "calls": 0}
+    reclusterings = keep["reclusterings"]
 
     # Stage 4: fine-tune with a fresh Adam (fit makes one) at --finetune-lr, one ICPNS negative per positive
     def negatives(ex, generator):
@@ -358,22 +385,23 @@ def main(argv=None):
 
     icpns_loss = standard_loss(negatives, args.loss, args.reg_weight)
     n_examples = len(split.train_sequences) if split.sequential else len(split.train_user)
-    batches_per_epoch, calls = -(-n_examples // args.batch_size), 0
+    batches_per_epoch = -(-n_examples // args.batch_size)
 
     def batch_loss(model, batch, generator):
         # --recluster-every: fit() has no epoch hook, so the batch count tells where an epoch starts
-        nonlocal sampler, calls
-        epoch, step = divmod(calls, batches_per_epoch)
+        nonlocal sampler
+        epoch, step = divmod(keep["calls"], batches_per_epoch)
         if args.recluster_every and step == 0 and epoch and epoch % args.recluster_every == 0:
             sampler, info = build_sampler(model, split, args, args.seed + epoch, excluded)
+            keep["community"] = sampler.community
             reclusterings.append({"before_epoch": epoch + 1, **info})
             print(f"reclustered before fine-tuning epoch {epoch + 1}: sizes {info['sizes']}")
-        calls += 1
+        keep["calls"] += 1
         return icpns_loss(model, batch, generator)
 
     finetune_args = copy.copy(args)
     finetune_args.lr = args.finetune_lr
-    record = fit(finetune_args, split, model, batch_loss, stage="finetune")
+    record = fit(finetune_args, split, model, batch_loss, stage="finetune", keep=keep)
     return finish(args, split, model, record, extra={
         "pretrain": pretrain, "communities": communities, "reclusterings": reclusterings})
 

@@ -64,8 +64,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
-                    examples, finish, fit, prepare, run_cli, score_items,
-                    training_positives, uniform_negatives)
+                    evaluate_saved, examples, finish, fit, parser_action, prepare, run_cli, score_items,
+                    synthetic_defaults, training_positives, uniform_negatives)
 
 CODE_BATCH = 1024      # examples per batch in the official code
 CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run
@@ -204,7 +204,8 @@ def mdcns_loss(args, positives: PositiveSets):
 # ----------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = base_parser("MDCNS (SIGIR 2026, arXiv 2605.19651): self + peer sequential recommenders trained "
-                         "jointly with multi-view, divergence-re-ranked hard negatives and consensus distillation.")
+                         "jointly with multi-view, divergence-re-ranked hard negatives and consensus distillation.",
+                         __file__)
     parser.epilog = ("Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, seed 42): "
                      "Beauty --gamma 1.0 --kd-temperature 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; "
                      "LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with --top-m 10 --n-candidates 70.")
@@ -212,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(backbone="sasrec", split="user", loss="bce", dim=64, layers=2, heads=2, dropout=0.5,
                         max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42,
                         examples_per_batch=CODE_BATCH)
+    synthetic_defaults(parser, epochs=4)   # two models, one of them the plain-PyTorch Mamba scan: ~2 s an epoch
+    parser_action(parser, "batch_size").help = (
+        "sequences per step (prefix rows with --augmented-prefixes); default: set from --examples-per-batch")
     g = parser.add_argument_group("MDCNS")
     g.add_argument("--peer", default=None, choices=SEQUENTIAL_BACKBONES,
                    help="M_peer, trained jointly from scratch with its own loss (default: mamba4rec as in the "
@@ -265,16 +269,21 @@ def check_args(args):
         raise RecError(f"--top-m {args.top_m} exceeds --n-candidates {args.n_candidates}")
     if args.kd_temperature <= 0:
         raise RecError("--kd-temperature must be positive")
+    for name in ("alpha", "beta", "gamma", "kd_weight"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            raise RecError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if args.peer is None:
+        args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
+    if args.kd_weight is None:
+        args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
+    if args.peer == "sasrec" and args.dim is not None and args.heads is not None and args.dim % args.heads:
+        raise RecError(f"--heads {args.heads} must divide --dim {args.dim}: the sasrec peer shares them")
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     check_args(args)
     args, split = prepare(args, "mdcns")
-    if args.peer is None:
-        args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
-    if args.kd_weight is None:
-        args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
     self_model = build_backbone(args.backbone, split, args)
     uses_peer = args.distillation or args.divergence or args.multi_source
     peer = build_backbone(args.peer, split, args) if uses_peer else None
@@ -289,7 +298,8 @@ def main(argv=None):
     positives = training_positives(split, args.device, args.exclude_held_out)
     # Note: the code steps two Adams, one per model. Adam is per-parameter, so fit's single Adam over both
     # parameter sets (same lr, betas, no weight decay) takes exactly the same steps.
-    record = fit(args, split, pair, mdcns_loss(args, positives))
+    record = evaluate_saved(args, split, pair) if args.eval_only else \
+        fit(args, split, pair, mdcns_loss(args, positives))
     extra = {}
     if peer is not None:   # the peer as restored at the self model's best validation epoch
         extra["peer"] = {"backbone": args.peer,

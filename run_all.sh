@@ -2,20 +2,22 @@
 # The comparison grid: every (dataset, protocol, backbone, method, seed) run through the method files, each
 # writing results/runs/<grid>/<run>/results.json, then results/RESULTS.md and the plots.
 #
-#   ./run_all.sh --quick                      # small grid on synthetic data, a few minutes: the smoke check
+#   ./run_all.sh --quick                      # small grid on synthetic data, ~1 minute: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
-#   ./run_all.sh --dry-run                    # list what would run and what is already done
+#   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep (default: all)
-#   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs, --quick: results/quick)
+#   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
+#                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #   ./run_all.sh --grid table3 & ./run_all.sh --grid table3 &   # two runs at a time (a lock per run)
 #
-# Resumable: a run whose results.json exists is skipped (results.json is written atomically at the end of a
-# run, so an interrupted run is simply redone). Epoch budgets are CPU budgets, below the papers' (see
-# results/RESULTS.md, which states the epochs actually run), except icpns-leak's, the official ones. A run with
-# --exclude-held-out (a leak of held-out items, reproducing the official ICPNS pipeline) has "-leak" after its
-# method in its folder name. Set PYTHON to choose the interpreter.
+# Resumable across sessions: a run whose results.json exists is skipped; a run with a checkpoint.pt but no
+# results.json continues from it (--resume), so a grid cut short loses at most one validation interval of one
+# run. Ctrl-C or SIGTERM stops the whole grid: the current run saves its checkpoint first. Epoch budgets are CPU
+# budgets, below the papers' (see results/RESULTS.md, which states the epochs actually run), except icpns-leak's
+# and table3's. A run with --exclude-held-out (a leak of held-out items, reproducing the official ICPNS pipeline)
+# has "-leak" after its method in its folder name. Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,13 +30,28 @@ while [ $# -gt 0 ]; do
     --grid) GRID="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 PYTHON="${PYTHON:-python}"
-[ -n "$RUNS" ] || { [ "$QUICK" = 1 ] && RUNS=results/quick || RUNS=results/runs; }
+if [ -z "$RUNS" ] && [ "$QUICK" = 1 ]; then
+  RUNS=$(mktemp -d "${TMPDIR:-/tmp}/negsampling-quick.XXXXXX")   # a smoke check never reuses old runs
+  echo "quick grid in $RUNS"
+fi
+RUNS="${RUNS:-results/runs}"
+
+# Ctrl-C (SIGINT) or SIGTERM: the running method file gets SIGTERM, saves its checkpoint, and the grid stops
+child=""
+stop_grid() {
+  trap - INT TERM
+  echo "interrupted: stopping the grid; run the same command again to continue" >&2
+  if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; wait "$child" || true; fi
+  exit "$1"
+}
+trap 'stop_grid 130' INT
+trap 'stop_grid 143' TERM
 
 # command of a method: the method file and its method flag
 method_command() {
@@ -61,10 +78,10 @@ grid_lines() {
   local seeds
   # 1. ICPNS protocol on ml-100k: rating >= 3, 10-core (the loader's ml-100k default), ratio split, NDCG@10.
   #    CPU budget: lr 5e-3 instead of the official 1e-3, at most 200 epochs per stage, validation every 5 epochs,
-  #    stop after 6 validations without improvement (30 epochs). At lr 1e-3 LightGCN's validation NDCG@10 was
-  #    still rising at epoch 300 (0.225; the official budget is 1000 epochs, patience 100); at 5e-3 it peaks
-  #    near epoch 100 (0.232); at 1e-2 near epoch 50, then falls. Validation dips after epoch 2 before it climbs,
-  #    so patience counted in single epochs stops far too early.
+  #    stop at the 7th validation in a row without improvement (--patience 6: 35 epochs). At lr 1e-3 LightGCN's
+  #    validation NDCG@10 was still rising at epoch 300 (0.225; the official budget is 1000 epochs, patience 100);
+  #    at 5e-3 it peaks near epoch 100 (0.232); at 1e-2 near epoch 50, then falls. Validation dips after epoch 2
+  #    before it climbs, so patience counted in single epochs stops far too early.
   #    ICPNS fine-tunes at the same lr with K = 8, α = 0.8 on both backbones, as these runs were made.
   seeds="${SEEDS:-1 2 3}"
   local icpns_flags
@@ -173,8 +190,10 @@ while read -r grid dataset split backbone method seed _ extra; do
     done_=$((done_ + 1)); [ "$DRY" = 1 ] && echo "done  $dir"; continue
   fi
   todo=$((todo + 1))
-  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)"
-  if [ "$DRY" = 1 ]; then echo "todo  $cmd"; continue; fi
+  state=todo; resume=""
+  if [ -f "$dir/checkpoint.pt" ]; then state=resume; resume=" --resume"; fi   # stopped mid-way: continue it
+  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)$resume"
+  if [ "$DRY" = 1 ]; then echo "$state  $cmd"; continue; fi
   mkdir -p "$dir"
   # a lock per run: several ./run_all.sh may share the grid (one per core); each skips the runs another holds
   exec {lock}> "$dir/.lock"
@@ -182,13 +201,17 @@ while read -r grid dataset split backbone method seed _ extra; do
     echo "[$(date +%H:%M:%S)] skip (another run_all.sh runs it): $dir"; exec {lock}>&-; continue
   fi
   echo "[$(date +%H:%M:%S)] $cmd"
-  if ! $cmd > "$dir/log.txt" 2>&1; then
+  # in the background, so that the traps above run at once; the log of a resumed run continues its own
+  $cmd >> "$dir/log.txt" 2>&1 &
+  child=$!
+  if ! wait "$child"; then
     echo "  failed: see $dir/log.txt" >&2; tail -n 2 "$dir/log.txt" >&2
   fi
+  child=""
   exec {lock}>&-
 done < <(grid_lines)
 
-echo "$done_ runs already done, $todo to run$([ "$DRY" = 1 ] && echo ' (dry run)')"
+echo "$done_ runs already done, $todo to run or resume$([ "$DRY" = 1 ] && echo ' (dry run)')"
 if [ "$DRY" = 0 ]; then
   $PYTHON results/aggregate.py --runs "$RUNS" --out "$([ "$QUICK" = 1 ] && echo "$RUNS" || echo results)"
 fi

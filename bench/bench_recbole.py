@@ -122,7 +122,7 @@ def run_ours(row: dict, data_dir: str, ml1m_dir: str, threads: int, eval_batch_s
         dropout=0.5 if sequential else 0.0, reg_weight=1e-5 if row["backbone"] == "lightgcn" else 0.0,
         epochs=row["ours_epochs"], batch_size=batch_size, lr=1e-3, seed=SEED, device="cpu",
         eval_every=10 ** 9, patience=10, valid_metric="ndcg@10", ks=KS, eval_batch_size=eval_batch_size,
-        quiet=True, max_len=50)
+        quiet=True, max_len=50, resume=False, out_dir=tempfile.mkdtemp(prefix="bench-ours-"), data_sha256=None)
     common.seed_everything(SEED)
     model = common.build_backbone(row["backbone"], split, args)
     positives = common.training_positives(split, "cpu")

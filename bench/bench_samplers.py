@@ -17,6 +17,7 @@ import argparse
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -28,6 +29,7 @@ from common import (Examples, Interactions, PositiveSets, build_backbone, fit, r
                     seed_everything, split_dataset, standard_loss, training_positives)
 
 ML_1M = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "ml-1m", "ml-1m.txt")
+OUT_DIR = tempfile.TemporaryDirectory(prefix="bench-samplers-")
 SETTINGS = {"rns": [], "pns": ["--pns-alpha", "0.1"], "dns": ["--candidates", "10"],
             "dnsmn": ["--candidates", "100", "--top-m", "5"]}
 
@@ -49,8 +51,11 @@ def load(path: str, seed: int = 0) -> Interactions:
 
 
 def sampler_args(name: str, extra=()):
-    """baselines.py's flags for `name` with the settings of SETTINGS, on SASRec."""
-    argv = ["--sampler", name, "--backbone", "sasrec", *SETTINGS[name], *extra]
+    """baselines.py's flags for `name` with the settings of SETTINGS, on SASRec. `--dataset ml-1m` names what
+    `load` reads (and keeps the defaults of `--dataset synthetic`, a short demo, away); fit's checkpoints go to a
+    temporary folder."""
+    argv = ["--sampler", name, "--backbone", "sasrec", "--dataset", "ml-1m", "--out-dir", OUT_DIR.name,
+            *SETTINGS[name], *extra]
     return resolve_sampler_args(build_parser().parse_args(argv))
 
 

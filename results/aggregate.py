@@ -138,7 +138,7 @@ def protocol_paragraph(runs):
             f"{d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. Full ranking over "
             f"all items, {masking}; metrics at K = {c['ks']}, RecBole's formulas, pessimistic ties. Early "
             f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
-            f"after {c['patience']} validations without improvement; test evaluated once. "
+            f"once it had not improved for more than {c['patience']} validations; test evaluated once. "
             f"Epoch budget {budgets} per stage; epochs actually run {ran}. "
             f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU." + training_sentence(runs))
 

@@ -1,5 +1,6 @@
 """LinRec, FMLP4Rec and NGCF (common.py): shapes, causality and padding, literal re-statements of each layer on
 small cases (the MDCNS code's formulas, dense NGCF matrices), learning on synthetic data, and each method's CLI."""
+import argparse
 import json
 import math
 
@@ -290,10 +291,12 @@ def test_every_method_runs_on_the_new_backbones(tmp_path, method, argv):
     assert saved["backbone"] == argv[1] and saved["test"] == result["test"] and 0 <= saved["test"]["ndcg@10"] <= 1
 
 
-def test_linrec_heads_must_divide_dim():
+def test_linrec_heads_must_divide_dim(tmp_path):
+    args = common.base_parser("test").parse_args(["--backbone", "linrec", "--dim", "10", "--heads", "3",
+                                                  "--out-dir", str(tmp_path)])
+    with pytest.raises(common.RecError, match="--heads 3 must divide --dim 10"):   # before any data is read
+        common.resolve_args(args, "rns")
     split = common.split_dataset(common.make_synthetic(0, n_users=50, n_items=40), "loo", seed=0, sequential=True,
                                  max_len=10)
-    args = common.base_parser("test").parse_args(["--backbone", "linrec", "--dim", "10", "--heads", "3"])
-    args = common.resolve_args(args, "rns")
-    with pytest.raises(common.RecError, match="not a multiple of --heads"):
-        common.build_backbone("linrec", split, args)
+    with pytest.raises(common.RecError, match="not a multiple of --heads"):        # and for direct API use
+        common.build_backbone("linrec", split, argparse.Namespace(dim=10, heads=3, layers=1, dropout=0.1))

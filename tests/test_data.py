@@ -188,12 +188,22 @@ def test_custom_latin1_file_keeps_its_item_names_apart(tmp_path, capsys):
     ("data/beauty/reviews_Beauty_5.json.gz", '{"reviewerID": "A", "asin": "B", "overall": 5, '
                                               '"unixReviewTime": 1}\n{"reviewerID": "A"}\n', 2),  # field missing
     ("mine.csv", "user,item,rating\n1,2,5\n1,3\n", 3),
+    ("mine.csv", "user,item,rating\n1,2,5\n1,3,4\n2,3,5\n24\n", 5),                   # no separator at all
+    ("mine.csv", "1,2,5\n1,3,4\n2,3,5\n2,3,5\n2;4;5\n", 5),                            # another separator
+    ("mine.csv", "user,item,rating\n1,2,5\n1,3,4\n2,3,5\n2,4,x\n", 5),                 # rating not a number
 ])
 def test_malformed_line_names_file_and_line(tmp_path, file, content, line):
     path = put(tmp_path / file, gz(content) if file.endswith(".gz") else content)
-    name = str(path) if file == "mine.csv" else file.split("/")[1]
-    with pytest.raises(RecError, match=rf"{path}.*line {line}\b"):
+    name = str(path) if file.startswith("mine") else file.split("/")[1]
+    with pytest.raises(RecError, match=rf"{path}.*line {line}\b") as error:
         load_dataset(name, data_dir=str(tmp_path / "data"), k_core=0)
+    assert "np.str_" not in str(error.value)
+
+
+def test_a_bad_value_is_shown_as_the_file_has_it(tmp_path):
+    path = put(tmp_path / "mine.csv", "user,item,rating\n1,2,5\n2,4,x\n")
+    with pytest.raises(RecError, match=r"line 3: rating 'x' is not valid$"):
+        load_dataset(str(path), k_core=0)
 
 
 def test_integer_lines_parse_the_same_in_small_pieces_and_count_lines_across_them(tmp_path):

@@ -187,7 +187,7 @@ def test_mismatched_pretrained_checkpoint_is_an_error(tmp_path):
 
 def test_official_defaults_per_backbone_and_explicit_flags_win():
     def resolved(*argv):
-        args = resolve_official_defaults(build_parser().parse_args(list(argv)))
+        args = resolve_official_defaults(build_parser().parse_args(["--dataset", "ml-100k", *argv]))   # no demo
         return (args.communities, args.alpha, args.batch_size, args.pretrain_patience, args.epochs, args.patience,
                 args.lr, args.finetune_lr, args.pretrain_epochs, args.eval_every)
     assert resolved("--backbone", "lightgcn") == (8, 0.8, 4096, 100, 200, 200, 1e-3, 1e-3, 1000, 1)  # LightGCN.yaml

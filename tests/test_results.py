@@ -139,3 +139,18 @@ def test_dns_plus_m_is_chosen_on_validation_not_test(tmp_path, capsys):
         sys.argv = ["aggregate.py", "--best-m", str(tmp_path), "--dataset", "beauty", "--sweep-size", str(size)]
         aggregate.main()
         assert capsys.readouterr().out == printed
+
+
+def test_aggregate_reads_runs_with_and_without_provenance(tmp_path):
+    """results.json gained command, versions, git_commit, data_file, data_sha256; the committed older runs in
+    results/runs lack them, and both kinds go into one table."""
+    from baselines import main
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    fake_run(runs, "rns", 1, 0.10, dataset="synthetic", split="user")
+    new = main(["--backbone", "sasrec", "--split", "user", "--epochs", "1", "--dim", "16", "--quiet",
+                "--valid-metric", "ndcg@20", "--out-dir", str(runs / "rns-2")])
+    assert "git_commit" in new and "data_sha256" in new
+    sys.argv = ["aggregate.py", "--runs", str(runs), "--out", str(out), "--no-plots"]
+    aggregate.main()
+    rns = next(line for line in (out / "RESULTS.md").read_text().splitlines() if line.startswith("| RNS |"))
+    assert "| 2 |" in rns                                                          # both seeds in one row

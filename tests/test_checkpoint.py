@@ -1,0 +1,234 @@
+"""Checkpoints, --resume, model.pt, --eval-only and results.json's provenance.
+
+A run stopped by SIGTERM and resumed with --resume must end with exactly the metrics of the uninterrupted run: the
+tests stop each method file's runs at chosen batches (a SIGTERM sent to this process when the batch is drawn, so the
+stop point is exact) and compare every validation, the best epoch and the test metrics. One test stops a real
+subprocess and runs the resume command it prints.
+"""
+import contextlib
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import baselines
+import common
+import icpns
+import mdcns
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--quiet", "--dim", "16", "--max-len", "20"]
+RUNS = {   # method file, flags: tiny synthetic runs of a few seconds
+    "baselines": (baselines.main, ["--sampler", "dnsmn", "--backbone", "sasrec", "--candidates", "20",
+                                   "--epochs", "3", *TINY]),
+    "icpns": (icpns.main, ["--backbone", "mf", "--batch-size", "4096", "--epochs", "3", "--pretrain-epochs", "3",
+                           "--recluster-every", "1",
+                           *TINY]),
+    "mdcns": (mdcns.main, ["--peer", "gru4rec", "--layers", "1", "--n-candidates", "20", "--top-m", "2",
+                           "--epochs", "2", *TINY]),
+}
+
+
+def quietly(main, argv):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return main(argv)
+
+
+def stop_at(monkeypatch, batch: int):
+    """SIGTERM to this process as training batch number `batch` (counted over the whole run) is drawn."""
+    batches, count = common.training_batches, itertools.count(1)
+
+    def counted(*args, **kwargs):
+        for item in batches(*args, **kwargs):
+            if next(count) == batch:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(common, "training_batches", counted)
+
+
+def outcome(result: dict) -> dict:
+    """Everything a run computes, without its timings."""
+    out = {"test": result["test"], "valid": result["valid"], "best_epoch": result["best_epoch"],
+           "history": [(h["stage"], h["epoch"], h["loss"], h["valid"]) for h in result["history"]]}
+    if "peer" in result:
+        out["peer"] = result["peer"]
+    if "communities" in result:
+        out["communities"] = result["communities"]["sizes"]
+        out["reclusterings"] = [(r["before_epoch"], r["sizes"]) for r in result["reclusterings"]]
+        record = result["pretrain"]["record"]
+        out["pretrain"] = (record["best_epoch"], [(h["epoch"], h["loss"], h["valid"]) for h in record["history"]])
+    return out
+
+
+def stopped_and_resumed(monkeypatch, main, argv, batches):
+    """Stop the run at each batch of `batches` in turn (each counted from the start of its call: the first run, then
+    the resumed ones), then let it finish."""
+    for batch in batches:
+        stop_at(monkeypatch, batch)
+        with pytest.raises(common.Interrupted) as stopped:
+            quietly(main, argv + (["--resume"] if batch != batches[0] else []))
+        monkeypatch.undo()
+        assert stopped.value.signum == signal.SIGTERM and "resume with:" in str(stopped.value)
+        out_dir = argv[argv.index("--out-dir") + 1]
+        assert os.path.isfile(os.path.join(out_dir, "checkpoint.pt"))
+        assert not os.path.exists(os.path.join(out_dir, "results.json"))
+    return quietly(main, argv + ["--resume"])
+
+
+@pytest.mark.parametrize("name, batches", [
+    ("baselines", [10]),         # mid-epoch 2 (7 batches per epoch)
+    ("baselines", [7, 8]),       # the last batch of epoch 1, then the first of epoch 3: stopped twice
+    ("icpns", [4]),              # pre-training, mid-epoch 2 (3 batches per epoch, 3 epochs)
+    ("icpns", [14]),             # fine-tuning epoch 2, after its reclustering
+    ("mdcns", [3]),              # mid-epoch 1 of 2
+])
+def test_a_stopped_run_resumed_equals_the_uninterrupted_run(monkeypatch, tmp_path, name, batches):
+    main, argv = RUNS[name]
+    whole = quietly(main, argv + ["--out-dir", str(tmp_path / "whole")])
+    resumed = stopped_and_resumed(monkeypatch, main, argv + ["--out-dir", str(tmp_path / "cut")], batches)
+    assert outcome(resumed) == outcome(whole)
+    saved = json.loads((tmp_path / "cut" / "results.json").read_text())
+    assert outcome(saved) == outcome(json.loads((tmp_path / "whole" / "results.json").read_text()))
+    assert sorted(os.listdir(tmp_path / "cut")) == sorted(os.listdir(tmp_path / "whole"))   # no checkpoint left
+
+
+def test_the_stop_points_fall_where_the_tests_say(tmp_path):
+    """The batch counts behind the stop points above (a changed default would silently move them)."""
+    args, split = common.prepare(common.base_parser("t").parse_args(
+        ["--backbone", "sasrec", *TINY, "--out-dir", str(tmp_path / "s")]), "rns")
+    assert -(-len(split.train_sequences) // args.batch_size) == 7
+    args, split = common.prepare(common.base_parser("t").parse_args(
+        ["--backbone", "mf", "--split", "ratio", "--batch-size", "4096", "--seed", "2026", *TINY,
+         "--out-dir", str(tmp_path / "m")]), "icpns")
+    assert -(-len(split.train_user) // args.batch_size) == 3
+
+
+def test_sigterm_to_a_real_run_prints_the_resume_command_and_it_finishes_the_run(tmp_path):
+    argv = ["--sampler", "rns", "--backbone", "sasrec", "--epochs", "5", *TINY]
+    out_dir = str(tmp_path / "cut")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    process = subprocess.Popen([sys.executable, "baselines.py", *argv, "--out-dir", out_dir], cwd=ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:
+        if line.startswith("train epoch   1"):
+            process.send_signal(signal.SIGTERM)
+            break
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    notice, last = stderr.splitlines()
+    assert notice == "SIGTERM: finishing the current step, then saving a checkpoint (send it again to stop at once)"
+    assert last.startswith("interrupted by SIGTERM: train stopped after")
+    command = re.search(r"resume with: (.*)$", stderr).group(1)
+    resumed = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = quietly(baselines.main, argv + ["--out-dir", str(tmp_path / "whole")])
+    with open(os.path.join(out_dir, "results.json")) as f:
+        assert outcome(json.load(f)) == outcome(whole)
+
+
+@pytest.mark.parametrize("signals", [(signal.SIGTERM, signal.SIGTERM), (signal.SIGINT, signal.SIGTERM)])
+def test_the_same_signal_twice_stops_at_once(tmp_path, monkeypatch, signals):
+    """Ctrl-C twice stops at once; Ctrl-C then run_all.sh's SIGTERM still waits for the step and saves."""
+    main, argv = RUNS["baselines"]
+    batches = common.training_batches
+
+    def signalled(*args, **kwargs):
+        for item in batches(*args, **kwargs):
+            for signum in signals:
+                os.kill(os.getpid(), signum)
+            yield item
+
+    monkeypatch.setattr(common, "training_batches", signalled)
+    with pytest.raises(common.Interrupted) as stopped:
+        quietly(main, argv + ["--out-dir", str(tmp_path)])
+    if signals[0] == signals[1]:
+        assert "SIGTERM again: stopped at once" in str(stopped.value)
+        assert not (tmp_path / "checkpoint.pt").exists()               # stopped before any step: nothing saved
+    else:
+        assert "train stopped after 0 epochs and 1 batches" in str(stopped.value)
+        assert stopped.value.signum == signal.SIGINT and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_what_would_not_continue_the_same_run(tmp_path, monkeypatch):
+    main, argv = RUNS["baselines"]
+    out = ["--out-dir", str(tmp_path / "run")]
+    with pytest.raises(common.RecError, match="no folder"):
+        quietly(main, argv + out + ["--resume"])
+    stop_at(monkeypatch, 2)
+    with pytest.raises(common.Interrupted):
+        quietly(main, argv + out)
+    monkeypatch.undo()
+    with pytest.raises(common.RecError, match="holds the checkpoint of an unfinished run: add --resume"):
+        quietly(main, argv + out)
+    with pytest.raises(common.RecError, match=r"other settings.*--lr 0.01 \(the run's: 0.001\)"):
+        quietly(main, argv + out + ["--resume", "--lr", "0.01"])
+    with pytest.raises(common.RecError, match="needs --out-dir"):
+        quietly(main, argv + ["--resume"])
+    quietly(main, argv + out + ["--resume", "--eval-batch-size", "1024"])      # the same value: accepted
+    with pytest.raises(common.RecError, match="the run has finished"):
+        quietly(main, argv + out + ["--resume"])
+
+
+@pytest.mark.parametrize("name", ["baselines", "icpns", "mdcns"])
+def test_model_pt_rebuilds_the_model_and_eval_only_gives_its_metrics(tmp_path, name):
+    main, argv = RUNS[name]
+    trained = quietly(main, argv + ["--out-dir", str(tmp_path / "run")])
+    model_file = str(tmp_path / "run" / "model.pt")
+    saved = torch.load(model_file, weights_only=True)
+    assert saved["config"] == trained["config"] and saved["best_epoch"] == trained["best_epoch"]
+    if name == "mdcns":
+        assert any(key.startswith("peer.") for key in saved["state_dict"])                 # the peer is saved too
+    # flags that change the model are taken from model.pt, not from the command line
+    evaluated = quietly(main, ["--eval-only", model_file, "--dim", "8", "--seed", "7", "--quiet",
+                               "--out-dir", str(tmp_path / "eval")])
+    assert evaluated["test"] == trained["test"] and evaluated["valid"] == trained["valid"]
+    assert evaluated["config"]["eval_only"] == model_file and evaluated["history"] == []
+    if name == "mdcns":
+        assert evaluated["peer"]["test"] == trained["peer"]["test"]
+    written = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert written["test"] == trained["test"] and not (tmp_path / "eval" / "model.pt").exists()
+
+
+def test_eval_only_rejects_a_model_of_another_script(tmp_path):
+    quietly(baselines.main, RUNS["baselines"][1] + ["--out-dir", str(tmp_path / "run")])
+    with pytest.raises(common.RecError, match="written by another script"):
+        quietly(icpns.main, ["--eval-only", str(tmp_path / "run" / "model.pt"), "--out-dir", str(tmp_path / "e")])
+    with pytest.raises(common.RecError, match="no such file"):
+        quietly(baselines.main, ["--eval-only", str(tmp_path / "missing.pt"), "--out-dir", str(tmp_path / "e")])
+
+
+def test_provenance_keys(tmp_path):
+    result = quietly(baselines.main, ["--backbone", "mf", "--epochs", "1", *TINY, "--out-dir", str(tmp_path / "s")])
+    assert result["command"][0].endswith("baselines.py") and result["command"][1:3] == ["--backbone", "mf"]
+    assert set(result["versions"]) == {"python", "torch", "numpy"}
+    assert result["data_file"] is None and result["data_sha256"] is None                     # synthetic
+    inside = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert result["git_commit"] == (inside.stdout.strip() if inside.returncode == 0 else None)
+    csv = tmp_path / "mine.csv"
+    rows = [f"{u},{i},5" for u in range(30) for i in range((u * 7) % 11, (u * 7) % 11 + 12)]
+    csv.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    for run in ("first", "from-cache"):
+        result = quietly(baselines.main, ["--dataset", str(csv), "--data-dir", str(tmp_path / "data"), "--epochs",
+                                          "1", "--ks", "1,5", "--valid-metric", "ndcg@5", *TINY,
+                                          "--out-dir", str(tmp_path / run)])
+        assert result["data_file"] == str(csv)
+        assert result["data_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
+    written = json.loads((tmp_path / "from-cache" / "results.json").read_text())
+    assert {"command", "versions", "git_commit", "data_file", "data_sha256"} <= set(written)
+    assert "command" not in written["config"] and "data_sha256" not in written["config"]
+
+
+def test_progress_lines_carry_an_eta(tmp_path, capsys):
+    baselines.main(["--backbone", "mf", "--epochs", "3", "--eval-every", "2", *TINY, "--out-dir", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train epoch")]
+    assert len(lines) == 3 and all(re.search(r"ETA ≤ \d+s$", line) for line in lines[:2])
+    assert "valid" in lines[1] and "ETA" not in lines[2]                                    # nothing left
