@@ -1243,8 +1243,9 @@ class _SelectiveScan(torch.autograd.Function):
     differences so that no exponent is positive), i.e. T/2 times the exps of the loop for chunks of T steps:
     the SSD/Mamba-2 matmul factorisation exp(S_t) exp(-S_s) needs a scalar A per head and overflows otherwise;
     Mamba-1's A differs per (channel, state). Measured at the project's shapes (batch 128, L = 50,
-    d_inner = 128, d_state = 16, forward + backward, one thread; bench/bench_scan.py), chunks of 2-10 steps
-    through autograd cost 10-40x this loop. What makes the loop fast instead:
+    d_inner = 128, d_state = 16, forward + backward, one thread; bench/bench_scan.py), chunks of 2 or 5 steps
+    through autograd cost ~40x this loop. What makes the loop fast instead (2.4x the blocked loop it replaced
+    in bench/bench_scan.py, ~9x with Beauty's padding):
     - rows in groups of ~2^17 / (d_inner d_state) (64 at d = 128, n = 16), each run through all steps with its
       state h updated in place, so the per-step tensors (512 KB) stay in the L2 cache;
     - padding packed away: positions are stored step-major with the rows in decreasing length, so the rows
@@ -1252,9 +1253,10 @@ class _SelectiveScan(torch.autograd.Function):
       only the real positions (torch.nn.utils.rnn's PackedSequence layout);
     - (rows, d_state, d_inner) layout: every broadcast runs along the contiguous d_inner, and the four
       contractions are batched matmuls in their fast orientation ((1, k) @ (k, m));
-    - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward, in one tensor per
-      group (separate allocations below glibc's 32 MB mmap ceiling, which would page-fault afresh every call);
-      exp(dt A) is recomputed. Without gradients (evaluation) no state is kept at all.
+    - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward (Bt L d_inner d_state
+      floats, only the real positions' with padding), one tensor per group: 26 MB at L = 50, below glibc's 32 MB mmap
+      threshold, so it is reused instead of page-faulted afresh on every call (that costs ~3x the time of
+      filling it); exp(dt A) is recomputed. Without gradients (evaluation) no state is kept at all.
     """
 
     group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
