@@ -1332,8 +1332,8 @@ class _SelectiveScan(torch.autograd.Function):
         gyp = gy.reshape(Bt * L, 1, d).index_select(0, index)                          # (P, 1, d)
         dtx = dtp * xp
         Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
-        gBp, gCp, gdtx, gdtp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n), xp.new_empty(P, 1, d), \
-            xp.new_empty(P, 1, d)
+        gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
+        gdtx, gdtp = xp.new_empty(P, 1, d), xp.new_empty(P, 1, d)                      # packed, (P, 1, d)
         gAt = torch.zeros_like(At)
         for steps, kept in zip(ctx.groups, states):
             rows0 = steps[0][1].stop
@@ -1355,10 +1355,10 @@ class _SelectiveScan(torch.autograd.Function):
                 Gt.mul_(a)                                                             # carried to step t - 1
                 W = torch.mul(Gt, kept[steps[i - 1][1]][:rows], out=a)                 # dLoss/d(dt_t A)
                 gA_rows[:rows].addcmul_(W, dtp[r])                                     # dLoss/dA += W dt
-                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp[r])                    # dLoss/ddt = sum_n W A
+                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp[r])                    # dLoss/ddt: sum_n W A ...
                 running = rows
             gAt += gA_rows.sum(0)
-        gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))
+        gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))  # ... + x sum_n G B
         gx = (gy * D).reshape(Bt * L, d).index_add_(0, index, gdtx * dtp.view(P, d)).view(Bt, L, d)
         gdt = x.new_zeros(Bt * L, d).index_copy_(0, index, gdtp).view(Bt, L, d)
         gB, gC = (x.new_zeros(Bt * L, n).index_copy_(0, index, g.view(P, n)).view(Bt, L, n) for g in (gBp, gCp))
