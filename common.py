@@ -46,7 +46,7 @@ import zipfile
 import zlib
 import dataclasses
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from typing import Callable
 
 import numpy as np
@@ -1351,93 +1351,177 @@ class GRU4Rec(SequentialBackbone):
         return self.output(hidden)
 
 
-def selective_scan(x, dt, A, B, C, D):
+def selective_scan(x, dt, A, B, C, D, lengths=None):
     """The selective scan of Mamba (Gu & Dao 2023, Algorithm 2) with zero-order-hold A and Euler B, in PyTorch:
 
         h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t,   h_{-1} = 0,   h_t: (Bt, d_inner, d_state)
         y_t = h_t . C_t + D * x_t
 
     x, dt: (Bt, L, d_inner); A: (d_inner, d_state); B, C: (Bt, L, d_state); D: (d_inner,) -> y: (Bt, L, d_inner).
-    Runs in float32 at least (like mamba_ssm's reference scan) and returns x's dtype. The CUDA kernel of mamba-ssm
-    is replaced by `_SelectiveScan`, which walks the time steps in small cache-sized blocks and has a hand-written
-    backward (an adjoint recurrence run backwards in time), ~3.5x faster on CPU than autograd through the loop.
+    lengths (Bt,), optional: rows are right-padded and steps t >= lengths[b] are padding; the recurrence skips
+    them (their y is D * x only), which leaves every earlier step exactly as without padding (the scan is causal)
+    and skips most of the work on short-sequence data (85% of the positions are padding on Beauty, L = 50).
+    Runs in float32 at least (like mamba_ssm's reference scan) and returns x's dtype. On CUDA with the optional
+    `mamba_ssm` package installed, its fused kernel `selective_scan_fn` computes the same thing; everywhere else
+    `_SelectiveScan` does.
     """
+    fused = _mamba_ssm_selective_scan() if x.is_cuda and x.dtype != torch.float64 else None
+    if fused is not None:
+        y = fused(*(t.transpose(1, 2).contiguous() for t in (x, dt)), A.float(),
+                  *(t.transpose(1, 2).contiguous() for t in (B, C)), D.float()).transpose(1, 2)  # (Bt, L, d)
+        if lengths is not None:
+            padding = torch.arange(x.shape[1], device=x.device) >= lengths.unsqueeze(1)  # (Bt, L)
+            y = torch.where(padding.unsqueeze(-1), x * D, y)
+        return y.to(x.dtype)
     work = torch.promote_types(x.dtype, torch.float32)
     inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
-    backward = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    return _SelectiveScan.apply(*inputs, backward).to(x.dtype)
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    return _SelectiveScan.apply(*inputs, lengths, keep).to(x.dtype)
+
+
+@lru_cache(maxsize=None)
+def _mamba_ssm_selective_scan():
+    """mamba_ssm's fused CUDA `selective_scan_fn` if the package is installed, else None (it is optional)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
 
 
 class _SelectiveScan(torch.autograd.Function):
-    """`selective_scan` with a manual backward. Internally time-major: (L, Bt, ...). The (Bt, d_inner, d_state)
-    terms exp(dt*A) and dt*B*x are built a block of time steps at a time (~2^20 elements, so they stay in cache)
-    instead of for the whole sequence; only the states h_t are kept for the backward, exp(dt*A) is recomputed.
-    Without gradients (evaluation) only one block of states is held."""
+    """`selective_scan` on the CPU (or on CUDA without mamba_ssm), with a hand-written backward: the adjoint
+    recurrence run backwards in time,
 
-    block_elements = 1 << 20
+        G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}      (dLoss/dh_t, (d_inner, d_state) per row)
+        dLoss/d(dt_t A) = G_t exp(dt_t A) h_{t-1},    dLoss/d(dt_t B_t x_t) = G_t.
+
+    Why a loop over time steps and not a parallel scan: on a CPU thread the loop is not latency-bound but
+    bound by memory traffic and by PyTorch's per-call overhead, and every parallel form does more of both. A
+    chunked parallel scan needs exp(S_t - S_s) for every pair s <= t of a chunk (S = cumsum(dt A), kept as
+    differences so that no exponent is positive), i.e. T/2 times the exps of the loop for chunks of T steps:
+    the SSD/Mamba-2 matmul factorisation exp(S_t) exp(-S_s) needs a scalar A per head and overflows otherwise;
+    Mamba-1's A differs per (channel, state). Measured at the project's shapes (batch 128, L = 50,
+    d_inner = 128, d_state = 16, forward + backward, one thread; bench/bench_scan.py), chunks of 2 or 5 steps
+    through autograd cost ~40x this loop. What makes the loop fast instead (2.4x the blocked loop it replaced
+    in bench/bench_scan.py, ~9x with Beauty's padding):
+    - rows in groups of ~2^17 / (d_inner d_state) (64 at d = 128, n = 16), each run through all steps with its
+      state h updated in place, so the per-step tensors (512 KB) stay in the L2 cache;
+    - padding packed away: positions are stored step-major with the rows in decreasing length, so the rows
+      still running at step t are a prefix of those at t - 1 and each step works on a contiguous slice of
+      only the real positions (torch.nn.utils.rnn's PackedSequence layout);
+    - (rows, d_state, d_inner) layout: every broadcast runs along the contiguous d_inner, and the four
+      contractions are batched matmuls in their fast orientation ((1, k) @ (k, m));
+    - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward (Bt L d_inner d_state
+      floats, only the real positions' with padding), one tensor per group: 26 MB at L = 50, below glibc's 32 MB mmap
+      threshold, so it is reused instead of page-faulted afresh on every call (that costs ~3x the time of
+      filling it); exp(dt A) is recomputed. Without gradients (evaluation) no state is kept at all.
+    """
+
+    group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, keep):
-        xT, dtT, BT, CT = (t.transpose(0, 1).contiguous() for t in (x, dt, B, C))     # (L, Bt, d) / (L, Bt, n)
-        L, Bt, d = xT.shape
-        step = max(1, _SelectiveScan.block_elements // max(1, Bt * A.numel()))
-        # keep: h_t for every t is saved for the backward; without a backward one block of them is held
-        dtx = dtT * xT
-        states = xT.new_empty(L if keep else min(step, L), Bt, d, A.shape[1])         # h_t, (L, Bt, d, n)
-        y = torch.empty_like(xT)
-        h = None
-        for s in range(0, L, step):
-            e = min(s + step, L)
-            decay = torch.exp(dtT[s:e].unsqueeze(-1) * A)                              # (T, Bt, d, n)
-            block = states[s:e] if keep else states[:e - s]
-            torch.mul(dtx[s:e].unsqueeze(-1), BT[s:e].unsqueeze(2), out=block)        # dt * B * x
-            for k in range(e - s):
-                if h is not None:
-                    block[k].addcmul_(decay[k], h)                                     # + exp(dt A) * h_{t-1}
-                h = block[k]
-            torch.sum(block * CT[s:e].unsqueeze(2), -1, out=y[s:e])                   # h_t . C_t
-            if not keep:
-                h = h.clone()                                                          # the buffer is reused
-        y.addcmul_(xT, D)
+    def schedule(lengths, Bt: int, L: int, group_rows: int, device):
+        """Where each step of each row group lives. Returns index (P,): the real (row, step) positions in
+        x.view(Bt * L), step-major, rows in decreasing length within a step (the packed layout); and for each
+        group of `group_rows` consecutive packed rows, one (packed slice, slice of the group's states) per step
+        until its longest row ends."""
+        if lengths is None:
+            lengths = torch.full((Bt,), L, device=device)
+        order = torch.argsort(lengths, descending=True, stable=True)                  # (Bt,) longest first
+        steps = torch.arange(L, device=device)
+        running = lengths[order].unsqueeze(0) > steps.unsqueeze(1)                    # (L, Bt)
+        index = (order.unsqueeze(0) * L + steps.unsqueeze(1))[running]                # (P,) step-major
+        counts = running.sum(1)                                                       # rows running per step
+        starts, counts = (counts.cumsum(0) - counts).tolist(), counts.tolist()
+        groups = []
+        for first in range(0, counts[0] if L else 0, group_rows):
+            steps_of_group, kept = [], 0
+            for start, count in zip(starts, counts):
+                rows = min(count, first + group_rows) - first
+                if rows <= 0:
+                    break
+                steps_of_group.append((slice(start + first, start + first + rows), slice(kept, kept + rows)))
+                kept += rows
+            groups.append(steps_of_group)
+        return index, groups
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, lengths, keep):
+        Bt, L, d = x.shape
+        n = A.shape[1]
+        index, groups = _SelectiveScan.schedule(lengths, Bt, L, max(1, _SelectiveScan.group_elements // A.numel()),
+                                                x.device)
+        xp, dtp = (t.reshape(Bt * L, 1, d).index_select(0, index) for t in (x, dt))   # (P, 1, d) packed
+        Bp = B.reshape(Bt * L, n, 1).index_select(0, index)                            # (P, n, 1)
+        Cp = C.reshape(Bt * L, 1, n).index_select(0, index)                            # (P, 1, n)
+        At = A.T.contiguous()                                                          # (n, d)
+        dtx = dtp * xp
+        yp = xp.new_empty(len(index), 1, d)
+        states = []                                   # per group: h_t of every step, (steps x rows, n, d)
+        for steps in groups:
+            rows0 = steps[0][1].stop
+            decay = xp.new_empty(rows0, n, d)
+            kept = xp.new_empty(steps[-1][1].stop, n, d) if keep else xp.new_empty(rows0, n, d)
+            h = None
+            for r, k in steps:
+                rows = k.stop - k.start
+                out = kept[k] if keep else kept[:rows]                                 # without a backward, in place
+                if h is None:
+                    torch.mul(dtx[r], Bp[r], out=out)                                  # h_0 = dt B x
+                else:
+                    a = torch.mul(dtp[r], At, out=decay[:rows]).exp_()                 # exp(dt_t A), (rows, n, d)
+                    torch.mul(h[:rows], a, out=out).addcmul_(dtx[r], Bp[r])            # h_t = a h_{t-1} + dt B x
+                h = out
+                torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
+            if keep:
+                states.append(kept)
+        y = (x * D).reshape(Bt * L, d).index_add_(0, index, yp.view(-1, d)).view(Bt, L, d)   # D x + C . h
         if keep:
-            ctx.save_for_backward(xT, dtT, A, BT, CT, D, states)
-        ctx.step = step
-        return y.transpose(0, 1)                                                       # (Bt, L, d)
+            ctx.save_for_backward(x, xp, dtp, At, Bp, Cp, D, index, *states)
+            ctx.groups = groups
+        return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        xT, dtT, A, BT, CT, D, states = ctx.saved_tensors
-        gyT = gy.transpose(0, 1).contiguous()                                          # (L, Bt, d)
-        L, step = len(xT), ctx.step
-        dtx = dtT * xT
-        gx, gdt, gB, gC = torch.empty_like(xT), torch.empty_like(xT), torch.empty_like(BT), torch.empty_like(CT)
-        gA = torch.zeros_like(A)
-        carry = None                                                                   # exp(dt_{t+1} A) * G_{t+1}
-        for e in range(L, 0, -step):
-            s = max(e - step, 0)
-            decay = torch.exp(dtT[s:e].unsqueeze(-1) * A)                              # (T, Bt, d, n)
-            G = gyT[s:e].unsqueeze(-1) * CT[s:e].unsqueeze(2)                          # dLoss/dh_t, direct part
-            for k in range(e - s - 1, -1, -1):
-                if carry is not None:
-                    G[k] += carry                                                      # + through h_{t+1}
-                carry = decay[k] * G[k]
-            torch.sum(states[s:e] * gyT[s:e].unsqueeze(-1), 2, out=gC[s:e])
-            g_dtA = G * decay                                                          # dLoss/d(dt*A) ...
-            if s == 0:
-                g_dtA[1:] *= states[:e - 1]                                            # ... = G * decay * h_{t-1}
-                g_dtA[0] = 0                                                           # h_{-1} = 0
-            else:
-                g_dtA *= states[s - 1:e - 1]
-            gA += (g_dtA * dtT[s:e].unsqueeze(-1)).sum((0, 1))
-            GB = (G * BT[s:e].unsqueeze(2)).sum(-1)                                    # (T, Bt, d)
-            torch.sum(G * dtx[s:e].unsqueeze(-1), 2, out=gB[s:e])
-            torch.sum(g_dtA * A, -1, out=gdt[s:e])
-            gdt[s:e].addcmul_(GB, xT[s:e])
-            torch.mul(GB, dtT[s:e], out=gx[s:e])
-        gx.addcmul_(gyT, D)
-        gD = (gyT * xT).sum((0, 1))
-        return gx.transpose(0, 1), gdt.transpose(0, 1), gA, gB.transpose(0, 1), gC.transpose(0, 1), gD, None
+        x, xp, dtp, At, Bp, Cp, D, index, *states = ctx.saved_tensors
+        Bt, L, d = x.shape
+        n, P = At.shape[0], len(index)
+        gyp = gy.reshape(Bt * L, 1, d).index_select(0, index)                          # (P, 1, d)
+        dtx = dtp * xp
+        Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
+        gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
+        gdtx, gdtp = xp.new_empty(P, 1, d), xp.new_empty(P, 1, d)                      # packed, (P, 1, d)
+        gAt = torch.zeros_like(At)
+        for steps, kept in zip(ctx.groups, states):
+            rows0 = steps[0][1].stop
+            G, decay = xp.new_empty(rows0, n, d), xp.new_empty(rows0, n, d)
+            gA_rows = xp.new_zeros(rows0, n, d)                                        # sum over steps of W dt
+            running = 0                          # rows of G that hold exp(dt_{t+1} A) G_{t+1} from step t + 1
+            for i in range(len(steps) - 1, -1, -1):
+                r, k = steps[i]
+                rows = k.stop - k.start
+                G[running:rows].zero_()                                                # rows whose end is here
+                Gt = G[:rows].addcmul_(Cq[r], gyp[r])                                  # G_t, (rows, n, d)
+                torch.bmm(dtx[r], Gt.transpose(1, 2), out=gBp[r])                      # sum_d G dt x
+                torch.bmm(Bq[r], Gt, out=gdtx[r])                                      # dLoss/d(dt x) = sum_n G B
+                torch.bmm(gyp[r], kept[k].transpose(1, 2), out=gCp[r])                 # sum_d h gy
+                if i == 0:
+                    gdtp[r] = 0                                                        # h_{-1} = 0: no decay term
+                    continue
+                a = torch.mul(dtp[r], At, out=decay[:rows]).exp_()                     # exp(dt_t A)
+                Gt.mul_(a)                                                             # carried to step t - 1
+                W = torch.mul(Gt, kept[steps[i - 1][1]][:rows], out=a)                 # dLoss/d(dt_t A)
+                gA_rows[:rows].addcmul_(W, dtp[r])                                     # dLoss/dA += W dt
+                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp[r])                    # dLoss/ddt: sum_n W A ...
+                running = rows
+            gAt += gA_rows.sum(0)
+        gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))  # ... + x sum_n G B
+        gx = (gy * D).reshape(Bt * L, d).index_add_(0, index, gdtx * dtp.view(P, d)).view(Bt, L, d)
+        gdt = x.new_zeros(Bt * L, d).index_copy_(0, index, gdtp).view(Bt, L, d)
+        gB, gC = (x.new_zeros(Bt * L, n).index_copy_(0, index, g.view(P, n)).view(Bt, L, n) for g in (gBp, gCp))
+        return gx, gdt, gAt.T, gB, gC, (gy * x).sum((0, 1)), None, None
 
 
 class MambaBlock(nn.Module):
@@ -1473,14 +1557,15 @@ class MambaBlock(nn.Module):
                        + math.log(dt_min)).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))                    # inverse of softplus
 
-    def forward(self, hidden):                                                         # (B, L, D)
+    def forward(self, hidden, lengths=None):                                           # (B, L, D)
+        """lengths (B,), optional: steps from lengths[b] on are right padding (see `selective_scan`)."""
         L = hidden.shape[1]
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (B, L, d_inner)
         x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)                    # causal: (B, L, d_inner)
         x = F.silu(x)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))                                              # (B, L, d_inner)
-        y = selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D)
+        y = selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, lengths)
         return self.out_proj(y * F.silu(z))
 
 
@@ -1498,8 +1583,8 @@ class MambaLayer(nn.Module):
                                  nn.Linear(4 * dim, dim), nn.Dropout(dropout))
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
 
-    def forward(self, x):
-        y = self.dropout(self.mamba(x))
+    def forward(self, x, lengths=None):
+        y = self.dropout(self.mamba(x, lengths))
         x = self.norm(y + x if self.residual else y)
         return self.ffn_norm(x + self.ffn(x))
 
@@ -1507,7 +1592,8 @@ class MambaLayer(nn.Module):
 class Mamba4Rec(SequentialBackbone):
     """Mamba4Rec (Liu et al., arXiv 2403.03900) as in its official RecBole code: embedding -> dropout ->
     LayerNorm, then n_layers MambaLayer (residual around the Mamba block only when n_layers > 1). No positional
-    embedding: the causal conv and the scan carry the order. The selective scan is pure PyTorch (no mamba-ssm).
+    embedding: the causal conv and the scan carry the order. The selective scan is `selective_scan` (pure PyTorch;
+    mamba-ssm's CUDA kernel if installed and on CUDA).
 
     Init as the official code's and the MDCNS code's `self.apply(init_weights)`: every Linear / Embedding weight
     N(0, 0.02), biases 0, LayerNorm 1 / 0; the conv keeps PyTorch's default, A_log and D keep Mamba's. That apply
@@ -1529,8 +1615,12 @@ class Mamba4Rec(SequentialBackbone):
 
     def encode(self, sequences):
         x = self.norm(self.dropout(self.item_embedding(sequences)))                    # (B, L, D)
+        # the scans stop after each row's last item (at least one step, so that an empty row's position 0,
+        # which forward() reads, is computed as before); nothing else depends on the padding that follows
+        steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
+        lengths = ((sequences > 0) * steps).amax(1).clamp(min=1)                        # (B,)
         for layer in self.layers:
-            x = layer(x)
+            x = layer(x, lengths)
         return x
 
 

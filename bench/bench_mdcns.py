@@ -2,23 +2,29 @@
 
 One training epoch of each row, through the method files exactly as `run_all.sh` runs them: each row's command is
 the grid's own (`run_all.sh --dry-run`), with `--epochs 1` appended (a subprocess each, fit's own epoch timer,
-evaluation excluded), the rows alternated within each repetition, medians, and ratios to RNS measured in the same
-run (the machine is shared: absolute seconds drift with load).
+evaluation excluded), the rows alternated within each repetition (every other one in reverse order), medians, and
+ratios to RNS measured in the same run (the machine is shared: absolute seconds drift with load).
 
 Rows: RNS and DNS(M,N) (baselines.py); MDCNS with a GRU4Rec peer (a cheap peer: the cost of the two-model
-scheme itself); MDCNS with its published Mamba4Rec peer (the cost the paper's setting adds). The grids: Beauty
-under the MDCNS protocol (`mdcns-beauty`), ml-1m under SASRec's own settings (`ml1m-loo`), synthetic (`--quick`).
+scheme itself); MDCNS with its published Mamba4Rec peer (the cost the paper's setting adds); RNS with Mamba4Rec
+as the trained backbone (the grid's RNS command with `--backbone mamba4rec`). With `--before COMMIT` the rows
+that use Mamba4Rec also run on the code of COMMIT (`git archive` into a temporary folder), alternated with the
+others. The grids: Beauty under the MDCNS protocol (`mdcns-beauty`), ml-1m under SASRec's own settings
+(`ml1m-loo`), synthetic (`--quick`).
 
     python bench/bench_mdcns.py                          # Beauty from ../shared/data
+    python bench/bench_mdcns.py --repeats 1 --before ec685d7   # and Mamba4Rec before issue 13's scan
     python bench/bench_mdcns.py --dataset ml-1m --repeats 1
     python bench/bench_mdcns.py --dataset synthetic      # offline smoke run of the script
 """
 import argparse
+import io
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +36,7 @@ ROWS = {
     "DNS(M,N)": ("dnsmn", []),
     "MDCNS, GRU4Rec peer": ("mdcns", ["--peer", "gru4rec"]),
     "MDCNS, Mamba4Rec peer": ("mdcns", ["--peer", "mamba4rec"]),
+    "RNS, Mamba4Rec backbone": ("rns", ["--backbone", "mamba4rec"]),
 }
 
 
@@ -49,10 +56,21 @@ def grid_commands(grid_flags, data_dir):
     return commands
 
 
-def epoch_seconds(command, extra, threads, out_dir):
-    """Seconds of one training epoch of `command` + `extra` (its results.json's epoch_seconds[0])."""
+def code_at(commit: str, folder: str) -> str:
+    """The repository's files as of `commit`, written to `folder` (git archive). Returns the folder."""
+    archive = subprocess.run(["git", "-C", ROOT, "archive", commit], capture_output=True)
+    if archive.returncode != 0:
+        raise SystemExit(f"error: git archive {commit} failed: {archive.stderr.decode().strip()}; pass --before "
+                         f"COMMIT from this repository's history")
+    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(folder, filter="data")
+    return folder
+
+
+def epoch_seconds(command, extra, threads, out_dir, code=ROOT):
+    """Seconds of one training epoch of `command` + `extra` run on the code in `code` (its results.json's
+    epoch_seconds[0])."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    result = subprocess.run([*command, *extra, "--epochs", "1", "--out-dir", out_dir], cwd=ROOT, env=env,
+    result = subprocess.run([*command, *extra, "--epochs", "1", "--out-dir", out_dir], cwd=code, env=env,
                             capture_output=True, text=True)   # the later --epochs / --out-dir win
     if result.returncode != 0:
         raise SystemExit(f"error: {' '.join(command[1:3])} failed: {result.stderr.strip().splitlines()[-1]}")
@@ -68,20 +86,28 @@ def main():
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
+    parser.add_argument("--before", metavar="COMMIT", help="also run the rows that use Mamba4Rec on the code of "
+                                                           "COMMIT (e.g. ec685d7, before issue 13's scan)")
     args = parser.parse_args()
     commands = grid_commands(GRIDS[args.dataset], args.data_dir)
-    seconds = {row: [] for row in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
-        for repeat in range(args.repeats):
-            for index, (row, (method, extra)) in enumerate(ROWS.items()):
+        rows = {row: (method, extra, ROOT) for row, (method, extra) in ROWS.items()}
+        if args.before:
+            before = code_at(args.before, os.path.join(tmp, "before"))
+            rows.update({f"{row} (before)": (method, extra, before) for row, (method, extra) in ROWS.items()
+                         if "Mamba4Rec" in row})
+        seconds = {row: [] for row in rows}
+        for repeat in range(args.repeats):   # every other repetition in reverse order: load drifts hit all rows
+            order = list(enumerate(rows.items()))
+            for index, (row, (method, extra, code)) in order[::-1] if repeat % 2 else order:
                 out_dir = os.path.join(tmp, f"repeat{repeat}-row{index}")
-                seconds[row].append(epoch_seconds(commands[method], extra, args.threads, out_dir))
-                print(f"  repeat {repeat + 1}: {row:22s} {seconds[row][-1]:7.1f}s", flush=True)
+                seconds[row].append(epoch_seconds(commands[method], extra, args.threads, out_dir, code))
+                print(f"  repeat {repeat + 1}: {row:35s} {seconds[row][-1]:7.1f}s", flush=True)
     medians = {row: statistics.median(s) for row, s in seconds.items()}
-    print(f"\nSASRec training epoch on {args.dataset}, {args.threads} thread(s), median of {args.repeats}, "
-          f"ratio to RNS in the same run")
+    print(f"\nTraining epoch on {args.dataset} (SASRec unless named), {args.threads} thread(s), median of "
+          f"{args.repeats}, ratio to RNS in the same run; load average at the end {os.getloadavg()[0]:.2f}")
     for row, s in medians.items():
-        print(f"  {row:22s} x{s / medians['RNS']:5.2f}   ({s:.1f}s)")
+        print(f"  {row:35s} x{s / medians['RNS']:5.2f}   ({s:.1f}s)")
 
 
 if __name__ == "__main__":

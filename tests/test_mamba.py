@@ -46,20 +46,74 @@ def literal_scan(x, dt, A, B, C, D):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("block_elements", [1, 24, 48, 1 << 20])   # steps per block: 1, 1, 2 (+ a partial), all
-def test_selective_scan_equals_literal_recurrence(monkeypatch, block_elements):
-    monkeypatch.setattr(_SelectiveScan, "block_elements", block_elements)
-    inputs = scan_inputs()
-    weights = torch.randn(2, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+def loop_scan(x, dt, A, B, C, D):
+    """The recurrence as written, one time step at a time (vectorised over rows, channels and states)."""
+    h, ys = torch.zeros(x.shape[0], *A.shape, dtype=x.dtype), []
+    for t in range(x.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * B[:, t, None, :]
+        ys.append((h * C[:, t, None, :]).sum(-1) + D * x[:, t])
+    return torch.stack(ys, 1)
+
+
+def with_padding(y, x, D, lengths):
+    """`selective_scan`'s output with lengths: y up to each row's length, D x on the padding after it."""
+    padding = torch.arange(x.shape[1]) >= lengths.unsqueeze(1)                      # (Bt, L)
+    return torch.where(padding.unsqueeze(-1), x * D, y)
+
+
+def test_schedule_packs_rows_step_major_longest_first():
+    lengths = torch.tensor([2, 3, 0, 3])                    # longest first: rows 1, 3 (3 steps), 0 (2), 2 (none)
+    index, groups = _SelectiveScan.schedule(lengths, 4, 3, 2, "cpu")
+    assert index.tolist() == [1 * 3 + 0, 3 * 3 + 0, 0 * 3 + 0,      # step 0: rows 1, 3, 0 (x.view(Bt * L) rows)
+                              1 * 3 + 1, 3 * 3 + 1, 0 * 3 + 1,      # step 1
+                              1 * 3 + 2, 3 * 3 + 2]                 # step 2: row 0 has ended
+    assert groups == [[(slice(0, 2), slice(0, 2)), (slice(3, 5), slice(2, 4)), (slice(6, 8), slice(4, 6))],
+                      [(slice(2, 3), slice(0, 1)), (slice(5, 6), slice(1, 2))]]   # row 0, for 2 steps
+    index, groups = _SelectiveScan.schedule(None, 2, 2, 8, "cpu")
+    assert index.tolist() == [0, 2, 1, 3] and groups == [[(slice(0, 2), slice(0, 2)), (slice(2, 4), slice(2, 4))]]
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 2, 0]])
+@pytest.mark.parametrize("group_rows", [1, 2, 3])            # rows per group: 3 groups, 2 (one partial), 1 group
+def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths):
+    monkeypatch.setattr(_SelectiveScan, "group_elements", group_rows * 3 * 4)
+    inputs = scan_inputs(Bt=3)
+    weights = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     y, expected = selective_scan(*inputs), literal_scan(*inputs)
-    assert y.shape == (2, 5, 3) and y.dtype == torch.float64
+    if lengths is not None:
+        lengths = torch.tensor(lengths)
+        y, expected = selective_scan(*inputs, lengths), with_padding(expected, inputs[0], inputs[5], lengths)
+    assert y.shape == (3, 5, 3) and y.dtype == torch.float64
     close(y, expected, rtol=1e-10, atol=1e-10)
-    with torch.no_grad():                                               # the no-backward path (one block held)
-        close(selective_scan(*inputs), expected.detach(), rtol=1e-10, atol=1e-10)
+    with torch.no_grad():                                               # the no-backward path (no state kept)
+        close(selective_scan(*inputs, lengths), expected.detach(), rtol=1e-10, atol=1e-10)
     grads = torch.autograd.grad((y * weights).sum(), inputs)
     expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
     for name, got, want in zip("x dt A B C D".split(), grads, expected_grads):
         close(got, want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("L", [1, 7, 50, 200])
+def test_selective_scan_float32_matches_the_loop(monkeypatch, L):
+    """float32, realistic ranges (Mamba's A = -(1..n), dt up to ~2), right padding of random lengths, several row
+    groups: outputs and all six gradients within 1e-5 of the step-by-step loop, relative to each tensor's size."""
+    monkeypatch.setattr(_SelectiveScan, "group_elements", 2 * 8 * 6)  # 2 rows per group
+    g = torch.Generator().manual_seed(L)
+    Bt, d, n = 5, 6, 8
+    x, B, C = torch.randn(Bt, L, d, generator=g), torch.randn(Bt, L, n, generator=g), torch.randn(Bt, L, n, generator=g)
+    dt = F.softplus(torch.randn(Bt, L, d, generator=g) - 1)
+    A = -torch.arange(1.0, n + 1).expand(d, n) * torch.rand(d, 1, generator=g).add(0.5)
+    D = torch.randn(d, generator=g)
+    inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D)]
+    lengths = torch.randint(0, L + 1, (Bt,), generator=g)
+    lengths[0] = L                                                     # one row without padding
+    y = selective_scan(*inputs, lengths)
+    expected = with_padding(loop_scan(*inputs), inputs[0], inputs[5], lengths)
+    weights = torch.randn(Bt, L, d, generator=g)
+    grads = torch.autograd.grad((y * weights).sum(), inputs)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
+    for name, got, want in zip("y x dt A B C D".split(), (y, *grads), (expected, *expected_grads)):
+        close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item(), msg=name)
 
 
 def test_selective_scan_dtypes_and_noncontiguous_inputs():
@@ -117,6 +171,50 @@ def test_right_padding_never_reaches_valid_positions_and_forward_reads_last_vali
     assert table is model.item_embedding.weight
 
 
+def test_skipping_the_padding_changes_nothing_at_real_positions():
+    """encode() stops each row's scans after its last item; the full scans (lengths=None) must give the same
+    hidden states at the real positions, and the same gradients for a loss on them."""
+    model = small_model().eval()
+    g = torch.Generator().manual_seed(5)
+    sequences = torch.randint(1, 31, (5, 9), generator=g)
+    for row, length in enumerate([9, 4, 1, 6, 0]):
+        sequences[row, length:] = 0
+    real = (sequences > 0).unsqueeze(-1)                                            # (B, L, 1)
+    weights = torch.randn(5, 9, 16, generator=g)
+
+    def full_scans(sequences):
+        x = model.norm(model.dropout(model.item_embedding(sequences)))
+        for layer in model.layers:
+            x = layer(x)
+        return x
+
+    results = []
+    for encode in (model.encode, full_scans):
+        hidden = encode(sequences)
+        loss = (hidden * weights * real).sum()
+        results.append((hidden * real, torch.autograd.grad(loss, list(model.parameters()))))
+    (packed, packed_grads), (full, full_grads) = results
+    close(packed, full, rtol=1e-6, atol=1e-6)
+    for (name, _), got, want in zip(model.named_parameters(), packed_grads, full_grads):
+        close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_mamba_ssm_kernel_on_cuda_equals_the_pytorch_scan():
+    """Optional path: with the mamba_ssm package and a GPU, selective_scan runs its fused kernel."""
+    pytest.importorskip("mamba_ssm")
+    if not torch.cuda.is_available():
+        pytest.skip("mamba_ssm's kernel needs CUDA")
+    inputs = scan_inputs(Bt=3, L=9, d=4, n=4, dtype=torch.float32)
+    lengths = torch.tensor([9, 4, 0])
+    y = selective_scan(*inputs, lengths)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    cuda_inputs = [t.detach().cuda().requires_grad_() for t in inputs]
+    y_cuda = selective_scan(*cuda_inputs, lengths.cuda())
+    grads_cuda = torch.autograd.grad(y_cuda.square().sum(), cuda_inputs)
+    for name, got, want in zip("y x dt A B C D".split(), (y_cuda, *grads_cuda), (y, *grads)):
+        close(got.cpu(), want, rtol=1e-4, atol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_shapes_dtypes_and_init(n_layers):
     model = small_model(n_layers, dim=20)
@@ -156,8 +254,9 @@ def test_every_tensor_is_created_on_the_input_device():
             self.saved_tensors = tensors
 
     ctx, inputs = Ctx(), [t.detach() for t in scan_inputs(dtype=torch.float32)]
+    lengths = torch.tensor([5, 3])
     with torch.device("meta"):
-        y = _SelectiveScan.forward(ctx, *inputs, True)
+        y = _SelectiveScan.forward(ctx, *inputs, lengths, True)
         grads = _SelectiveScan.backward(ctx, torch.ones_like(y))
     assert all(t.device.type == "cpu" for t in [y, *grads[:6]])
 
