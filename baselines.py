@@ -78,8 +78,8 @@ import warnings
 import torch
 
 from common import (LOSSES, AliasTable, Examples, LightGCN, PositiveSets, RecError, SplitData, base_parser,
-                    build_backbone, evaluate_saved, examples, finish, fit, prepare, run_cli, score_items, standard_loss,
-                    training_positives, uniform_negatives, weighted_negatives)
+                    build_backbone, evaluate_saved, examples, finish, fit, prepare, read_checkpoint, run_cli,
+                    score_items, standard_loss, training_positives, uniform_negatives, weighted_negatives)
 
 SAMPLERS = ("rns", "pns", "dns", "dnsmn")                           # make_sampler: negatives for standard_loss
 MDCNS_SAMPLERS = ("mixgcf", "mixgcfmn", "adasir", "gnno", "srns")   # make_batch_loss: their own loss or state
@@ -195,19 +195,32 @@ def steps_per_epoch(split: SplitData, batch_size: int) -> int:
     return -(-rows // batch_size)
 
 
-def at_epoch_start(batch_loss, n_steps: int, new_epoch):
-    """`batch_loss` that first calls new_epoch(model, epoch, generator) at the first step of every epoch (1-based):
-    common.fit runs exactly `n_steps` steps per epoch, so the step count tells the epoch."""
-    step = 0
+def at_epoch_start(batch_loss, n_steps: int, state, keep: dict):
+    """`batch_loss` that first calls state.new_epoch(model, epoch, generator) at the first step of every epoch
+    (1-based): common.fit runs exactly `n_steps` steps per epoch, so the step count tells the epoch.
+    keep (fit's, written with every checkpoint): the step count and the sampler's state (its `saved` attributes),
+    current after every step, so that --resume continues both exactly."""
+    keep.setdefault("step", 0)
 
     def wrapped(model, batch, generator):
-        nonlocal step
-        if step % n_steps == 0:
-            new_epoch(model, step // n_steps + 1, generator)
-        step += 1
-        return batch_loss(model, batch, generator)
+        if keep["step"] % n_steps == 0:
+            state.new_epoch(model, keep["step"] // n_steps + 1, generator)
+        keep["step"] += 1
+        loss = batch_loss(model, batch, generator)
+        keep["sampler"] = {name: getattr(state, name) for name in state.saved}
+        return loss
 
     return wrapped
+
+
+def restore_state(state, saved: dict, device):
+    """Put a checkpoint's sampler state (`keep["sampler"]`, on the CPU) back into `state`, on `device`."""
+    def moved(value):
+        if isinstance(value, torch.Tensor):
+            return value.to(device)
+        return type(value)(map(moved, value)) if isinstance(value, (list, tuple)) else value
+    for name, value in saved.items():
+        setattr(state, name, moved(value))
 
 
 def active_users(split: SplitData) -> torch.Tensor:
@@ -368,6 +381,8 @@ class AdaSIRPools:
         self.users = active_users(split).to(device)                                         # (R,)
         self.pool = torch.zeros(positives.n_users, pool_size, dtype=torch.long, device=device)  # (U, S)
 
+    saved = ("pool",)   # what a checkpoint keeps (at_epoch_start)
+
     def new_epoch(self, model, epoch: int, generator: torch.Generator):
         queries, item_table = user_queries(model, self.split, self.users, self.batch_size)  # (R, D), (I+1, D)
         proposals = uniform_negatives(self.positives, self.users, self.n_proposals, generator)  # (R, N) ~ Q
@@ -483,6 +498,8 @@ class GNNOSampler:
         self.jaccard = transition_jaccard(split.train_user, split.train_item, split.n_items).to(positives.key.device)
         self.hardness = gnno_hardness(1)
 
+    saved = ("hardness",)
+
     def new_epoch(self, model, epoch: int, generator: torch.Generator):
         self.hardness = gnno_hardness(epoch)
 
@@ -560,6 +577,8 @@ class SRNSMemory:
         self.memory = torch.zeros(positives.n_users, SRNS_MEMORY, dtype=torch.long, device=device)     # (U, S1)
         self.history, self.alpha_t = [], 0.0
 
+    saved = ("variance_sets", "memory", "history", "alpha_t")
+
     def new_epoch(self, model, epoch: int, generator: torch.Generator):
         queries, item_table = user_queries(model, self.split, self.users, self.batch_size)  # (R, D), (I+1, D)
         every_user = queries.new_zeros(self.positives.n_users, queries.shape[1])            # (U, D)
@@ -588,8 +607,10 @@ class SRNSMemory:
         return negatives
 
 
-def make_batch_loss(args, split: SplitData, positives: PositiveSets):
-    """The batch loss common.fit trains with, for any --sampler (args resolved by resolve_sampler_args)."""
+def make_batch_loss(args, split: SplitData, positives: PositiveSets, keep: dict | None = None):
+    """The batch loss common.fit trains with, for any --sampler (args resolved by resolve_sampler_args).
+    keep: fit's checkpointed dict, for the samplers with a state across steps (AdaSIR, GNNO, SRNS); a resumed
+    run's keep brings that state back."""
     if args.sampler in SAMPLERS:
         negatives_fn = make_sampler(args.sampler, positives, args.negatives, split.train_item, args.pns_alpha,
                                     args.candidates, args.top_m)
@@ -602,8 +623,11 @@ def make_batch_loss(args, split: SplitData, positives: PositiveSets):
         state = GNNOSampler(positives, split, args.candidates, args.top_m)
     else:
         state = SRNSMemory(positives, split, args.candidates, args.eval_batch_size)
+    keep = {} if keep is None else keep
+    if "sampler" in keep:
+        restore_state(state, keep["sampler"], positives.key.device)
     return at_epoch_start(standard_loss(state, args.loss, args.reg_weight), steps_per_epoch(split, args.batch_size),
-                          state.new_epoch)
+                          state, keep)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -679,8 +703,11 @@ def main(argv=None):
     args, split = prepare(args, args.sampler)
     model = build_backbone(args.backbone, split, args)
     positives = training_positives(split, args.device, args.exclude_held_out)
-    record = evaluate_saved(args, split, model) if args.eval_only else \
-        fit(args, split, model, make_batch_loss(args, split, positives))
+    if args.eval_only:
+        return finish(args, split, model, evaluate_saved(args, split, model))
+    # the sampler's own state across steps (AdaSIR, GNNO, SRNS), checkpointed by fit and brought back by --resume
+    keep = (read_checkpoint(args)["keep"] if args.resume else None) or {}
+    record = fit(args, split, model, make_batch_loss(args, split, positives, keep), keep=keep)
     return finish(args, split, model, record)
 
 

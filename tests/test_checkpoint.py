@@ -29,6 +29,8 @@ TINY = ["--quiet", "--dim", "16", "--max-len", "20"]
 RUNS = {   # method file, flags: tiny synthetic runs of a few seconds
     "baselines": (baselines.main, ["--sampler", "dnsmn", "--backbone", "sasrec", "--candidates", "20",
                                    "--epochs", "3", *TINY]),
+    **{sampler: (baselines.main, ["--sampler", sampler, "--backbone", "sasrec", "--candidates", "40", "--epochs", "3",
+                                  *TINY]) for sampler in ("adasir", "gnno", "srns")},   # a state across steps
     "icpns": (icpns.main, ["--backbone", "mf", "--batch-size", "4096", "--epochs", "3", "--pretrain-epochs", "3",
                            "--recluster-every", "1",
                            *TINY]),
@@ -87,6 +89,9 @@ def stopped_and_resumed(monkeypatch, main, argv, batches):
 @pytest.mark.parametrize("name, batches", [
     ("baselines", [10]),         # mid-epoch 2 (7 batches per epoch)
     ("baselines", [7, 8]),       # the last batch of epoch 1, then the first of epoch 3: stopped twice
+    ("adasir", [10]),            # mid-epoch 2: the pools of epoch 2's start must come back
+    ("gnno", [10]),
+    ("srns", [10]),              # memories, variance sets and the score history
     ("icpns", [4]),              # pre-training, mid-epoch 2 (3 batches per epoch, 3 epochs)
     ("icpns", [14]),             # fine-tuning epoch 2, after its reclustering
     ("mdcns", [3]),              # mid-epoch 1 of 2

@@ -3,6 +3,7 @@ hand-checked case and against a literal loop, the distributions they sample (chi
 draw orders, the state they keep across epochs, and their flags. tests/test_baselines.py runs every sampler end
 to end."""
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -418,11 +419,19 @@ def test_at_epoch_start_matches_the_batches_of_an_epoch():
     n_steps = steps_per_epoch(split, 7)
     assert n_steps == len(list(training_batches(split, 7, torch.Generator().manual_seed(0), "cpu")))
     calls, steps = [], []
-    loss = at_epoch_start(lambda model, batch, g: steps.append(len(calls)), n_steps,
-                          lambda model, epoch, g: calls.append((epoch, len(steps))))
+    state = SimpleNamespace(new_epoch=lambda model, epoch, g: calls.append((epoch, len(steps))), saved=("value",),
+                            value=7)
+    keep = {}
+    loss = at_epoch_start(lambda model, batch, g: steps.append(len(calls)), n_steps, state, keep)
     for _ in range(3 * n_steps):
         loss(None, None, None)
     assert calls == [(1, 0), (2, n_steps), (3, 2 * n_steps)]
+    assert keep == {"step": 3 * n_steps, "sampler": {"value": 7}}       # what a checkpoint keeps
+    resumed = at_epoch_start(lambda model, batch, g: steps.append(len(calls)), n_steps, state,
+                             {"step": 3 * n_steps - 1})                 # a resumed run: no new epoch mid-way
+    resumed(None, None, None)
+    resumed(None, None, None)
+    assert calls[3:] == [(4, 3 * n_steps + 1)]
 
 
 def resolved(*argv):
