@@ -938,7 +938,7 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
 
     def rows(p):
         if protocol == "user-prefixes":
-            return prefix_eval_rows(user[user_part[user] == p], item[user_part[user] == p], max_len, mask_history)
+            return prefix_eval_rows(user[part == p], item[part == p], max_len, mask_history)
         if protocol == "user":   # the last item of each user of part p, predicted from the rest
             users = np.flatnonzero((user_part == p) & (length >= 2))
             inputs = [item[start[u]:start[u] + length[u] - 1] for u in users]
