@@ -844,7 +844,7 @@ def add_data_arguments(parser) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # 3. Splits
 # ----------------------------------------------------------------------------------------------------------
-SPLITS = ("loo", "ratio", "user")
+SPLITS = ("loo", "ratio", "user", "user-prefixes")
 
 
 @dataclass
@@ -908,6 +908,9 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
     user  (MDCNS): users shuffled by the seed, int(0.7 U) train, int(0.2 U) valid, the rest test; valid and
           test users predict their last item from the rest; training users contribute every prefix.
           Sequential backbones only (valid/test users are unseen in training).
+    user-prefixes (the MDCNS code's LastFM files): users in dataset order (no shuffle), the first int(0.8 U)
+          train, the next int(0.1 U) valid, the rest test; every prefix of a valid/test user is a row predicting
+          its next item, so a user weighs in the metrics by its length - 1 (LastFM: 4,430 / 5,780 rows).
 
     Masking at evaluation: general backbones mask the user's training items (training + validation items at
     test time), RecBole's rule. Sequential backbones mask the input sequence when `mask_history` (S3-Rec/MDCNS)
@@ -917,8 +920,8 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         raise RecError(f"unknown split {protocol!r}; choose one of {', '.join(SPLITS)}")
     if protocol == "ratio" and sequential:
         raise RecError("--split ratio is for general backbones (mf, lightgcn); use --split loo or user")
-    if protocol == "user" and not sequential:
-        raise RecError("--split user evaluates users unseen in training, which needs a sequential backbone "
+    if protocol.startswith("user") and not sequential:
+        raise RecError(f"--split {protocol} evaluates users unseen in training, which needs a sequential backbone "
                        "(sasrec, gru4rec, mamba4rec); use --split loo or ratio")
     rng = np.random.default_rng(seed)
     user, item, n_users = data.user, data.item, data.n_users
@@ -942,9 +945,12 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         rank = np.argsort(np.lexsort((rng.random(len(user)), user)), kind="stable") - start[user]  # random rank
         n_tr, n_va = n_train[length][user], n_valid[length][user]
         part = np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
-    else:
-        order = rng.permutation(n_users)
-        n_train_users, n_valid_users = int(0.7 * n_users), int(0.2 * n_users)
+    else:   # user-prefixes: the MDCNS LastFM logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 /
+        # 982-1,090 of LastFM.txt, in file order (results/notes/lastfm-user-sasrec.md)
+        shuffled = protocol == "user"
+        order = rng.permutation(n_users) if shuffled else np.arange(n_users)
+        train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)
+        n_train_users, n_valid_users = int(train_share * n_users), int(valid_share * n_users)
         user_part = np.empty(n_users, dtype=np.int64)
         user_part[order] = np.repeat([0, 1, 2], [n_train_users, n_valid_users,
                                                  n_users - n_train_users - n_valid_users])
@@ -959,6 +965,8 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         sequence_user = torch.zeros(0, dtype=torch.long)
 
     def rows(p):
+        if protocol == "user-prefixes":
+            return prefix_eval_rows(user[part == p], item[part == p], max_len, mask_history)
         if protocol == "user":   # the last item of each user of part p, predicted from the rest
             users = np.flatnonzero((user_part == p) & (length >= 2))
             inputs = [item[start[u]:start[u] + length[u] - 1] for u in users]
@@ -1033,6 +1041,24 @@ def prefix_rows(train_user, train_item, max_len: int):
     targets = np.zeros_like(sequences)
     targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
     return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
+
+
+def prefix_eval_rows(user: np.ndarray, item: np.ndarray, max_len: int, mask_history: bool) -> EvalRows:
+    """Every (prefix -> next item) of every sequence as an evaluation row (`--split user-prefixes`): the query is
+    the prefix's last `max_len` items, the target the next item, the masked history the whole prefix (the MDCNS
+    code masks each row's items[:-1]) minus the target. user/item chronological per user."""
+    sequences, targets, _ = prefix_rows(user, item, max_len)                     # (R, L), target at its last slot
+    position = positions_within_users(user)
+    target = np.flatnonzero(position >= 1)                                       # (R,) index of each row's target
+    if mask_history:
+        entry_row = np.repeat(np.arange(len(target)), position[target])         # (H,) one entry per prefix item
+        history = item[target[entry_row] - position[target][entry_row] + positions_within_users(entry_row)]  # (H,)
+        keep = history != item[target][entry_row]                               # a target is never masked
+        counts = np.bincount(entry_row[keep], minlength=len(target))
+        masked_ptr, masked_items = torch.from_numpy(np.r_[0, np.cumsum(counts)]), torch.from_numpy(history[keep])
+    else:
+        masked_ptr, masked_items = torch.zeros(len(target) + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return EvalRows(sequences, torch.arange(len(target) + 1), targets.sum(1), masked_ptr, masked_items)
 
 
 def pad_right(sequences, length: int) -> torch.Tensor:
@@ -2244,7 +2270,9 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
     add_data_arguments(data)
     data.add_argument("--split", default="loo", choices=SPLITS,
                       help="loo: leave-one-out by time (SASRec); ratio: per-user random 8:1:1 (RecBole/ICPNS, "
-                           "general backbones); user: 70/20/10 of the users (MDCNS, sequential backbones)")
+                           "general backbones); user: 70/20/10 of the users (MDCNS, sequential backbones); "
+                           "user-prefixes: 80/10/10 of the users in dataset order, every prefix of a valid/test "
+                           "user evaluated (the MDCNS code's LastFM files)")
     data.add_argument("--mask-history", default=True, action=argparse.BooleanOptionalAction,
                       help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
                            "--no-mask-history reproduces RecBole's sequential evaluation")

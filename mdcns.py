@@ -30,6 +30,7 @@ of their sequences is a training example), 20% validation, 10% test; a validatio
 predicted from the rest of the sequence, full ranking over all items, the input items masked (-inf), pessimistic
 ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20 with patience 30 (at most 300
 epochs); test is evaluated once, at the best validation epoch. `--split loo` gives the standard leave-one-out.
+The code's LastFM files differ (80/10/10 of the users in file order, every prefix evaluated): `--split user-prefixes`.
 
 Deviations from the paper (P) and the official code (C); the default is what produced the published numbers:
  1. Teacher score, Eq. (4): P sums the two models' scores, C averages them. Default mean; `--teacher sum`.

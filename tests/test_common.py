@@ -157,6 +157,43 @@ def test_user_split_sizes_and_disjoint_users():
             assert matches and not set(matches) <= train_users
 
 
+def eval_rows_as_lists(rows):
+    """(query without padding, targets, sorted masked set) per row."""
+    return [([i for i in rows.query[r].tolist() if i],
+             rows.target_items[rows.target_ptr[r]:rows.target_ptr[r + 1]].tolist(),
+             sorted(set(rows.masked_items[rows.masked_ptr[r]:rows.masked_ptr[r + 1]].tolist())))
+            for r in range(len(rows))]
+
+
+def test_user_prefixes_split_by_hand():
+    # 10 users in dataset order: users 0-7 train (int(0.8 * 10)), user 8 valid (int(0.1 * 10)), user 9 test
+    users = [u for u in range(8) for _ in range(3)] + [8, 8, 8] + [9, 9, 9, 9]
+    items = [7, 8, 9] * 8 + [1, 2, 3] + [4, 5, 4, 6]        # user 9 repeats item 4: a target is never masked
+    data = Interactions.from_raw(users, [str(i) for i in items])   # ids by first appearance: 7 8 9 1 2 3 4 5 6
+    name = {1: 7, 2: 8, 3: 9, 4: 1, 5: 2, 6: 3, 7: 4, 8: 5, 9: 6}  # our id -> the item written above
+    for seed in (0, 1):                                     # no shuffle: the seed does not move users
+        split = common.split_dataset(data, "user-prefixes", seed=seed, sequential=True, max_len=2)
+        assert split.train_user.unique().tolist() == list(range(8))
+        named = [[([name[i] for i in q], [name[i] for i in t], sorted(name[i] for i in m)) for q, t, m in
+                  eval_rows_as_lists(rows)] for rows in (split.valid, split.test)]
+        assert named[0] == [([1], [2], [1]), ([1, 2], [3], [1, 2])]
+        assert named[1] == [([4], [5], [4]), ([4, 5], [4], [5]), ([5, 4], [6], [4, 5])]   # query: last 2 items
+    no_mask = common.split_dataset(data, "user-prefixes", seed=0, sequential=True, max_len=2, mask_history=False)
+    assert no_mask.test.masked_items.numel() == 0 and len(no_mask.test.masked_ptr) == 4
+
+
+def test_user_prefixes_rows_equal_a_literal_loop():
+    data = random_interactions(seed=5, n_users=57, max_len=9)
+    split = common.split_dataset(data, "user-prefixes", seed=0, sequential=True, max_len=4)
+    sequences = [data.item[data.user == u].tolist() for u in range(data.n_users)]
+    first_valid, first_test = int(0.8 * 57), int(0.8 * 57) + int(0.1 * 57)
+    for rows, part in ((split.valid, sequences[first_valid:first_test]), (split.test, sequences[first_test:])):
+        expected = [(seq[:k][-4:], [seq[k]], sorted(set(seq[:k]) - {seq[k]}))
+                    for seq in part for k in range(1, len(seq))]
+        assert eval_rows_as_lists(rows) == expected
+    assert int((split.train_targets > 0).sum()) == sum(len(s) - 1 for s in sequences[:first_valid])
+
+
 def test_training_windows_cover_every_target_once_like_prefix_augmentation():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 14, size=25)
