@@ -946,7 +946,7 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         n_tr, n_va = n_train[length][user], n_valid[length][user]
         part = np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
     else:   # user-prefixes: the MDCNS LastFM logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 /
-        # 982-1,090 of LastFM.txt, in file order (results/notes/lastfm-user-sasrec.md)
+        # 982-1,090 of LastFM.txt, in file order (results/notes/lastfm-user-prefixes-sasrec-table3.md)
         shuffled = protocol == "user"
         order = rng.permutation(n_users) if shuffled else np.arange(n_users)
         train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)

@@ -108,23 +108,25 @@ grid_lines() {
   #    by the dnsplus-sweep grid on validation (seed 42, 20 epochs per M: a stated equal budget); MDCNS with the
   #    published gamma, tau per dataset and M = 1.
   local table3="--loss bce --valid-metric ndcg@20 --ks 5,10,20 --examples-per-batch 1024"
-  for d in "beauty 1.0 1.0" "sports 3.0 1.0" "lastfm 0.3 5.0"; do
+  #    LastFM uses the MDCNS code's own LastFM protocol (--split user-prefixes: users in file order 80/10/10, every
+  #    prefix of a held-out user evaluated; results/notes/lastfm-user-prefixes-sasrec-table3.md).
+  for d in "beauty 1.0 1.0 user" "sports 3.0 1.0 user" "lastfm 0.3 5.0 user-prefixes"; do
     set -- $d
     for s in ${SEEDS:-42 43 44}; do
-      echo "table3 $1 user sasrec mdcns $s -- $table3 --epochs 300 --patience 30 --gamma $2 --kd-temperature $3 --top-m 1"
-      echo "table3 $1 user sasrec rns $s -- $table3 --epochs 300 --patience 30"
-      echo "table3 $1 user sasrec dns $s -- $table3 --epochs 300 --patience 30 --candidates 100"
+      echo "table3 $1 $4 sasrec mdcns $s -- $table3 --epochs 300 --patience 30 --gamma $2 --kd-temperature $3 --top-m 1"
+      echo "table3 $1 $4 sasrec rns $s -- $table3 --epochs 300 --patience 30"
+      echo "table3 $1 $4 sasrec dns $s -- $table3 --epochs 300 --patience 30 --candidates 100"
       local best; best=$(best_m "$1")
-      [ -n "$best" ] && echo "table3 $1 user sasrec dnsmn $s -- $table3 --epochs 300 --patience 30 --candidates 100 --top-m $best"
+      [ -n "$best" ] && echo "table3 $1 $4 sasrec dnsmn $s -- $table3 --epochs 300 --patience 30 --candidates 100 --top-m $best"
     done
     # MDCNS's other Table 3 baselines (issue 17), Beauty first, at the MDCNS code's settings (baselines.py's
     # defaults: N = 100 for mixgcf, mixgcfmn, gnno; 200 adasir; 500 srns; M = 5 for mixgcfmn, gnno) until the
     # MDCNS code's M search (MixGCF+ {1..10, 15, ..., 50, 100}, GNNO {1..10, 15, ..., 50}) is run on one seed
     [ "$1" = beauty ] && for s in ${SEEDS:-42 43 44}; do for m in mixgcf mixgcfmn adasir gnno srns; do
-      echo "table3 $1 user sasrec $m $s -- $table3 --epochs 300 --patience 30"
+      echo "table3 $1 $4 sasrec $m $s -- $table3 --epochs 300 --patience 30"
     done; done
     for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
-      echo "dnsplus-sweep $1 user sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
+      echo "dnsplus-sweep $1 $4 sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
   done
   # 5. icpns-leak (issue 15): how much of ICPNS's gain is the official pipeline's exclusion of each user's
