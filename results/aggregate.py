@@ -158,8 +158,9 @@ def training_sentence(runs):
     shape = [f"D = {settings(runs, 'dim')}"]
     if c["backbone"] != "mf":
         shape.append(f"layers {settings(runs, 'layers')}")
-    if c["backbone"] == "sasrec":
-        shape.append(f"heads {settings(runs, 'heads')}")
+    if c["backbone"] == "sasrec":   # runs from before --sasrec-block existed used Kang's block
+        blocks = "/".join(sorted({r["config"].get("sasrec_block", "kang") for r in runs}))
+        shape = [f"{blocks} block"] + shape + [f"heads {settings(runs, 'heads')}"]
     if sequential:
         shape += [f"L = {settings(runs, 'max_len')}", f"dropout {settings(runs, 'dropout')}"]
     peers = settings(runs, "peer")

@@ -46,7 +46,7 @@ def test_aggregate_mean_std_paper_values_and_epochs(tmp_path):
     assert "paper" not in icpns and "0.3000" in icpns and icpns.endswith("| 3 + 2 |")
     assert "epochs actually run 2–5" in text                                      # ICPNS: 3 pre-training + 2
     assert "MDCNS paper, Table 3" in text
-    assert ("Backbone sasrec (D = 64, layers 2, heads 2, L = 50, dropout 0.5); BCE loss, Adam lr 0.001, "
+    assert ("Backbone sasrec (kang block, D = 64, layers 2, heads 2, L = 50, dropout 0.5); BCE loss, Adam lr 0.001, "
             "128/130 sequences per batch.") in text                                    # distinct values, joined
 
 
