@@ -1310,10 +1310,11 @@ class CausalSelfAttention(nn.Module):
         B, L, D = x.shape
         q, k, v = (f(x).view(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)   # (B, H, L, D/H)
                    for f in (self.query, self.key, self.value))
+        # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2, S3-Rec form)
         context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                  dropout_p=self.attention_dropout if self.training else 0.0)
         context = context.transpose(1, 2).reshape(B, L, D)                             # (B, L, D)
-        return self.norm(x + self.dropout(self.output(context)))
+        return self.norm(x + self.dropout(self.output(context)))   # post-LN residual
 
 
 class KangSASRec(SequentialBackbone):
