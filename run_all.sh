@@ -6,7 +6,9 @@
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
-#                                             # icpns-leak-ml1m, table3, dnsplus-sweep (default: all)
+#                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k
+#                                             # (default: all)
+#   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
 #                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
@@ -21,13 +23,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; DRY=0; DATA_DIR=data; GRID=all; SEEDS=""; RUNS=""
+QUICK=0; DRY=0; DATA_DIR=data; GRID=all; DATASET=all; SEEDS=""; RUNS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --dry-run) DRY=1 ;;
     --data-dir) DATA_DIR="$2"; shift ;;
     --grid) GRID="$2"; shift ;;
+    --dataset) DATASET="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
     -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -138,6 +141,22 @@ grid_lines() {
   #    fine-tunes the clean run's pretrained.pt, listed (and so run) first.
   seeds="${SEEDS:-1 2 3}"
   icpns_leak_lines icpns-leak ml-100k mf lightgcn   # MF first: ~10x cheaper per run
+  # 7. table4 (issue 17): MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
+  #    model, peer Mamba4Rec, at table3's protocol and budget: RNS, DNS+ (the dnsplus-sweep's M on SASRec, as the
+  #    paper reuses one M per dataset: inference) and MDCNS
+  for b in linrec fmlp4rec; do for s in ${SEEDS:-42 43 44}; do
+    echo "table4 beauty user $b mdcns $s -- $table3 --epochs 300 --patience 30 --gamma 1.0 --kd-temperature 1.0 --top-m 1"
+    echo "table4 beauty user $b rns $s -- $table3 --epochs 300 --patience 30"
+    local best; best=$(best_m beauty)
+    [ -n "$best" ] && echo "table4 beauty user $b dnsmn $s -- $table3 --epochs 300 --patience 30 --candidates 100 --top-m $best"
+  done; done
+  # 8. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
+  #    NGCF defaults (the ICPNS code's NGCF.yaml), RNS at its stage-1 schedule (lr 1e-3, batch 4096, <= 1000
+  #    epochs, patience 100)
+  for s in ${SEEDS:-1 2 3}; do
+    echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
+    echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
+  done
   # 6. icpns-leak-ml1m: the same on ml-1m, LightGCN, RNS and ICPNS. The ml-1m here is SASRec's ml-1m.txt, which
   #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).
   seeds="${SEEDS:-1}"
@@ -186,6 +205,7 @@ filter_flags() {
 todo=0; done_=0
 while read -r grid dataset split backbone method seed _ extra; do
   [ "$GRID" = all ] || [ "$GRID" = "$grid" ] || [ "$QUICK" = 1 ] || continue
+  [ "$DATASET" = all ] || [ "$DATASET" = "$dataset" ] || [ "$QUICK" = 1 ] || continue
   case " $extra " in *" --exclude-held-out "*) variant=-leak ;; *) variant="" ;; esac
   dir="$RUNS/$grid/$dataset-$split-$backbone-$method$variant-s$seed"
   if [ -f "$dir/results.json" ]; then
