@@ -46,7 +46,19 @@ TABLE3 = {
 PAPER = {(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sasrec", method): dict(zip(
              ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"), values))
          for dataset, rows in TABLE3.items() for method, values in rows.items()}
-PAPER_SOURCE = {dataset: f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE)" for dataset in TABLE3}
+# MDCNS Table 4: LinRec and FMLP4Rec as the backbone (Mamba4Rec peer), BCE, Beauty; each row R@5, R@10, N@5, N@10
+# (../shared/papers/MDCNS.md, Table 4; its SASRec column repeats Table 3).
+TABLE4 = {
+    "linrec": {"rns": (0.0523, 0.0751, 0.0363, 0.0435), "dnsmn": (0.0617, 0.0939, 0.0420, 0.0525),
+               "mdcns": (0.0818, 0.1162, 0.0579, 0.0689)},
+    "fmlp4rec": {"rns": (0.0532, 0.0800, 0.0342, 0.0429), "dnsmn": (0.0635, 0.0903, 0.0432, 0.0519),
+                 "mdcns": (0.0872, 0.1198, 0.0621, 0.0726)},
+}
+PAPER.update({("beauty", "user", backbone, method): dict(zip(("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values))
+              for backbone, rows in TABLE4.items() for method, values in rows.items()})
+PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE)" for dataset in TABLE3}
+PAPER_SOURCE.update({("beauty", backbone): f"MDCNS paper, Table 4 (beauty, {backbone}, BCE; R@20 and N@20 not "
+                     "reported)" for backbone in TABLE4})
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20), "sports": (5, 10, 20), "lastfm": (5, 10, 20)}
 # Grids made before tables were kept per grid: their notes and plots are named <dataset>-<split>-<backbone>.
@@ -248,7 +260,7 @@ def table(key, runs):
         rs = by_row[row]
         cells = []
         for metric in metrics:
-            ours = mean_std([r["test"][metric] for r in rs], standard_error=key[3] == "table3")
+            ours = mean_std([r["test"][metric] for r in rs], standard_error=key[3] in ("table3", "table4"))
             paper = None if row[1] else PAPER.get((*key[:3], row[0]), {}).get(metric)   # papers: clean only
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
@@ -257,7 +269,7 @@ def table(key, runs):
         if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
             ran = span(pre) + " + " + ran
         lines.append(f"| {row_name(row, rs)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
-    source = PAPER_SOURCE.get(dataset) if any((*key[:3], m) in PAPER for m, _ in rows) else None
+    source = PAPER_SOURCE.get((dataset, key[2])) if any((*key[:3], m) in PAPER for m, _ in rows) else None
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
     return "\n".join(lines) + "\n\n" + note
 
