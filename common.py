@@ -2802,10 +2802,24 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
 
 
 def provenance(args) -> dict:
-    """What produced a result: the command line, the versions, the code's commit, the data file and its hash."""
+    """What produced a result: the command line, the versions, the machine, the code's commit, the data file and
+    its hash."""
     return {"command": args.command,
             "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-            "git_commit": git_commit(), "data_file": args.data_file, "data_sha256": args.data_sha256}
+            "machine": machine(args.device), "git_commit": git_commit(), "data_file": args.data_file,
+            "data_sha256": args.data_sha256}
+
+
+def machine(device) -> dict:
+    """The hardware a run's seconds were measured on: CPU model, cores, threads torch used, GPU if one ran it."""
+    cpu = f"{platform.machine()} CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def git_commit() -> str | None:

@@ -17,7 +17,6 @@ import argparse
 import glob
 import json
 import os
-import platform
 import statistics
 from collections import defaultdict
 
@@ -152,7 +151,7 @@ def protocol_paragraph(runs):
             f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
             f"once it had not improved for more than {c['patience']} validations; test evaluated once. "
             f"Epoch budget {budgets} per stage; epochs actually run {ran}. "
-            f"Hardware: {cpu_name()}, {os.cpu_count()} cores, no GPU." + training_sentence(runs))
+            f"Hardware: {hardware(runs)}." + training_sentence(runs))
 
 
 def settings(runs, name):
@@ -181,13 +180,13 @@ def training_sentence(runs):
             f"{settings(runs, 'batch_size')} {'sequences' if sequential else 'interactions'} per batch.")
 
 
-def cpu_name():
-    """The CPU model from /proc/cpuinfo where there is one, else the architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return f"{platform.machine()} CPU"
+def hardware(runs):
+    """The machines a table's runs recorded (results.json `machine`), or that they did not record it."""
+    found = sorted({f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), "
+                    f"{m['gpu'] or 'no GPU'}" for m in (r.get("machine") for r in runs) if m})
+    missing = sum(1 for r in runs if not r.get("machine"))
+    return "; ".join(found + ([f"not recorded for {missing} run(s) made before results.json kept it"]
+                              if missing else []))
 
 
 def mean_std(values, standard_error=False):

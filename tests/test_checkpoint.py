@@ -215,6 +215,8 @@ def test_provenance_keys(tmp_path):
     result = quietly(baselines.main, ["--backbone", "mf", "--epochs", "1", *TINY, "--out-dir", str(tmp_path / "s")])
     assert result["command"][0].endswith("baselines.py") and result["command"][1:3] == ["--backbone", "mf"]
     assert set(result["versions"]) == {"python", "torch", "numpy"}
+    assert result["machine"]["cores"] == os.cpu_count() and result["machine"]["gpu"] is None   # CPU run
+    assert result["machine"]["torch_threads"] == torch.get_num_threads() and result["machine"]["cpu"]
     assert result["data_file"] is None and result["data_sha256"] is None                     # synthetic
     inside = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     assert result["git_commit"] == (inside.stdout.strip() if inside.returncode == 0 else None)
@@ -228,7 +230,7 @@ def test_provenance_keys(tmp_path):
         assert result["data_file"] == str(csv)
         assert result["data_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     written = json.loads((tmp_path / "from-cache" / "results.json").read_text())
-    assert {"command", "versions", "git_commit", "data_file", "data_sha256"} <= set(written)
+    assert {"command", "versions", "machine", "git_commit", "data_file", "data_sha256"} <= set(written)
     assert "command" not in written["config"] and "data_sha256" not in written["config"]
 
 

@@ -154,3 +154,5 @@ def test_aggregate_reads_runs_with_and_without_provenance(tmp_path):
     aggregate.main()
     rns = next(line for line in (out / "RESULTS.md").read_text().splitlines() if line.startswith("| RNS |"))
     assert "| 2 |" in rns                                                          # both seeds in one row
+    hardware = next(line for line in (out / "RESULTS.md").read_text().splitlines() if "Hardware:" in line)
+    assert new["machine"]["cpu"] in hardware and "not recorded for 1 run(s)" in hardware      # the old run
