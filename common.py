@@ -23,6 +23,7 @@ import argparse
 import ast
 import contextlib
 import csv
+import datetime
 import glob
 import gzip
 import hashlib
@@ -2487,10 +2488,10 @@ def check_out_dir(args):
 
 def seed_everything(seed: int):
     """One seeding block: python, numpy, torch (CPU and CUDA). Under torchrun each process's torch stream (dropout)
-    is its own, seed + rank * 2^32 (rank 0's is one process's); the models start from rank 0's weights (`fit`)."""
+    is its own (`rank_seed`); the models start from rank 0's weights (`fit`)."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed + rank() * 2 ** 32)
+    torch.manual_seed(rank_seed(seed))
 
 
 def prepare(args, method: str):
@@ -2563,13 +2564,25 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def rank_seed(seed: int) -> int:
+    """The seed of this process's own random streams (dropout, samplers): `seed` in one process and in rank 0, a
+    32-bit seed mixed from (seed, rank) in the other ranks (numpy's SeedSequence). torch's CPU generator keeps only
+    the low 32 bits of a seed, so seed + rank * 2^32 would give every rank the same stream."""
+    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+
+
 def init_distributed(args):
     """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with --device cuda (this rank on the GPU of its
     LOCAL_RANK), gloo on the CPU; ranks other than 0 print nothing. Sets args.world_size."""
     if world_size() > 1 and not dist.is_initialized():
         if args.device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo")
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise RecError(f"torchrun started more processes on this machine than it has GPUs "
+                               f"({torch.cuda.device_count()}); lower --nproc_per_node, or use --device cpu")
+            torch.cuda.set_device(local_rank)
+        # the others may wait long for rank 0 (a first load of a large dataset, k-means, a checkpoint): 1 hour
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
         if rank() > 0:
             sys.stdout = open(os.devnull, "w")
     args.world_size = world_size()
@@ -2868,8 +2881,8 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
     and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and compares).
 
     Under torchrun (see "more than one process" above): the ranks start from rank 0's weights, each step is
-    `train_step` on this rank's share of the global batch, its samplers draw from its own generator (seed + 1 +
-    rank * 2^32), rank 0 decides early stopping, a signal to any rank stops all of them after the same step, and
+    `train_step` on this rank's share of the global batch, its samplers draw from its own generator
+    (`rank_seed(seed + 1)`), rank 0 decides early stopping, a signal to any rank stops all of them after the same step, and
     the checkpoint holds every rank's random states and `keep` (`save_checkpoint`); batch_loss is called on every
     rank at every step. batch_loss must be a mean over its batch's examples (`train_step`).
     """
@@ -2879,7 +2892,7 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
     optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
     order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU (every rank's)
     # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
-    sample_generator = torch.Generator(device).manual_seed(args.seed + 1 + rank() * 2 ** 32)
+    sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
     n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user)) // args.batch_size)
     # where the loop is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds)
     loop = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "epoch_seconds": [],

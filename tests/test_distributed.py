@@ -44,10 +44,29 @@ def in_every_process(rank, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=120))
     try:
-        for task in (sharded_evaluation, distributed_steps, stopped_and_resumed):
+        for task in (random_streams, sharded_evaluation, distributed_steps, stopped_and_resumed):
             task(rank, folder)
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------- random streams
+def first_draws():
+    """The first draws of the dropout stream (seed_everything) and of a sampler generator as fit seeds it."""
+    common.seed_everything(5)
+    dropout = torch.rand(4)
+    return dropout, torch.rand(4, generator=torch.Generator().manual_seed(common.rank_seed(5 + 1)))
+
+
+def random_streams(rank, folder):
+    torch.save(first_draws(), os.path.join(folder, f"streams-{rank}.pt"))
+
+
+def test_each_rank_draws_its_own_random_streams_and_rank_0_draws_one_processs(spawned):
+    single = first_draws()
+    ranks = [torch.load(spawned / f"streams-{rank}.pt") for rank in range(WORLD)]
+    assert all(torch.equal(a, b) for a, b in zip(ranks[0], single))
+    assert not any(torch.equal(a, b) for a, b in zip(ranks[1], ranks[0]))
 
 
 # ---------------------------------------------------------------- evaluation
