@@ -2838,7 +2838,7 @@ def deferred_signals():
         if signum in received:
             raise Interrupted(f"{name} again: stopped at once; the last checkpoint stays (resume with the run's "
                               f"command and --resume)", signum)
-        if not received:
+        if not received and is_main():   # under torchrun every process gets it: rank 0 says it
             print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
                   file=sys.stderr, flush=True)
         received.append(signum)
