@@ -11,9 +11,9 @@ every run: on a shared machine a second process only helps if a core is free.
 The all-reduce row times `torch.distributed.all_reduce` of one flat float32 buffer the size of the row's
 parameters between 2 gloo processes (what `common.train_step` sends once per step), median of 50.
 
-    python bench/bench_ddp.py                          # ml-100k LightGCN, Beauty SASRec from ../shared/data
-    python bench/bench_ddp.py --rows lightgcn-100k --repeats 1
-    python bench/bench_ddp.py --dataset-dir /path/to/data
+    python bench/bench_ddp.py                          # every row (ml-100k, Beauty from ../shared/data): ~8 min
+    python bench/bench_ddp.py --rows lightgcn-100k,sasrec-beauty --repeats 2    # the first two rows of the table
+    python bench/bench_ddp.py --rows mdcns-beauty --repeats 1 --data-dir /path/to/data
 """
 import argparse
 import datetime
