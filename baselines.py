@@ -78,7 +78,7 @@ import warnings
 import torch
 
 from common import (LOSSES, AliasTable, Examples, LightGCN, PositiveSets, RecError, SplitData, base_parser,
-                    build_backbone, evaluate_saved, examples, finish, fit, prepare, read_checkpoint, run_cli,
+                    build_backbone, evaluate_saved, examples, finish, fit, owns, prepare, read_checkpoint, run_cli,
                     score_items, standard_loss, training_positives, uniform_negatives, weighted_negatives)
 
 SAMPLERS = ("rns", "pns", "dns", "dnsmn")                           # make_sampler: negatives for standard_loss
@@ -121,9 +121,9 @@ def candidate_scores(queries, item_table, candidates, block: int = 2 ** 11):
 def dns_negatives(queries, item_table, candidates, k: int):
     """DNS (Zhang et al. 2013): the highest-scored of each pool of N candidates (ties: the first in the pool).
     queries (P, D), item_table (I+1, D), candidates (P, k·N) = k pools of N consecutive items -> (P, k)."""
-    P = len(candidates)
-    pools = candidates.view(P, k, -1)                                                      # (P, k, N)
-    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P,k,N)
+    P, N = len(candidates), candidates.shape[1] // k
+    pools = candidates.view(P, k, N)                                                       # (P, k, N)
+    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, N)  # (P,k,N)
     best = scores.argmax(-1, keepdim=True)                                                 # (P, k, 1)
     return pools.gather(-1, best).squeeze(-1)                                              # (P, k)
 
@@ -136,11 +136,11 @@ def dns_mn_negatives(queries, item_table, candidates, m: int, k: int, generator:
     Draw order (mdcns.py reproduces it): the caller draws the candidates first,
     `uniform_negatives(positives, users, k·N, generator)`, then this function draws the uniform pick,
     `torch.randint(0, M, (P, k), generator=generator)`, and nothing else."""
-    P = len(candidates)
-    pools = candidates.view(P, k, -1)                                                      # (P, k, N)
-    if not 1 <= m <= pools.shape[-1]:
-        raise RecError(f"DNS(M,N) needs 1 <= M <= N, got M={m}, N={pools.shape[-1]}")
-    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, -1)  # (P,k,N)
+    P, N = len(candidates), candidates.shape[1] // k
+    pools = candidates.view(P, k, N)                                                       # (P, k, N)
+    if not 1 <= m <= N:
+        raise RecError(f"DNS(M,N) needs 1 <= M <= N, got M={m}, N={N}")
+    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, N)  # (P,k,N)
     # MDCNS Eq. (7)-(8) with the model's own scores: H = Top-M(scores), v- ~ Uniform(H)
     top = scores.topk(m, dim=-1).indices                                                   # (P, k, M) in pool
     pick = torch.randint(0, m, (P, k), generator=generator, device=candidates.device)      # (P, k) in [0, M)
@@ -224,8 +224,10 @@ def restore_state(state, saved: dict, device):
 
 
 def active_users(split: SplitData) -> torch.Tensor:
-    """The users with at least one training example, sorted (R,)."""
-    return torch.unique(split.train_sequence_user if split.sequential else split.train_user)
+    """The users with at least one training example, sorted (R,); under torchrun those of this process, whose rows
+    of every batch it trains (common.owns): each process keeps the per-user state of its own users."""
+    users = torch.unique(split.train_sequence_user if split.sequential else split.train_user)
+    return users[owns(users)]
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ What no paper owns lives here, in the order a run uses it:
    non-interacted items (RNS itself), candidate pools, alias tables with positives excluded.
 6. Full-ranking evaluation and `ranking_metrics` (RecBole's formulas, pessimistic ties).
 7. The shared command line and its checks, the training loop (`fit`) with its checkpoints, `results.json` and
-   `model.pt`.
+   `model.pt`; under `torchrun`, the processes that share one run (`train_step`, `evaluate`, `from_main`).
 
 Copy this file together with one method file (`baselines.py`, `icpns.py`, `mdcns.py`) into another project.
 """
@@ -23,6 +23,7 @@ import argparse
 import ast
 import contextlib
 import csv
+import datetime
 import glob
 import gzip
 import hashlib
@@ -51,6 +52,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -2144,13 +2146,20 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, maske
         -> dict:
     """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
     Padding scores -inf, the row's masked (history) items `masked_score` (-inf: excluded; the MDCNS code's
-    baselines use 0); the metrics are means over the rows."""
+    baselines use 0); the metrics are means over the rows.
+
+    Under torchrun the batches are dealt round-robin to the processes (batch b to rank b mod W), each batch's metric
+    sums are all-reduced (one process computed each, the others add zeros: exact) and every process adds them up in
+    batch order, as one process does: the metrics equal one process's to the last bit (tests/test_distributed.py).
+    Evaluation spreads over W processes once there are at least W batches (`--eval-batch-size`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    totals = {}
-    for start in range(0, len(rows), batch_size):
-        end = min(start + batch_size, len(rows))
+    names = [f"{m}@{int(k)}" for k in ks for m in METRICS]                               # metric_sums' order
+    starts = range(0, len(rows), batch_size)
+    sums = torch.zeros(len(starts), len(names), dtype=torch.float64, device=device)      # (batches, metrics)
+    for b in range(rank(), len(starts), world_size()):
+        start, end = starts[b], min(starts[b] + batch_size, len(rows))
         queries, item_table = model(rows.query[start:end].to(device))
         scores = queries @ item_table.T                                                  # (B, I+1)
         scores[:, 0] = -float("inf")
@@ -2165,9 +2174,13 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, maske
         target_scores[target_rows, column.to(device)] = scores[target_rows, target_items]    # (B, T)
         target_scores = target_scores.sort(dim=1, descending=True).values
         scores[target_rows, target_items] = -float("inf")                                   # non-targets only
-        for name, value in metric_sums(scores, target_scores, n_targets.to(device), ks).items():
-            totals[name] = totals.get(name, 0.0) + value
+        batch_sums = metric_sums(scores, target_scores, n_targets.to(device), ks)
+        sums[b] = torch.tensor([batch_sums[name] for name in names], dtype=torch.float64)
     model.train(was_training)
+    totals = dict.fromkeys(names, 0.0)
+    for batch_sums in all_reduce_sum(sums).tolist():                                     # in batch order
+        for name, value in zip(names, batch_sums):
+            totals[name] += value
     return {name: value / len(rows) for name, value in totals.items()}
 
 
@@ -2195,7 +2208,8 @@ class CommandLine(argparse.ArgumentParser):
         self.script = script
 
     def error(self, message):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        if rank() == 0:   # under torchrun every process parses the same command line: one of them says it
+            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
     def parse_args(self, args=None, namespace=None):
@@ -2340,14 +2354,17 @@ WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only")
 
 
 def run_config(args) -> dict:
-    """The settings of a run: every flag, resolved (results.json's `config`); nothing about the process."""
+    """The settings of a run: every flag, resolved, and `world_size`, the number of processes that trained it
+    (results.json's `config`)."""
     return {k: v for k, v in vars(args).items()
             if k not in ("method", "command", "resume", "data_file", "data_sha256")}
 
 
 def resolve_args(args, method: str):
     """Fill per-backbone defaults, check every flag, pick the device, check --out-dir and what it holds: all before
-    any data is read. Every problem is a RecError (one line, exit 2). Returns args (modified)."""
+    any data is read. Every problem is a RecError (one line, exit 2). Under torchrun, joins the process group
+    (`init_distributed`) once the flags are known to be good. Returns args (modified)."""
+    args.world_size = world_size()
     if args.resume and args.eval_only:
         raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
     if args.eval_only:
@@ -2368,12 +2385,13 @@ def resolve_args(args, method: str):
         raise RecError("--device cuda was asked for but CUDA is not available here; use --device cpu")
     args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
         ("cpu" if args.device == "auto" else args.device)
+    init_distributed(args)
     args.method = method
     if args.out_dir is None:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+        stamp = from_main(time.strftime, "%Y%m%d-%H%M%S")   # one folder for all the processes of a torchrun
         name = os.path.basename(args.dataset).replace(".", "_")
         args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
-    check_out_dir(args)
+    from_main(check_out_dir, args)
     return args
 
 
@@ -2420,7 +2438,8 @@ def check_flags(args):
 def check_out_dir(args):
     """Create --out-dir and write a file in it now, not after hours of training; then what it holds must fit the
     command: --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must
-    not overwrite one. A fresh run writes run.json, its command and settings."""
+    not overwrite one. A fresh run writes run.json, its command and settings. (Under torchrun rank 0 alone runs
+    this: `resolve_args`.)"""
     out = args.out_dir
     if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
         raise RecError("--resume needs --out-dir, the folder of the interrupted run")
@@ -2447,10 +2466,14 @@ def check_out_dir(args):
                            f"again in a new --out-dir")
         with open(run_file) as f:
             saved = json.load(f)
-        now = run_config(args)
-        changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {saved['config'].get(k)!r})"
-                   for k in sorted(now.keys() | saved["config"].keys())
-                   if k not in WHERE_AND_HOW and now.get(k) != saved["config"].get(k)]
+        now, then = run_config(args), {"world_size": 1, **saved["config"]}   # runs before torchrun: 1 process
+        if now["world_size"] != then["world_size"]:
+            raise RecError(f"--resume with {now['world_size']} process(es); the run was started with "
+                           f"{then['world_size']}, whose random streams the checkpoint holds: resume it with "
+                           f"{then['world_size']} (torchrun --nproc_per_node; 1 = python <script>)")
+        changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {then.get(k)!r})"
+                   for k in sorted(now.keys() | then.keys())
+                   if k not in WHERE_AND_HOW and now.get(k) != then.get(k)]
         if changed:
             raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
                            f"Resume with the run's own command: {resume_command(saved['command'], out)}")
@@ -2464,10 +2487,11 @@ def check_out_dir(args):
 
 
 def seed_everything(seed: int):
-    """One seeding block: python, numpy, torch (CPU and CUDA)."""
+    """One seeding block: python, numpy, torch (CPU and CUDA). Under torchrun each process's torch stream (dropout)
+    is its own (`rank_seed`); the models start from rank 0's weights (`fit`)."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(rank_seed(seed))
 
 
 def prepare(args, method: str):
@@ -2477,7 +2501,8 @@ def prepare(args, method: str):
     if args.dataset == "synthetic":
         data = make_synthetic(args.seed)
     else:
-        data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
+        with machine_leader_first():   # one download and one cache write per machine
+            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
     args.data_file, args.data_sha256 = data.data_file, data.data_sha256
     print(data.describe())
     split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
@@ -2512,6 +2537,193 @@ def training_rows(args, split: SplitData) -> SplitData:
     return split
 
 
+# ---------------------------------------------------------------- more than one process (torchrun)
+# `python <script>` is one process and nothing here acts. `torchrun --nproc_per_node W <script>` starts W processes
+# (ranks 0..W-1, with RANK, LOCAL_RANK and WORLD_SIZE in their environment) that join one process group (NCCL on
+# CUDA, each rank on the GPU of its LOCAL_RANK; gloo on the CPU) and share one run:
+# - training: every rank draws the same global batch of --batch-size rows (the same order generator) and takes the
+#   rows of the users it owns, user % W == rank (`owns`); gradients are summed across the ranks before every step
+#   (`train_step`), so the step is one process's on the whole batch. A rank's samplers have their own generator
+#   (`fit`) and keep per-user state for its own users only.
+# - evaluation: batches of rows dealt round-robin, metric sums all-reduced: one process's metrics (`evaluate`).
+# - decisions and files: rank 0 alone reads and writes the run's files (run.json, checkpoint.pt, model.pt,
+#   results.json, ICPNS's pretrained.pt), runs ICPNS's k-means and decides early stopping; the others receive its
+#   result (`from_main`). Only rank 0 prints. Inputs (the data, --pretrained, --eval-only) are read by every rank:
+#   on several machines each needs its copy.
+def world_size() -> int:
+    """The processes of this run: the process group's size, else torchrun's WORLD_SIZE (1 for `python <script>`)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    """Rank 0, the process that prints and writes files (True for `python <script>`)."""
+    return rank() == 0
+
+
+def rank_seed(seed: int) -> int:
+    """The seed of this process's own random streams (dropout, samplers): `seed` in one process and in rank 0, a
+    32-bit seed mixed from (seed, rank) in the other ranks (numpy's SeedSequence). torch's CPU generator keeps only
+    the low 32 bits of a seed, so seed + rank * 2^32 would give every rank the same stream."""
+    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+
+
+def init_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with --device cuda (this rank on the GPU of its
+    LOCAL_RANK), gloo on the CPU; ranks other than 0 print nothing. Sets args.world_size."""
+    if world_size() > 1 and not dist.is_initialized():
+        if args.device == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise RecError(f"torchrun started more processes on this machine than it has GPUs "
+                               f"({torch.cuda.device_count()}); lower --nproc_per_node, or use --device cpu")
+            torch.cuda.set_device(local_rank)
+        # the others may wait long for rank 0 (a first load of a large dataset, k-means, a checkpoint): 1 hour
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+        if rank() > 0:
+            sys.stdout = open(os.devnull, "w")
+    args.world_size = world_size()
+
+
+def owns(users) -> torch.Tensor:
+    """Bool mask of the users this rank owns, user % world_size == rank: its rows of every training batch and the
+    users of its samplers' per-user state (all of them in one process)."""
+    return users % world_size() == rank()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over the ranks (NCCL reduces on the GPU: a CPU tensor goes there and back)."""
+    if world_size() == 1:
+        return tensor
+    moved = tensor.to("cuda" if dist.get_backend() == "nccl" else tensor.device)
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)
+
+
+def _on_cpu(value):
+    """`value` with every tensor in it (through dicts, lists and tuples) moved to the CPU, to send to another rank."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
+def from_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) computed by rank 0 alone (files, k-means, a decision); every rank returns its result
+    (tensors arrive on the CPU) or raises the RecError it raised. One process: fn(*args, **kwargs)."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    outcome, raised = [None, None], None   # (result, error message)
+    if rank() == 0:
+        try:
+            outcome[0] = _on_cpu(fn(*args, **kwargs))
+        except RecError as error:
+            outcome[1], raised = str(error), error
+    dist.broadcast_object_list(outcome, src=0)
+    if raised is not None:
+        raise raised
+    if outcome[1] is not None:
+        error = RecError(outcome[1])
+        error.said_by_rank_0 = True   # run_cli: rank 0 prints it
+        raise error
+    return outcome[0]
+
+
+@contextlib.contextmanager
+def machine_leader_first():
+    """Under torchrun the first process of each machine (LOCAL_RANK 0) runs the block before the others of that
+    machine, which then find what it wrote (a download, the data cache)."""
+    leader = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if world_size() > 1 and not leader:
+        dist.barrier()
+    yield
+    if world_size() > 1 and leader:
+        dist.barrier()
+
+
+def broadcast_parameters(model: nn.Module):
+    """Every rank's parameters become rank 0's (DistributedDataParallel does the same when it wraps a model)."""
+    if world_size() == 1:
+        return
+    parameters = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+    dist.broadcast(flat, src=0)
+    with torch.no_grad():
+        for p, value in zip(parameters, flat.split([p.numel() for p in parameters])):
+            p.copy_(value.view_as(p))
+
+
+def stop_requested(received: list) -> bool:
+    """Whether any rank noted a signal (`deferred_signals`): the same answer on every rank."""
+    if world_size() == 1:
+        return bool(received)
+    return bool(all_reduce_sum(torch.tensor([float(bool(received))])).item() > 0)
+
+
+def batch_examples(batch, sequential: bool) -> int:
+    """The training examples of a batch of `training_batches`: its targets (sequential) or its rows."""
+    return int((batch[1] > 0).sum()) if sequential else len(batch[0])
+
+
+def train_step(model: nn.Module, optimizer, batch_loss, batch, generator: torch.Generator, sequential: bool,
+               received: list) -> tuple[float, bool]:
+    """One Adam step on a global batch of `training_batches`. Returns the batch's loss and whether to stop now (a
+    signal noted in `received`, by any rank: the same answer everywhere). No step is taken when the loss is not
+    finite (the caller raises).
+
+    One process: batch_loss on the batch, backward, step.
+    Under torchrun: this rank keeps the rows of its users (`owns`), P_r of the batch's P examples, and
+    backpropagates (P_r / P) * its loss. Every batch_loss here is a mean over its batch's examples, so the ranks'
+    terms add up to the global batch's mean and their gradients, summed, to its gradient (exact up to float
+    rounding, tests/test_distributed.py), whatever the split. A rank whose share is empty still calls batch_loss
+    (samplers count their steps, ICPNS's reclustering is collective) and contributes no gradient.
+
+    Why a manual all-reduce and not DistributedDataParallel: DDP syncs the gradients of parameters reached through
+    the wrapped module's forward, while here parameters are also reached outside it: MixGCF propagates
+    LightGCN/NGCF layers itself (`propagate_layers`), the L2 term reads `ego_embeddings`, MDCNS's peer runs beside
+    its pair's forward. Summing every gradient of the optimizer's parameters after backward is exact for all of
+    them, and one flat buffer is one all-reduce per step (it also carries the loss and the stop flag). A parameter
+    without a gradient on every rank stays without one, so Adam skips it as one process would. DDP would overlap
+    the reduction with backward; on the CPU the reduction is a small part of a step (bench/README.md)."""
+    if world_size() == 1:
+        loss = batch_loss(model, batch, generator)
+        if not torch.isfinite(loss):
+            return loss.item(), bool(received)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), bool(received)
+    users = batch[2] if sequential else batch[0]
+    shard = tuple(t[owns(users)] for t in batch)
+    share = batch_examples(shard, sequential) / batch_examples(batch, sequential)          # P_r / P
+    optimizer.zero_grad(set_to_none=True)
+    if share > 0:
+        loss = share * batch_loss(model, shard, generator)
+        loss.backward()
+    else:   # no row of the batch is this rank's: batch_loss runs all the same, its (empty) result is dropped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # e.g. torch's note on a standard deviation over no example
+            batch_loss(model, shard, generator)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    flags = [p.grad is not None for p in parameters] + [loss.item() if share > 0 else 0.0, bool(received)]
+    flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
+                                     for p in parameters] + [torch.tensor(flags, device=parameters[0].device)]))
+    grads, summed = flat[:-len(flags)], flat[-len(flags):].tolist()
+    global_loss, stop = summed[-2], summed[-1] > 0
+    if not math.isfinite(global_loss):
+        return global_loss, stop
+    for p, grad, has_grad in zip(parameters, grads.split([p.numel() for p in parameters]), summed):
+        p.grad = grad.view_as(p) if has_grad else None
+    optimizer.step()
+    return global_loss, stop
+
+
 # ---------------------------------------------------------------- checkpoints
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped the run at a clean point; the message says how to resume. Exit 128 + signum."""
@@ -2537,14 +2749,43 @@ def save_atomically(obj, path: str):
             os.remove(temporary)
 
 
-def read_checkpoint(args) -> dict:
-    """<out-dir>/checkpoint.pt, as `fit` writes it."""
+PER_RANK = ("sample_generator", "rng", "keep")   # what each process of a torchrun keeps for itself in a checkpoint
+
+
+def save_checkpoint(shared: dict, own: dict, path: str):
+    """Write a checkpoint (atomically): `shared`, the same on every process, and `own`, this process's (PER_RANK).
+    Under torchrun rank 0 gathers every rank's `own` and writes each entry as a list by rank, with `world_size`."""
+    if world_size() == 1:
+        save_atomically({**shared, **own}, path)
+        return
+    parts = [None] * world_size() if is_main() else None
+    dist.gather_object(_on_cpu(own), parts, dst=0)
+    if is_main():
+        save_atomically({**shared, "world_size": world_size(),
+                         **{name: [part[name] for part in parts] for name in own}}, path)
+
+
+def read_checkpoint(args, missing_ok: bool = False) -> dict | None:
+    """<out-dir>/checkpoint.pt, as `fit` writes it (None when there is none and missing_ok). Under torchrun rank 0
+    reads it and every rank receives it, with this rank's own entries (PER_RANK) in place of the lists."""
     path = checkpoint_path(args)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:   # unpickling errors come in many types; all mean "not a usable checkpoint"
-        raise RecError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); start the run "
-                       f"again without --resume") from None
+
+    def load():
+        if missing_ok and not os.path.isfile(path):
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:   # unpickling errors come in many types; all mean "not a usable checkpoint"
+            raise RecError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); start the run "
+                           f"again without --resume") from None
+
+    checkpoint = from_main(load)
+    if checkpoint is not None and checkpoint.get("world_size", 1) != world_size():
+        raise RecError(f"{path} was written by {checkpoint.get('world_size', 1)} process(es), this run has "
+                       f"{world_size()}; resume it with as many (torchrun --nproc_per_node)")
+    if checkpoint is not None and "world_size" in checkpoint:
+        checkpoint.update({name: checkpoint[name][rank()] for name in PER_RANK})
+    return checkpoint
 
 
 def rng_states() -> dict:
@@ -2564,12 +2805,24 @@ def set_rng_states(states: dict):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def launcher() -> list:
+    """How this run was started: the python interpreter, or torchrun with this run's numbers of processes (on
+    several machines, HOST:PORT stands for their rendezvous address)."""
+    if world_size() == 1:
+        return [sys.executable]
+    per_machine = int(os.environ.get("LOCAL_WORLD_SIZE", world_size()))
+    if per_machine == world_size():
+        return ["torchrun", "--standalone", "--nproc_per_node", str(per_machine)]
+    return ["torchrun", "--nnodes", str(world_size() // per_machine), "--nproc_per_node", str(per_machine),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", "HOST:PORT"]
+
+
 def resume_command(command: list, out_dir: str) -> str:
     """The command that continues a run: its own (`args.command`), with --out-dir spelled out and --resume."""
     argv = [a for a in command[1:] if a != "--resume"]
     if not any(a == "--out-dir" or a.startswith("--out-dir=") for a in argv):
         argv += ["--out-dir", out_dir]
-    return shlex.join([sys.executable, command[0], *argv, "--resume"])
+    return shlex.join([*launcher(), command[0], *argv, "--resume"])
 
 
 @contextlib.contextmanager
@@ -2585,7 +2838,7 @@ def deferred_signals():
         if signum in received:
             raise Interrupted(f"{name} again: stopped at once; the last checkpoint stays (resume with the run's "
                               f"command and --resume)", signum)
-        if not received:
+        if not received and is_main():   # under torchrun every process gets it: rank 0 says it
             print(f"{name}: finishing the current step, then saving a checkpoint (send it again to stop at once)",
                   file=sys.stderr, flush=True)
         received.append(signum)
@@ -2626,19 +2879,27 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
     sampler generators), `keep` and the stage. SIGINT or SIGTERM finishes the current step, writes the checkpoint
     and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the checkpoint
     and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and compares).
+
+    Under torchrun (see "more than one process" above): the ranks start from rank 0's weights, each step is
+    `train_step` on this rank's share of the global batch, its samplers draw from its own generator
+    (`rank_seed(seed + 1)`), rank 0 decides early stopping, a signal to any rank stops all of them after the same step, and
+    the checkpoint holds every rank's random states and `keep` (`save_checkpoint`); batch_loss is called on every
+    rank at every step. batch_loss must be a mean over its batch's examples (`train_step`).
     """
     device = torch.device(args.device)
     model.to(device)
+    broadcast_parameters(model)
     optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
-    order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU
-    sample_generator = torch.Generator(device).manual_seed(args.seed + 1)  # samplers, on the model's device
+    order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU (every rank's)
+    # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
+    sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
     n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user)) // args.batch_size)
     # where the loop is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds)
     loop = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "epoch_seconds": [],
             "best_score": -1.0, "best_epoch": 0, "best_valid": None, "stale": 0}
     best_state, epoch_order = None, order_generator.get_state()   # epoch_order: the order generator as it began
-    if args.resume and os.path.isfile(checkpoint_path(args)):
-        checkpoint = read_checkpoint(args)
+    checkpoint = read_checkpoint(args, missing_ok=True) if args.resume else None
+    if checkpoint is not None:
         if checkpoint["stage"] == stage:
             if checkpoint["data_sha256"] != args.data_sha256:
                 raise RecError(f"the data file changed since {checkpoint_path(args)} was written (sha256 "
@@ -2652,13 +2913,14 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
                   f"batches done")
 
     def save():
-        save_atomically({"stage": stage, "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "best_state": best_state, "epoch_order": epoch_order,
-                         "sample_generator": sample_generator.get_state(), "rng": rng_states(), "keep": keep,
-                         "data_sha256": args.data_sha256}, checkpoint_path(args))
+        save_checkpoint({"stage": stage, "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "best_state": best_state, "epoch_order": epoch_order, "data_sha256": args.data_sha256},
+                        {"sample_generator": sample_generator.get_state(), "rng": rng_states(), "keep": keep},
+                        checkpoint_path(args))
 
-    def stop(signum):
+    def stop():
         save()
+        signum = received[0] if received else signal.SIGTERM   # under torchrun another rank may have received it
         return Interrupted(f"{signal.Signals(signum).name}: {stage} stopped after {loop['epoch']} epochs and "
                            f"{loop['step']} batches, saved to {checkpoint_path(args)}; resume with: "
                            f"{resume_command(args.command, args.out_dir)}", signum)
@@ -2671,19 +2933,19 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
             order_generator.set_state(epoch_order)
             bar = tqdm(training_batches(split, args.batch_size, order_generator, device, first=loop["step"]),
                        total=n_batches, initial=loop["step"], desc=f"{stage} epoch {epoch}", leave=False,
-                       disable=args.quiet)
+                       disable=args.quiet or not is_main())
             for batch in bar:
-                loss = batch_loss(model, batch, sample_generator)
-                if not torch.isfinite(loss):
-                    raise RecError(f"the loss became {loss.item()} at epoch {epoch}; lower --lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                loop["loss_sum"], loop["step"] = loop["loss_sum"] + loss.item(), loop["step"] + 1
-                if received:
+                loss, stop_now = train_step(model, optimizer, batch_loss, batch, sample_generator, split.sequential,
+                                            received)
+                if not math.isfinite(loss):
+                    error = RecError(f"the loss became {loss} at epoch {epoch}; lower --lr or check the data")
+                    error.said_by_rank_0 = True   # the loss of the whole batch: every rank raises this
+                    raise error
+                loop["loss_sum"], loop["step"] = loop["loss_sum"] + loss, loop["step"] + 1
+                if stop_now:
                     loop["seconds"] += time.perf_counter() - start
                     bar.close()
-                    raise stop(received[0])
+                    raise stop()
             loop["epoch_seconds"].append(loop["seconds"] + time.perf_counter() - start)
             mean_loss = loop["loss_sum"] / max(loop["step"], 1)
             loop.update(epoch=epoch, step=0, loss_sum=0.0, seconds=0.0)
@@ -2696,7 +2958,7 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
                 score = valid[args.valid_metric]
                 line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
                                                for k in args.ks)
-                if score > loop["best_score"]:
+                if from_main(lambda: score > loop["best_score"]):   # decided once, by rank 0, under torchrun
                     loop.update(best_score=score, best_epoch=epoch, best_valid=valid, stale=0)
                     best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
                     line += "  *"
@@ -2706,8 +2968,8 @@ def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, s
             recent = (recent + [time.perf_counter() - start])[-5:]
             left = args.epochs - epoch + epochs_after        # an upper bound: early stopping may come first
             print(line + (f"  ETA ≤ {duration(left * sum(recent) / len(recent))}" if left else ""), flush=True)
-            if received:
-                raise stop(received[0])
+            if stop_requested(received):
+                raise stop()
     if loop["stale"] > args.patience:
         print(f"early stop: {args.valid_metric} has not improved for {loop['stale']} validations, more than the "
               f"patience {args.patience}")
@@ -2772,7 +3034,8 @@ def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pre
 
 def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
     """Evaluate the restored best model on test once; write model.pt (the best state and the settings that rebuild
-    it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary."""
+    it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary.
+    Under torchrun every rank evaluates (its share) and returns the result; rank 0 alone writes."""
     start = time.perf_counter()
     test = evaluate(model, split.test, args.ks, args.eval_batch_size)
     if split.sequential and args.mask_history:
@@ -2784,17 +3047,18 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
               "config": run_config(args), "data": split.statistics, **record, "test": test,
               "train_seconds": sum(record["epoch_seconds"]), "eval_seconds": time.perf_counter() - start,
               **(extra or {}), **provenance(args)}
-    if not args.eval_only:
-        save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
-                         "valid": record["valid"], "state_dict": model.state_dict()},
-                        os.path.join(args.out_dir, "model.pt"))
     path = os.path.join(args.out_dir, "results.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(path + ".tmp", path)
-    for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
-        if os.path.exists(finished) and not args.eval_only:
-            os.remove(finished)
+    if is_main():
+        if not args.eval_only:
+            save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
+                             "valid": record["valid"], "state_dict": model.state_dict()},
+                            os.path.join(args.out_dir, "model.pt"))
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=1)
+        os.replace(path + ".tmp", path)
+        for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
+            if os.path.exists(finished) and not args.eval_only:
+                os.remove(finished)
     print(f"best epoch {record['best_epoch']}  test " + "  ".join(
         f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
     print(f"wrote {path}" + ("" if args.eval_only else " and model.pt"))
@@ -2847,14 +3111,14 @@ def read_model_file(path: str) -> dict:
 
 def adopt_saved_settings(args) -> str:
     """--eval-only: the settings of the saved model's run replace the command line's, except where and how to
-    evaluate (WHERE_AND_HOW, --device, --eval-batch-size). Returns the run's method."""
+    evaluate (WHERE_AND_HOW, --device, --eval-batch-size, the number of processes). Returns the run's method."""
     saved = read_model_file(args.eval_only)
     foreign = saved["config"].keys() - vars(args).keys()
     if foreign:
         raise RecError(f"--eval-only {args.eval_only} was written by another script (its settings include "
                        f"{', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script")
     for name, value in saved["config"].items():
-        if name not in WHERE_AND_HOW + ("device", "eval_batch_size"):
+        if name not in WHERE_AND_HOW + ("device", "eval_batch_size", "world_size"):
             setattr(args, name, value)
     return saved["method"]
 
@@ -2882,7 +3146,8 @@ def _terminated(signum, frame):
 def run_cli(main):
     """Run main() as a command. Whatever stops it is one line on stderr: a RecError (bad input, exit 2), an
     interrupt (exit 128 + the signal; SIGTERM outside training stops the run like Ctrl-C) or anything unexpected
-    (exit 1). NEGSAMPLING_DEBUG=1 shows the traceback instead."""
+    (exit 1). NEGSAMPLING_DEBUG=1 shows the traceback instead. Under torchrun rank 0 says what every rank met (a
+    bad setting, an interrupt, what rank 0 decided); another rank's own failure comes as `[rank N] error: ...`."""
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
@@ -2899,5 +3164,7 @@ def run_cli(main):
         else:
             line, code = (f"error: unexpected {type(error).__name__}: {error} (set NEGSAMPLING_DEBUG=1 to see the "
                           f"traceback)"), 1
-        print(" ".join(line.split()), file=sys.stderr)
+        shared = isinstance(error, Interrupted) or not dist.is_initialized() or getattr(error, "said_by_rank_0", False)
+        if rank() == 0 or not shared:
+            print(("" if rank() == 0 else f"[rank {rank()}] ") + " ".join(line.split()), file=sys.stderr)
         sys.exit(code)

@@ -87,9 +87,9 @@ import torch
 from sklearn.cluster import KMeans
 
 from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, base_parser, build_backbone,
-                    evaluate, evaluate_saved, finish, fit, pad_right, parser_action, prepare, pretrain_uniform,
-                    read_checkpoint, run_cli, standard_loss, synthetic_defaults, training_positives,
-                    weighted_negatives)
+                    evaluate, evaluate_saved, finish, fit, from_main, is_main, pad_right, parser_action, prepare,
+                    pretrain_uniform, read_checkpoint, run_cli, standard_loss, synthetic_defaults,
+                    training_positives, weighted_negatives)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -244,7 +244,9 @@ def build_sampler(model, split, args, seed: int, positives: PositiveSets):
     start = time.perf_counter()
     device = torch.device(args.device)
     users, representations = user_representations(model, split, device, args.eval_batch_size)
-    labels = community_of_user(representations, args.communities, seed, args.cluster_padding_user)
+    # under torchrun k-means runs on rank 0 and every process receives its labels
+    labels = from_main(community_of_user, representations, args.communities, seed,
+                       args.cluster_padding_user).to(device)
     community = torch.full((split.n_users,), -1, dtype=torch.long, device=device)
     community[users] = labels
     sampler = ICPNSampler(community, split.train_user, split.train_item, split.n_items, args.communities,
@@ -363,7 +365,8 @@ def main(argv=None):
         stage_args.epochs, stage_args.patience = args.pretrain_epochs, args.pretrain_patience
         pretrain = {"record": pretrain_uniform(stage_args, split, model, stage="pretrain", epochs_after=args.epochs)}
         path = os.path.join(args.out_dir, "pretrained.pt")
-        save_pretrained(path, model, args, split, pretrain["record"])
+        if is_main():   # one writer under torchrun
+            save_pretrained(path, model, args, split, pretrain["record"])
         print(f"wrote {path}")
 
     # Stages 2-3: communities from the pre-trained representations, in-community popularity

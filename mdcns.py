@@ -66,7 +66,7 @@ import torch.nn.functional as F
 
 from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
                     evaluate_saved, examples, finish, fit, parser_action, prepare, run_cli, score_items,
-                    synthetic_defaults, training_positives, uniform_negatives)
+                    synthetic_defaults, training_positives, uniform_negatives, world_size)
 
 CODE_BATCH = 1024      # examples per batch in the official code
 CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run
@@ -277,6 +277,9 @@ def check_args(args):
         args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
     if args.kd_weight is None:
         args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
+    if args.kd_reduction == "sum" and world_size() > 1:   # common.train_step weighs means over examples
+        raise RecError("--kd-reduction sum sums the KL over a whole batch, which torchrun splits between processes; "
+                       "use --kd-reduction mean (the default: the code's balance) or one process")
     if args.peer == "sasrec" and args.dim is not None and args.heads is not None and args.dim % args.heads:
         raise RecError(f"--heads {args.heads} must divide --dim {args.dim}: the sasrec peer shares them")
 
