@@ -1426,7 +1426,7 @@ def selective_scan(x, dt, A, B, C, D, lengths=None):
         return y.to(x.dtype)
     Bt, L, d = x.shape
     lengths = torch.full((Bt,), L, device=x.device) if lengths is None else lengths
-    x, dt, B, C = (t.reshape(Bt * L, -1) for t in (x, dt, B, C))                    # row b's step t at b L + t
+    x, dt, B, C = (t.reshape(Bt * L, t.shape[-1]) for t in (x, dt, B, C))           # row b's step t at b L + t
     return _scan_rows(x, dt, A, B, C, D, torch.arange(Bt, device=x.device) * L, lengths).view(Bt, L, d)
 
 
