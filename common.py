@@ -1380,6 +1380,30 @@ class GRU4Rec(SequentialBackbone):
         return self.output(hidden)
 
 
+class Packing:
+    """The real positions of right-padded item rows (B, L): each row's steps up to its last item (at least
+    step 0, which forward() reads of an empty row), row after row, as `x[real]` for the (B, L) mask of them.
+    Mamba4Rec computes on these P positions only, packed (P, ...): its position-wise layers, dropouts and
+    LayerNorms, the causal conv (`MambaBlock.causal_conv`) and the scan (`packed_selective_scan`); on Beauty
+    (L = 50) 85% of the positions are padding. A causal model's real positions never depend on the padding after
+    them, so they come out as in the sequence layout (B, L, ...), which `unpack` restores with 0 at the padding."""
+
+    def __init__(self, sequences):
+        steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
+        self.lengths = ((sequences > 0) * steps).amax(1).clamp(min=1)                  # (B,) real steps per row
+        self.index = (steps <= self.lengths.unsqueeze(1)).view(-1).nonzero().squeeze(1)  # (P,) in B * L, row-major
+        self.starts = self.lengths.cumsum(0) - self.lengths                            # (B,) row b's step 0 in P
+        self.shape = tuple(sequences.shape)
+        self.step = self.index % self.shape[1]                                         # (P,) t of each position
+
+    def pack(self, t):                                                                 # (B, L, ...) -> (P, ...)
+        return t.reshape(-1, *t.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, t):                                                               # (P, ...) -> (B, L, ...)
+        flat = t.new_zeros(self.shape[0] * self.shape[1], *t.shape[1:])
+        return flat.index_copy(0, self.index, t).view(*self.shape, *t.shape[1:])
+
+
 def selective_scan(x, dt, A, B, C, D, lengths=None):
     """The selective scan of Mamba (Gu & Dao 2023, Algorithm 2) with zero-order-hold A and Euler B, in PyTorch:
 
@@ -1394,7 +1418,7 @@ def selective_scan(x, dt, A, B, C, D, lengths=None):
     `mamba_ssm` package installed, its fused kernel `selective_scan_fn` computes the same thing; everywhere else
     `_SelectiveScan` does.
     """
-    fused = _mamba_ssm_selective_scan() if x.is_cuda and x.dtype != torch.float64 else None
+    fused = _fused_scan(x)
     if fused is not None:
         y = fused(*(t.transpose(1, 2).contiguous() for t in (x, dt)), A.float(),
                   *(t.transpose(1, 2).contiguous() for t in (B, C)), D.float()).transpose(1, 2)  # (Bt, L, d)
@@ -1402,10 +1426,34 @@ def selective_scan(x, dt, A, B, C, D, lengths=None):
             padding = torch.arange(x.shape[1], device=x.device) >= lengths.unsqueeze(1)  # (Bt, L)
             y = torch.where(padding.unsqueeze(-1), x * D, y)
         return y.to(x.dtype)
+    Bt, L, d = x.shape
+    lengths = torch.full((Bt,), L, device=x.device) if lengths is None else lengths
+    x, dt, B, C = (t.reshape(Bt * L, t.shape[-1]) for t in (x, dt, B, C))           # row b's step t at b L + t
+    return _scan_rows(x, dt, A, B, C, D, torch.arange(Bt, device=x.device) * L, lengths).view(Bt, L, d)
+
+
+def packed_selective_scan(x, dt, A, B, C, D, packing: Packing):
+    """`selective_scan` of `packing`'s rows, packed: x, dt (P, d_inner), B, C (P, d_state) at its real positions
+    -> y (P, d_inner). On the PyTorch path no padding is filled, read or written (Mamba4Rec's case); mamba_ssm's
+    kernel takes the sequence layout, so there the rows are unpacked around it."""
+    if _fused_scan(x) is not None:
+        x, dt, B, C = map(packing.unpack, (x, dt, B, C))
+        return packing.pack(selective_scan(x, dt, A, B, C, D, packing.lengths))
+    return _scan_rows(x, dt, A, B, C, D, packing.starts, packing.lengths)
+
+
+def _scan_rows(x, dt, A, B, C, D, starts, lengths):
+    """`_SelectiveScan` of rows stored along dim 0 of x, dt (N, d_inner), B, C (N, d_state): row b's step t at
+    starts[b] + t for t < lengths[b]; y (N, d_inner) is D x at the positions no row covers."""
     work = torch.promote_types(x.dtype, torch.float32)
     inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    return _SelectiveScan.apply(*inputs, lengths, keep).to(x.dtype)
+    return _SelectiveScan.apply(*inputs, starts, lengths, keep).to(x.dtype)
+
+
+def _fused_scan(x):
+    """mamba_ssm's fused CUDA `selective_scan_fn` where it applies (x on CUDA, not float64), else None."""
+    return _mamba_ssm_selective_scan() if x.is_cuda and x.dtype != torch.float64 else None
 
 
 @lru_cache(maxsize=None)
@@ -1450,17 +1498,16 @@ class _SelectiveScan(torch.autograd.Function):
     group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
 
     @staticmethod
-    def schedule(lengths, Bt: int, L: int, group_rows: int, device):
-        """Where each step of each row group lives. Returns index (P,): the real (row, step) positions in
-        x.view(Bt * L), step-major, rows in decreasing length within a step (the packed layout); and for each
-        group of `group_rows` consecutive packed rows, one (packed slice, slice of the group's states) per step
-        until its longest row ends."""
-        if lengths is None:
-            lengths = torch.full((Bt,), L, device=device)
+    def schedule(starts, lengths, group_rows: int):
+        """Where each step of each row group lives, for rows b of lengths[b] steps stored from starts[b] on along
+        dim 0 of x. Returns index (P,): the rows' (row, step) positions in x, step-major, rows in decreasing length
+        within a step (the packed layout); and for each group of `group_rows` consecutive packed rows, one (packed
+        slice, slice of the group's states) per step until its longest row ends."""
+        L = int(lengths.max()) if len(lengths) else 0
         order = torch.argsort(lengths, descending=True, stable=True)                  # (Bt,) longest first
-        steps = torch.arange(L, device=device)
+        steps = torch.arange(L, device=lengths.device)
         running = lengths[order].unsqueeze(0) > steps.unsqueeze(1)                    # (L, Bt)
-        index = (order.unsqueeze(0) * L + steps.unsqueeze(1))[running]                # (P,) step-major
+        index = (starts[order].unsqueeze(0) + steps.unsqueeze(1))[running]            # (P,) step-major
         counts = running.sum(1)                                                       # rows running per step
         starts, counts = (counts.cumsum(0) - counts).tolist(), counts.tolist()
         groups = []
@@ -1476,14 +1523,13 @@ class _SelectiveScan(torch.autograd.Function):
         return index, groups
 
     @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, lengths, keep):
-        Bt, L, d = x.shape
+    def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
+        N, d = x.shape
         n = A.shape[1]
-        index, groups = _SelectiveScan.schedule(lengths, Bt, L, max(1, _SelectiveScan.group_elements // A.numel()),
-                                                x.device)
-        xp, dtp = (t.reshape(Bt * L, 1, d).index_select(0, index) for t in (x, dt))   # (P, 1, d) packed
-        Bp = B.reshape(Bt * L, n, 1).index_select(0, index)                            # (P, n, 1)
-        Cp = C.reshape(Bt * L, 1, n).index_select(0, index)                            # (P, 1, n)
+        index, groups = _SelectiveScan.schedule(starts, lengths, max(1, _SelectiveScan.group_elements // A.numel()))
+        xp, dtp = (t.reshape(N, 1, d).index_select(0, index) for t in (x, dt))         # (P, 1, d) packed
+        Bp = B.reshape(N, n, 1).index_select(0, index)                                 # (P, n, 1)
+        Cp = C.reshape(N, 1, n).index_select(0, index)                                 # (P, 1, n)
         At = A.T.contiguous()                                                          # (n, d)
         dtx = dtp * xp
         yp = xp.new_empty(len(index), 1, d)
@@ -1505,7 +1551,7 @@ class _SelectiveScan(torch.autograd.Function):
                 torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
             if keep:
                 states.append(kept)
-        y = (x * D).reshape(Bt * L, d).index_add_(0, index, yp.view(-1, d)).view(Bt, L, d)   # D x + C . h
+        y = (x * D).index_add_(0, index, yp.view(-1, d))                               # D x + C . h, (N, d)
         if keep:
             ctx.save_for_backward(x, xp, dtp, At, Bp, Cp, D, index, *states)
             ctx.groups = groups
@@ -1515,9 +1561,9 @@ class _SelectiveScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
         x, xp, dtp, At, Bp, Cp, D, index, *states = ctx.saved_tensors
-        Bt, L, d = x.shape
+        N, d = x.shape
         n, P = At.shape[0], len(index)
-        gyp = gy.reshape(Bt * L, 1, d).index_select(0, index)                          # (P, 1, d)
+        gyp = gy.reshape(N, 1, d).index_select(0, index)                               # (P, 1, d)
         dtx = dtp * xp
         Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
         gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
@@ -1547,10 +1593,10 @@ class _SelectiveScan(torch.autograd.Function):
                 running = rows
             gAt += gA_rows.sum(0)
         gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))  # ... + x sum_n G B
-        gx = (gy * D).reshape(Bt * L, d).index_add_(0, index, gdtx * dtp.view(P, d)).view(Bt, L, d)
-        gdt = x.new_zeros(Bt * L, d).index_copy_(0, index, gdtp).view(Bt, L, d)
-        gB, gC = (x.new_zeros(Bt * L, n).index_copy_(0, index, g.view(P, n)).view(Bt, L, n) for g in (gBp, gCp))
-        return gx, gdt, gAt.T, gB, gC, (gy * x).sum((0, 1)), None, None
+        gx = (gy * D).index_add_(0, index, gdtx * dtp.view(P, d))                      # (N, d)
+        gdt = x.new_zeros(N, d).index_copy_(0, index, gdtp)
+        gB, gC = (x.new_zeros(N, n).index_copy_(0, index, g.view(P, n)) for g in (gBp, gCp))
+        return gx, gdt, gAt.T, gB, gC, (gy * x).sum(0), None, None, None
 
 
 class MambaBlock(nn.Module):
@@ -1586,21 +1632,29 @@ class MambaBlock(nn.Module):
                        + math.log(dt_min)).clamp(min=floor)
         self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))                    # inverse of softplus
 
-    def forward(self, hidden, lengths=None):                                           # (B, L, D)
-        """lengths (B,), optional: steps from lengths[b] on are right padding (see `selective_scan`)."""
-        L = hidden.shape[1]
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (B, L, d_inner)
-        x = self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2)                    # causal: (B, L, d_inner)
-        x = F.silu(x)
+    def causal_conv(self, x, packing: Packing):
+        """The depthwise causal conv1d, on packed positions: x'_t = b + sum_k w_k x_{t-k}, k < d_conv, with
+        x_{t-k} = 0 before the row's first step (the conv's left zero padding). x (P, d_inner)."""
+        w = self.conv1d.weight[:, 0].flip(1)                                           # (d_inner, d_conv): w_k
+        y = self.conv1d.bias + x * w[:, 0]
+        for k in range(1, w.shape[1]):                                                 # the kernel's taps
+            earlier = F.pad(x, (0, 0, k, 0))[:len(x)] * (packing.step >= k).unsqueeze(1)   # x_{t-k}, (P, d_inner)
+            y = y + earlier * w[:, k]
+        return y
+
+    def forward(self, hidden, packing: Packing):                                       # (P, D) packed
+        """hidden: the real positions of `packing`'s rows, packed (see `Packing`)."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (P, d_inner)
+        x = F.silu(self.causal_conv(x, packing))                                       # (P, d_inner)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))                                              # (B, L, d_inner)
-        y = selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, lengths)
-        return self.out_proj(y * F.silu(z))
+        dt = F.softplus(self.dt_proj(dt))                                              # (P, d_inner)
+        y = packed_selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, packing)  # (P, d_inner)
+        return self.out_proj(y * F.silu(z))                                            # (P, D)
 
 
 class MambaLayer(nn.Module):
     """One Mamba4Rec layer: LN(dropout(Mamba(x)) [+ x if several layers]), then the position-wise FFN
-    LN(x + dropout(W2 dropout(GELU(W1 x)))) with inner size 4 D."""
+    LN(x + dropout(W2 dropout(GELU(W1 x)))) with inner size 4 D; on the packed real positions (`Packing`)."""
 
     def __init__(self, dim: int, d_state: int, d_conv: int, expand: int, dropout: float, residual: bool):
         super().__init__()
@@ -1612,8 +1666,8 @@ class MambaLayer(nn.Module):
                                  nn.Linear(4 * dim, dim), nn.Dropout(dropout))
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
 
-    def forward(self, x, lengths=None):
-        y = self.dropout(self.mamba(x, lengths))
+    def forward(self, x, packing: Packing):                                           # (P, D) packed
+        y = self.dropout(self.mamba(x, packing))
         x = self.norm(y + x if self.residual else y)
         return self.ffn_norm(x + self.ffn(x))
 
@@ -1622,7 +1676,8 @@ class Mamba4Rec(SequentialBackbone):
     """Mamba4Rec (Liu et al., arXiv 2403.03900) as in its official RecBole code: embedding -> dropout ->
     LayerNorm, then n_layers MambaLayer (residual around the Mamba block only when n_layers > 1). No positional
     embedding: the causal conv and the scan carry the order. The selective scan is `selective_scan` (pure PyTorch;
-    mamba-ssm's CUDA kernel if installed and on CUDA).
+    mamba-ssm's CUDA kernel if installed and on CUDA). Everything runs on the real positions only (`Packing`);
+    the hidden state of a padding position is 0 (nothing reads it: queries sit at real positions).
 
     Init as the official code's and the MDCNS code's `self.apply(init_weights)`: every Linear / Embedding weight
     N(0, 0.02), biases 0, LayerNorm 1 / 0; the conv keeps PyTorch's default, A_log and D keep Mamba's. That apply
@@ -1643,14 +1698,11 @@ class Mamba4Rec(SequentialBackbone):
             self.item_embedding.weight[0].zero_()
 
     def encode(self, sequences):
-        x = self.norm(self.dropout(self.item_embedding(sequences)))                    # (B, L, D)
-        # the scans stop after each row's last item (at least one step, so that an empty row's position 0,
-        # which forward() reads, is computed as before); nothing else depends on the padding that follows
-        steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
-        lengths = ((sequences > 0) * steps).amax(1).clamp(min=1)                        # (B,)
+        packing = Packing(sequences)
+        x = self.norm(self.dropout(self.item_embedding(packing.pack(sequences))))      # (P, D)
         for layer in self.layers:
-            x = layer(x, lengths)
-        return x
+            x = layer(x, packing)
+        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
 
 
 class LinearAttention(nn.Module):

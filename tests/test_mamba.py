@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import Mamba4Rec, MambaBlock, _SelectiveScan, selective_scan
+import common
+from common import Mamba4Rec, MambaBlock, Packing, _SelectiveScan, packed_selective_scan, selective_scan
 
 
 def close(got, want, rtol=1.3e-6, atol=1e-5, msg=""):
@@ -63,14 +64,16 @@ def with_padding(y, x, D, lengths):
 
 def test_schedule_packs_rows_step_major_longest_first():
     lengths = torch.tensor([2, 3, 0, 3])                    # longest first: rows 1, 3 (3 steps), 0 (2), 2 (none)
-    index, groups = _SelectiveScan.schedule(lengths, 4, 3, 2, "cpu")
+    index, groups = _SelectiveScan.schedule(torch.arange(4) * 3, lengths, 2)       # rows of x.view(Bt * L)
     assert index.tolist() == [1 * 3 + 0, 3 * 3 + 0, 0 * 3 + 0,      # step 0: rows 1, 3, 0 (x.view(Bt * L) rows)
                               1 * 3 + 1, 3 * 3 + 1, 0 * 3 + 1,      # step 1
                               1 * 3 + 2, 3 * 3 + 2]                 # step 2: row 0 has ended
     assert groups == [[(slice(0, 2), slice(0, 2)), (slice(3, 5), slice(2, 4)), (slice(6, 8), slice(4, 6))],
                       [(slice(2, 3), slice(0, 1)), (slice(5, 6), slice(1, 2))]]   # row 0, for 2 steps
-    index, groups = _SelectiveScan.schedule(None, 2, 2, 8, "cpu")
+    index, groups = _SelectiveScan.schedule(torch.tensor([0, 2]), torch.tensor([2, 2]), 8)
     assert index.tolist() == [0, 2, 1, 3] and groups == [[(slice(0, 2), slice(0, 2)), (slice(2, 4), slice(2, 4))]]
+    index, _ = _SelectiveScan.schedule(torch.tensor([0, 2, 2, 5]), torch.tensor([2, 0, 3, 1]), 8)   # packed rows
+    assert index.tolist() == [2, 0, 5, 3, 1, 4]              # step 0 of rows 2, 0, 3; step 1 of 2, 0; step 2 of 2
 
 
 @pytest.mark.parametrize("lengths", [None, [5, 2, 0]])
@@ -171,32 +174,109 @@ def test_right_padding_never_reaches_valid_positions_and_forward_reads_last_vali
     assert table is model.item_embedding.weight
 
 
-def test_skipping_the_padding_changes_nothing_at_real_positions():
-    """encode() stops each row's scans after its last item; the full scans (lengths=None) must give the same
-    hidden states at the real positions, and the same gradients for a loss on them."""
-    model = small_model().eval()
-    g = torch.Generator().manual_seed(5)
-    sequences = torch.randint(1, 31, (5, 9), generator=g)
-    for row, length in enumerate([9, 4, 1, 6, 0]):
+def sequence_layout_encode(model, sequences):
+    """Mamba4Rec.encode as it was before `Packing` (common.py at 32e14f2), restated on the model's modules: every
+    layer on every position of the (B, L, D) layout, nn.Conv1d's causal conv, the recurrence step by step over
+    the padding too (`loop_scan`)."""
+    x = model.norm(model.dropout(model.item_embedding(sequences)))                     # (B, L, D)
+    for layer in model.layers:
+        block = layer.mamba
+        u, z = block.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(block.conv1d(u.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2))
+        dt, B, C = block.x_proj(u).split([block.dt_rank, block.d_state, block.d_state], dim=-1)
+        y = loop_scan(u, F.softplus(block.dt_proj(dt)), -torch.exp(block.A_log.float()), B, C, block.D)
+        y = layer.dropout(block.out_proj(y * F.silu(z)))
+        x = layer.norm(y + x if layer.residual else y)
+        x = layer.ffn_norm(x + layer.ffn(x))
+    return x
+
+
+def padded_rows(seed=5, L=9, n_items=30):
+    """Right-padded rows with an interior 0, an empty row and a full one; real = steps up to the last item (at
+    least step 0), what `Packing` keeps."""
+    g = torch.Generator().manual_seed(seed)
+    sequences = torch.randint(1, n_items + 1, (6, L), generator=g)
+    for row, length in enumerate([L, 4, 1, 6, 0, 7]):
         sequences[row, length:] = 0
-    real = (sequences > 0).unsqueeze(-1)                                            # (B, L, 1)
-    weights = torch.randn(5, 9, 16, generator=g)
+    sequences[5, 2] = 0                                                                 # a 0 inside row 5
+    real = torch.arange(L) < torch.tensor([L, 4, 1, 6, 1, 7]).unsqueeze(1)             # (B, L)
+    return sequences, real
 
-    def full_scans(sequences):
-        x = model.norm(model.dropout(model.item_embedding(sequences)))
-        for layer in model.layers:
-            x = layer(x)
-        return x
 
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_packing_changes_nothing_at_real_positions(dtype, rtol, n_layers):
+    """Eval mode: the packed model's hidden states at the real positions, its queries (what scoring reads) and
+    the gradients of a loss on them equal the sequence-layout forward's (before packing); padding holds 0."""
+    model = small_model(n_layers).to(dtype).eval()
+    sequences, real = padded_rows()
+    weights = torch.randn(*sequences.shape, 16, generator=torch.Generator().manual_seed(6), dtype=dtype)
     results = []
-    for encode in (model.encode, full_scans):
+    for encode in (model.encode, lambda s: sequence_layout_encode(model, s)):
         hidden = encode(sequences)
-        loss = (hidden * weights * real).sum()
-        results.append((hidden * real, torch.autograd.grad(loss, list(model.parameters()))))
+        loss = (hidden * weights * real.unsqueeze(-1)).sum()
+        results.append((hidden, torch.autograd.grad(loss, list(model.parameters()))))
     (packed, packed_grads), (full, full_grads) = results
-    close(packed, full, rtol=1e-6, atol=1e-6)
+    scale = full[real].abs().max().item()
+    close(packed[real], full[real], rtol=rtol, atol=rtol * scale)
+    assert not packed[~real].any()
+    last = (sequences > 0).sum(1).clamp(min=1) - 1                                      # forward()'s query positions
+    assert real[torch.arange(len(sequences)), last].all()
+    with torch.no_grad():
+        queries, table = model(sequences)
+    close(queries, full[torch.arange(len(sequences)), last].detach(), rtol=rtol, atol=rtol * scale)
+    scores, want = queries @ table.T, full[torch.arange(len(sequences)), last].detach() @ table.T
+    close(scores, want, rtol=rtol, atol=rtol * want.abs().max().item())
     for (name, _), got, want in zip(model.named_parameters(), packed_grads, full_grads):
-        close(got, want, rtol=1e-5, atol=1e-6, msg=name)
+        tol = max(10 * rtol, 1e-6) if name.endswith("A_log") else 10 * rtol     # A = -exp(A_log.float()): float32
+        close(got, want, rtol=tol, atol=tol * want.abs().max().item(), msg=name)
+
+
+def test_packing_layout():
+    sequences, real = padded_rows(L=5)
+    packing = Packing(sequences)
+    assert packing.lengths.tolist() == [5, 4, 1, 5, 1, 5] and packing.shape == (6, 5)
+    assert torch.equal(packing.pack(sequences), sequences[real])                       # row after row
+    assert packing.step.tolist() == [t for n in [5, 4, 1, 5, 1, 5] for t in range(n)]
+    assert packing.starts.tolist() == [0, 5, 9, 10, 15, 16]
+    values = torch.randn(int(real.sum()), 3)
+    unpacked = packing.unpack(values)
+    assert unpacked.shape == (6, 5, 3) and torch.equal(unpacked[real], values) and not unpacked[~real].any()
+
+
+def test_packed_selective_scan_equals_the_sequence_layout():
+    """packed_selective_scan on the packed real positions = selective_scan with lengths, read there (values and
+    gradients), and so does the fused (mamba_ssm) branch, which unpacks around the sequence-layout scan."""
+    sequences, real = padded_rows(L=5)
+    packing = Packing(sequences)
+    inputs = scan_inputs(Bt=6, L=5)
+    x, dt, A, B, C, D = inputs
+    y = selective_scan(x, dt, A, B, C, D, packing.lengths)[real]
+    packed = packed_selective_scan(x[real], dt[real], A, B[real], C[real], D, packing)
+    close(packed, y, rtol=1e-12, atol=1e-12)
+    weights = torch.randn(*y.shape, generator=torch.Generator().manual_seed(2), dtype=y.dtype)
+    for name, got, want in zip("x dt A B C D".split(), torch.autograd.grad((packed * weights).sum(), inputs),
+                               torch.autograd.grad((y * weights).sum(), inputs)):
+        close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_mamba4rec_with_a_fused_scan_kernel(monkeypatch):
+    """The mamba_ssm branch's plumbing on the CPU: a stand-in for `selective_scan_fn` (its (B, d, L) layout,
+    computed by `loop_scan`) gives the same hidden states at the real positions as the PyTorch path."""
+    model = small_model().eval()
+    sequences, real = padded_rows()
+    calls = []
+
+    def kernel(u, delta, A, B, C, D):                                     # selective_scan_fn's layout, no padding
+        calls.append(u.shape)
+        return loop_scan(u.mT, delta.mT, A, B.mT, C.mT, D).mT
+
+    with torch.no_grad():
+        want = model.encode(sequences)
+        monkeypatch.setattr(common, "_fused_scan", lambda x: kernel)
+        got = model.encode(sequences)
+    assert calls == [(6, 32, 9)] * 2
+    close(got[real], want[real], rtol=1e-6, atol=1e-6)
 
 
 def test_mamba_ssm_kernel_on_cuda_equals_the_pytorch_scan():
@@ -253,10 +333,11 @@ def test_every_tensor_is_created_on_the_input_device():
         def save_for_backward(self, *tensors):
             self.saved_tensors = tensors
 
-    ctx, inputs = Ctx(), [t.detach() for t in scan_inputs(dtype=torch.float32)]
-    lengths = torch.tensor([5, 3])
+    x, dt, A, B, C, D = (t.detach() for t in scan_inputs(dtype=torch.float32))       # Bt = 2, L = 5
+    ctx, inputs = Ctx(), [x.view(10, -1), dt.view(10, -1), A, B.view(10, -1), C.view(10, -1), D]
+    starts, lengths = torch.tensor([0, 5]), torch.tensor([5, 3])
     with torch.device("meta"):
-        y = _SelectiveScan.forward(ctx, *inputs, lengths, True)
+        y = _SelectiveScan.forward(ctx, *inputs, starts, lengths, True)
         grads = _SelectiveScan.backward(ctx, torch.ones_like(y))
     assert all(t.device.type == "cpu" for t in [y, *grads[:6]])
 
