@@ -156,3 +156,23 @@ def test_aggregate_reads_runs_with_and_without_provenance(tmp_path):
     assert "| 2 |" in rns                                                          # both seeds in one row
     hardware = next(line for line in (out / "RESULTS.md").read_text().splitlines() if "Hardware:" in line)
     assert new["machine"]["cpu"] in hardware and "not recorded for 1 run(s)" in hardware      # the old run
+
+
+def test_official_selection_reads_the_self_model_of_each_section():
+    """results/official_selection.py: validation and test lines of MDCNS_Code/main.py's logs, by section, self model
+    only (Model 2 and the ensemble are ignored), and the final best-validation test line."""
+    import official_selection
+    line = "{{'Epoch': {e}, 'HIT@10': '{h}', 'NDCG@10': '0.1', 'NDCG@20': '{n}'}}"
+    log = "\n".join([
+        "-" * 30 + " Validation for Epoch 0 " + "-" * 30, line.format(e=0, h=0.5, n=0.9),   # a bare line: not read
+        "Model 1 (SASRec) Results: " + line.format(e=0, h=0.2, n=0.15),
+        "Model 2 (Mamba4Rec) Results: " + line.format(e=0, h=0.3, n=0.30),
+        "-" * 30 + " Test for Epoch 0 " + "-" * 30,
+        "Model 1 (SASRec) Results: " + line.format(e=0, h=0.19, n=0.12),
+        "-" * 30 + " Validation for Epoch 1 " + "-" * 30 + "\rprogress",
+        "Model 1 (SASRec) Results: " + line.format(e=1, h=0.21, n=0.14),
+        "-" * 30 + " Best Validation Scores for Test " + "-" * 30, line.format(e=0, h=0.19, n=0.12)])
+    runs = official_selection.parse_log(log)
+    assert {e: m["NDCG@20"] for e, m in runs["valid"].items()} == {0: "0.15", 1: "0.14"}
+    assert runs["test"][0]["HIT@10"] == "0.19" and 1 not in runs["test"]
+    assert runs["final"] == {"Epoch": 0, "HIT@10": "0.19", "NDCG@10": "0.1", "NDCG@20": "0.12"}
