@@ -149,7 +149,7 @@ def protocol_paragraph(runs):
             f"{d['users']:,} users, {d['items']:,} items, {d['interactions']:,} interactions. Full ranking over "
             f"all items, {masking}; metrics at K = {c['ks']}, RecBole's formulas, pessimistic ties. Early "
             f"stopping on validation `{c['valid_metric']}`, evaluated every {c.get('eval_every', 1)} epoch(s), "
-            f"once it had not improved for more than {c['patience']} validations; test evaluated once. "
+            f"once it had not improved for more than {settings(runs, 'patience')} validations; test evaluated once. "
             f"Epoch budget {budgets} per stage; epochs actually run {ran}. "
             f"Hardware: {hardware(runs)}." + training_sentence(runs))
 
@@ -177,7 +177,8 @@ def training_sentence(runs):
     peers = settings(runs, "peer")
     return (f" Backbone {c['backbone']} ({', '.join(shape)}){f', MDCNS peer {peers}' if peers else ''}; "
             f"{settings(runs, 'loss').upper()} loss, Adam lr {settings(runs, 'lr')}, "
-            f"{settings(runs, 'batch_size')} {'sequences' if sequential else 'interactions'} per batch.")
+            f"{settings(runs, 'batch_size')} {'sequences' if sequential else 'interactions'}"
+            f"{f' (~{examples} examples)' if (examples := settings(runs, 'examples_per_batch')) else ''} per batch.")
 
 
 def hardware(runs):
