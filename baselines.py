@@ -173,6 +173,25 @@ def make_sampler(name: str, positives: PositiveSets, k: int, train_item=None, al
     raise RecError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
+class UniformWarmUp:
+    """--uniform-epochs W: uniform negatives in epochs 1..W, then `hard` (DNS or DNS(M,N)). The official DNS+
+    baseline's `--start_epoch` (Baselines/Neg_samples_DNS+/trainers.py: `_DNS` if epoch >= start_epoch, else one of
+    the N uniform candidates at random, which is a uniform negative). Its script defaults to W = 30; every released
+    log of it sets 0, this file's default. Driven by `at_epoch_start`, so a resumed run keeps its epoch."""
+    saved = ()
+
+    def __init__(self, hard, positives: PositiveSets, k: int, epochs: int):
+        self.hard, self.positives, self.k, self.epochs, self.epoch = hard, positives, k, epochs, 1
+
+    def new_epoch(self, model, epoch: int, generator: torch.Generator):
+        self.epoch = epoch
+
+    def __call__(self, ex: Examples, generator: torch.Generator):
+        if self.epoch <= self.epochs:
+            return uniform_negatives(self.positives, ex.users, self.k, generator)          # (P, k)
+        return self.hard(ex, generator)                                                   # (P, k)
+
+
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -611,15 +630,17 @@ class SRNSMemory:
 
 def make_batch_loss(args, split: SplitData, positives: PositiveSets, keep: dict | None = None):
     """The batch loss common.fit trains with, for any --sampler (args resolved by resolve_sampler_args).
-    keep: fit's checkpointed dict, for the samplers with a state across steps (AdaSIR, GNNO, SRNS); a resumed
-    run's keep brings that state back."""
+    keep: fit's checkpointed dict, for the samplers with a state across steps or epochs (AdaSIR, GNNO, SRNS, a
+    --uniform-epochs warm-up); a resumed run's keep brings that state back."""
     if args.sampler in SAMPLERS:
         negatives_fn = make_sampler(args.sampler, positives, args.negatives, split.train_item, args.pns_alpha,
                                     args.candidates, args.top_m)
-        return standard_loss(negatives_fn, args.loss, args.reg_weight)
-    if args.sampler in ("mixgcf", "mixgcfmn"):
+        if not args.uniform_epochs:
+            return standard_loss(negatives_fn, args.loss, args.reg_weight)
+        state = UniformWarmUp(negatives_fn, positives, args.negatives, args.uniform_epochs)
+    elif args.sampler in ("mixgcf", "mixgcfmn"):
         return mixgcf_loss(positives, args.candidates, args.top_m or 1, args.loss, args.reg_weight)
-    if args.sampler == "adasir":
+    elif args.sampler == "adasir":
         state = AdaSIRPools(positives, split, args.candidates, ADASIR_POOL, args.eval_batch_size)
     elif args.sampler == "gnno":
         state = GNNOSampler(positives, split, args.candidates, args.top_m)
@@ -654,6 +675,10 @@ def build_parser():
     group.add_argument("--negatives", type=int, default=1,
                        help="k, negatives per positive (both papers' baselines use 1; mixgcf, mixgcfmn, adasir, "
                             "gnno and srns draw exactly 1, as MDCNS runs them)")
+    group.add_argument("--uniform-epochs", type=int, default=None,
+                       help="W, dns and dnsmn: uniform negatives for the first W epochs, then the sampler (the "
+                            "official DNS+ baseline's --start_epoch: 30 in its script, 0 in every released log) "
+                            "(default: 0)")
     group.add_argument("--pns-alpha", type=float, default=None,
                        help="α in p(i) ∝ count(i)^α, pns only (default 0.1, ICPNS's recommended PNS setting; "
                             "RecBole's default is 1.0)")
@@ -671,7 +696,8 @@ def build_parser():
 
 def resolve_sampler_args(args):
     """Per-sampler defaults of --pns-alpha, --candidates, --top-m; an error for a flag the sampler ignores."""
-    owners = {"pns_alpha": ("pns",), "candidates": tuple(DEFAULT_CANDIDATES), "top_m": tuple(DEFAULT_TOP_M)}
+    owners = {"pns_alpha": ("pns",), "candidates": tuple(DEFAULT_CANDIDATES), "top_m": tuple(DEFAULT_TOP_M),
+              "uniform_epochs": ("dns", "dnsmn")}
     for name, samplers in owners.items():
         if getattr(args, name) is not None and args.sampler not in samplers:
             raise RecError(f"--{name.replace('_', '-')} applies to --sampler {' or '.join(samplers)}, "
@@ -682,6 +708,10 @@ def resolve_sampler_args(args):
         args.candidates = DEFAULT_CANDIDATES.get(args.sampler)
     if args.top_m is None:
         args.top_m = DEFAULT_TOP_M.get(args.sampler)
+    if args.uniform_epochs is None:
+        args.uniform_epochs = 0
+    if args.uniform_epochs < 0:
+        raise RecError("--uniform-epochs must be non-negative")
     if args.negatives < 1:
         raise RecError("--negatives must be at least 1")
     if args.sampler in MDCNS_SAMPLERS and args.negatives != 1:

@@ -6,7 +6,8 @@
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
-#                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k
+#                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
+#                                             # dns-warmup
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
@@ -160,6 +161,12 @@ grid_lines() {
   for s in ${SEEDS:-1 2 3}; do
     echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
     echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
+  done
+  # 9. dns-warmup (issue 14): the LastFM DNS(1, 100) row of table3 after 30 epochs of uniform negatives, the
+  #    official DNS+ script's default --start_epoch (every released log sets 0): does the warm-up explain the
+  #    published .1209?
+  for s in ${SEEDS:-42 43 44}; do
+    echo "dns-warmup lastfm user-prefixes sasrec dns $s -- $table3 $baseline_stop --candidates 100 --uniform-epochs 30"
   done
   # 6. icpns-leak-ml1m: the same on ml-1m, LightGCN, RNS and ICPNS. The ml-1m here is SASRec's ml-1m.txt, which
   #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).

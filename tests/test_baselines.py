@@ -9,7 +9,7 @@ import torch
 from scipy.stats import chisquare
 
 from baselines import (MDCNS_SAMPLERS, SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives,
-                       main, make_sampler, pns_negatives, popularity_weights, resolve_sampler_args)
+                       UniformWarmUp, main, make_sampler, pns_negatives, popularity_weights, resolve_sampler_args)
 from common import (GRU4Rec, AliasTable, Examples, KangSASRec, PositiveSets, RecError, make_synthetic, pad_right,
                     score_items, split_dataset, standard_loss, training_positives, training_windows,
                     uniform_negatives)
@@ -283,6 +283,23 @@ def test_dns_mn_with_m_1_is_dns():
     assert torch.equal(dns, dns_1)
 
 
+def test_uniform_warm_up_draws_uniform_negatives_then_the_sampler():
+    """--uniform-epochs W (the official --start_epoch): epochs 1..W draw exactly RNS's negatives, then DNS's."""
+    positives, train_item = skewed_problem()
+    users = torch.arange(positives.n_users).repeat(3)
+    ex = fake_examples(users, positives.n_items)
+    dns = sampler("dns", positives, train_item, k=2, n_candidates=8)
+    warm_up = UniformWarmUp(dns, positives, 2, epochs=2)
+    for epoch, expected in ((1, "rns"), (2, "rns"), (3, "dns")):
+        warm_up.new_epoch(None, epoch, torch.Generator())
+        drawn = warm_up(ex, torch.Generator().manual_seed(epoch))
+        reference = (uniform_negatives(positives, users, 2, torch.Generator().manual_seed(epoch)) if expected == "rns"
+                     else dns(ex, torch.Generator().manual_seed(epoch)))
+        assert torch.equal(drawn, reference), epoch
+    assert not torch.equal(dns(ex, torch.Generator().manual_seed(1)),
+                           uniform_negatives(positives, users, 2, torch.Generator().manual_seed(1)))
+
+
 def test_candidate_scores_are_score_items_exactly():
     """Blocked scoring must not change a bit: mdcns.py's DNS+ reduction compares negatives for equality."""
     g = torch.Generator().manual_seed(3)
@@ -371,7 +388,8 @@ def test_flag_defaults_per_sampler():
 @pytest.mark.parametrize("argv", [["--sampler", "rns", "--pns-alpha", "1"], ["--sampler", "pns", "--top-m", "2"],
                                   ["--sampler", "dns", "--top-m", "2"], ["--sampler", "dnsmn", "--candidates",
                                                                           "4", "--top-m", "5"],
-                                  ["--negatives", "0"]])
+                                  ["--negatives", "0"], ["--sampler", "rns", "--uniform-epochs", "2"],
+                                  ["--sampler", "dns", "--uniform-epochs", "-1"]])
 def test_flag_errors(argv):
     with pytest.raises(RecError):
         main(argv + ["--quiet", "--epochs", "1"])

@@ -31,6 +31,8 @@ RUNS = {   # method file, flags: tiny synthetic runs of a few seconds
                                    "--epochs", "3", *TINY]),
     **{sampler: (baselines.main, ["--sampler", sampler, "--backbone", "sasrec", "--candidates", "40", "--epochs", "3",
                                   *TINY]) for sampler in ("adasir", "gnno", "srns")},   # a state across steps
+    "warm-up": (baselines.main, ["--sampler", "dns", "--backbone", "sasrec", "--uniform-epochs", "1",
+                                 "--epochs", "3", *TINY]),                            # the epoch across a resume
     "icpns": (icpns.main, ["--backbone", "mf", "--batch-size", "4096", "--epochs", "3", "--pretrain-epochs", "3",
                            "--recluster-every", "1",
                            *TINY]),
@@ -92,6 +94,7 @@ def stopped_and_resumed(monkeypatch, main, argv, batches):
     ("adasir", [10]),            # mid-epoch 2: the pools of epoch 2's start must come back
     ("gnno", [10]),
     ("srns", [10]),              # memories, variance sets and the score history
+    ("warm-up", [5]),            # uniform epoch 1, resumed, then DNS from epoch 2 on
     ("icpns", [4]),              # pre-training, mid-epoch 2 (3 batches per epoch, 3 epochs)
     ("icpns", [14]),             # fine-tuning epoch 2, after its reclustering
     ("mdcns", [3]),              # mid-epoch 1 of 2
