@@ -7,7 +7,7 @@
 #   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
-#                                             # dns-warmup
+#                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
@@ -161,6 +161,17 @@ grid_lines() {
   for s in ${SEEDS:-1 2 3}; do
     echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
     echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
+  done
+  # 10. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
+  #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch).
+  #    The BPR collapse of ml1m-loo (2 seeds of 3, Kang's block), on its two collapsed seeds, one suspect at a time:
+  #    ml1m-loo-s3rec changes only the block; ml1m-loo-excluded keeps Kang's block and removes each user's held-out
+  #    items from the negatives (--exclude-held-out: under leave-one-out they are legal candidates).
+  for s in ${SEEDS:-1 2 3}; do echo "ml1m-user ml-1m user sasrec mdcns $s -- --epochs 8"; done
+  local ml1m_loo="--max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --eval-every 1"
+  for s in ${SEEDS:-2 3}; do
+    echo "ml1m-loo-s3rec ml-1m loo sasrec mdcns $s -- --sasrec-block s3rec $ml1m_loo"
+    echo "ml1m-loo-excluded ml-1m loo sasrec mdcns $s -- --sasrec-block kang $ml1m_loo --exclude-held-out"
   done
   # 9. dns-warmup (issue 14): the LastFM DNS(1, 100) row of table3 after 30 epochs of uniform negatives, the
   #    official DNS+ script's default --start_epoch (every released log sets 0): does the warm-up explain the
