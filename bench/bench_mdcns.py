@@ -7,13 +7,15 @@ ratios to RNS measured in the same run (the machine is shared: absolute seconds 
 
 Rows: RNS and DNS(M,N) (baselines.py); MDCNS with a GRU4Rec peer (a cheap peer: the cost of the two-model
 scheme itself); MDCNS with its published Mamba4Rec peer (the cost the paper's setting adds); RNS with Mamba4Rec
-as the trained backbone (the grid's RNS command with `--backbone mamba4rec`). With `--before COMMIT` the rows
-that use Mamba4Rec also run on the code of COMMIT (`git archive` into a temporary folder), alternated with the
-others. The grids: Beauty under the MDCNS protocol (`mdcns-beauty`), ml-1m under SASRec's own settings
+as the trained backbone (the grid's RNS command with `--backbone mamba4rec`); a row whose method the grid does
+not list is skipped. With `--before COMMIT` every row also runs on the code of COMMIT (`git archive` into a
+temporary folder), alternated with the others. The grids: Beauty under the MDCNS protocol with Kang's block
+(`mdcns-beauty`, 20 epochs) or the s3rec block (`table3`, Beauty's runs), ml-1m under SASRec's own settings
 (`ml1m-loo`), synthetic (`--quick`).
 
     python bench/bench_mdcns.py                          # Beauty from ../shared/data
-    python bench/bench_mdcns.py --repeats 1 --before ec685d7   # and Mamba4Rec before issue 13's scan
+    python bench/bench_mdcns.py --repeats 1 --before ec685d7   # and every row before issue 13's scan
+    python bench/bench_mdcns.py --dataset beauty-table3 --before ef3c9f7   # s3rec SASRec, before its packing
     python bench/bench_mdcns.py --dataset ml-1m --repeats 1
     python bench/bench_mdcns.py --dataset synthetic      # offline smoke run of the script
 """
@@ -29,7 +31,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
-GRIDS = {"beauty": ["--grid", "mdcns-beauty"], "ml-1m": ["--grid", "ml1m-loo"], "synthetic": ["--quick"]}
+GRIDS = {"beauty": ["--grid", "mdcns-beauty"], "beauty-table3": ["--grid", "table3", "--dataset", "beauty"],
+         "ml-1m": ["--grid", "ml1m-loo"], "synthetic": ["--quick"]}
 # row: (the grid's method, flags appended to its command)
 ROWS = {
     "RNS": ("rns", []),
@@ -81,21 +84,23 @@ def epoch_seconds(command, extra, threads, out_dir, code=ROOT):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="beauty", choices=sorted(GRIDS),
-                        help="whose grid's commands to time: beauty (mdcns-beauty), ml-1m (ml1m-loo), synthetic "
-                             "(--quick) (default beauty)")
+                        help="whose grid's commands to time: beauty (mdcns-beauty), beauty-table3 (table3's Beauty "
+                             "runs), ml-1m (ml1m-loo), synthetic (--quick) (default beauty)")
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
-    parser.add_argument("--before", metavar="COMMIT", help="also run the rows that use Mamba4Rec on the code of "
-                                                           "COMMIT (e.g. ec685d7, before issue 13's scan)")
+    parser.add_argument("--before", metavar="COMMIT", help="also run every row on the code of COMMIT (e.g. "
+                                                           "ec685d7, before issue 13's scan)")
     args = parser.parse_args()
     commands = grid_commands(GRIDS[args.dataset], args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {row: (method, extra, ROOT) for row, (method, extra) in ROWS.items()}
+        listed = {row: (method, extra) for row, (method, extra) in ROWS.items() if method in commands}
+        for row in ROWS.keys() - listed.keys():
+            print(f"  skipped: {row} (the grid has no {ROWS[row][0]} run)")
+        rows = {row: (method, extra, ROOT) for row, (method, extra) in listed.items()}
         if args.before:
             before = code_at(args.before, os.path.join(tmp, "before"))
-            rows.update({f"{row} (before)": (method, extra, before) for row, (method, extra) in ROWS.items()
-                         if "Mamba4Rec" in row})
+            rows.update({f"{row} (before)": (method, extra, before) for row, (method, extra) in listed.items()})
         seconds = {row: [] for row in rows}
         for repeat in range(args.repeats):   # every other repetition in reverse order: load drifts hit all rows
             order = list(enumerate(rows.items()))

@@ -1,6 +1,7 @@
 """common.py: splits, metrics, backbones, sampling plumbing, the training loop. Each test fails when its rule
 breaks; slow literal versions of the rules are the oracles."""
 import argparse
+import copy
 import json
 import math
 
@@ -369,6 +370,38 @@ def test_s3rec_sasrec_equals_the_mdcns_code_written_out():
         ours, _ = model(common.pad_right([np.array(r) for r in rows], max_len))         # (3, D), right-padded
         for row, got in zip(rows, ours):
             assert torch.allclose(got, literal_s3rec_sasrec(model, row, max_len), atol=1e-5)
+
+
+def test_packed_s3rec_sasrec_equals_its_blocks_on_the_padded_layout():
+    """SASRec.encode computes on the real positions only (Packing); the same blocks on every position of the
+    padded rows (the layout before packing) give the same hidden states at every real position, and the same
+    gradients. Float64, eval mode (dropout draws differ by construction)."""
+    torch.manual_seed(0)
+    max_len = 9
+    model = common.SASRec(30, 8, max_len, n_layers=2, n_heads=2, dropout=0.5).double().eval()
+    sequences = common.pad_right([np.array(r) for r in ([4], [3, 9, 1], [2, 5, 7, 11, 14, 6, 3, 8, 21], [])],
+                                 max_len)
+    real = torch.zeros(sequences.numel(), dtype=torch.bool)      # the real positions, and an empty row's step 0
+    real[common.Packing(sequences).index] = True
+    real = real.view(sequences.shape)
+
+    def padded_layout(model):
+        everything = common.Packing(torch.ones_like(sequences))                         # all B * L positions
+        x = model.item_embedding(sequences) + model.position_embedding(model.positions(sequences))
+        x = model.dropout(model.norm(x)).reshape(-1, x.shape[-1])
+        for attention, ffn in zip(model.blocks[0::2], model.blocks[1::2]):
+            x = ffn(attention(x, everything))
+        return x.view(*sequences.shape, -1)                                             # (B, L, D)
+
+    reference = copy.deepcopy(model)
+    packed, full = model.encode(sequences), padded_layout(reference)
+    assert torch.allclose(packed[real], full[real], atol=1e-12, rtol=0)
+    assert not packed[~real].any()                                                      # 0 at the padding
+    weights = torch.randn(*packed.shape, dtype=torch.float64)
+    (packed[real] * weights[real]).sum().backward()
+    (full[real] * weights[real]).sum().backward()
+    for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(a.grad, b.grad, atol=1e-10, rtol=0), name
 
 
 def test_s3rec_sasrec_initialisation():
