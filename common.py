@@ -2539,9 +2539,10 @@ def check_out_dir(args):
             raise RecError(f"--resume with {now['world_size']} process(es); the run was started with "
                            f"{then['world_size']}, whose random streams the checkpoint holds: resume it with "
                            f"{then['world_size']} (torchrun --nproc_per_node; 1 = python <script>)")
+        # a setting the run did not record is a flag added since: the run had it off (None, 0, False)
         changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {then.get(k)!r})"
                    for k in sorted(now.keys() | then.keys())
-                   if k not in WHERE_AND_HOW and now.get(k) != then.get(k)]
+                   if k not in WHERE_AND_HOW and now.get(k) != then.get(k) and (k in then or now[k])]
         if changed:
             raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
                            f"Resume with the run's own command: {resume_command(saved['command'], out)}")

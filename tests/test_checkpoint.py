@@ -181,6 +181,13 @@ def test_resume_refuses_what_would_not_continue_the_same_run(tmp_path, monkeypat
         quietly(main, argv + out + ["--resume", "--lr", "0.01"])
     with pytest.raises(common.RecError, match="needs --out-dir"):
         quietly(main, argv + ["--resume"])
+    # a run started before a flag existed did not record it: off (here --uniform-epochs 0) resumes it, on does not
+    run_file = tmp_path / "run" / "run.json"
+    saved = json.loads(run_file.read_text())
+    del saved["config"]["uniform_epochs"]
+    run_file.write_text(json.dumps(saved))
+    with pytest.raises(common.RecError, match=r"--uniform-epochs 2 \(the run's: None\)"):
+        quietly(main, argv + out + ["--resume", "--uniform-epochs", "2"])
     quietly(main, argv + out + ["--resume", "--eval-batch-size", "1024"])      # the same value: accepted
     with pytest.raises(common.RecError, match="the run has finished"):
         quietly(main, argv + out + ["--resume"])
