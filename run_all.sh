@@ -7,7 +7,8 @@
 #   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
-#                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded
+#                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
+#                                             # mixgcfplus-sweep, gnno-sweep
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
@@ -34,7 +35,7 @@ while [ $# -gt 0 ]; do
     --dataset) DATASET="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
-    -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,6 +63,8 @@ method_command() {
   case "$1" in
     rns|pns|dns|dnsmn|mixgcf|mixgcfmn|adasir|gnno|srns) echo "baselines.py --sampler $1" ;;
     dnsmn-m*) echo "baselines.py --sampler dnsmn" ;;
+    mixgcfmn-m*) echo "baselines.py --sampler mixgcfmn" ;;
+    gnno-m*) echo "baselines.py --sampler gnno" ;;
     icpns) echo "icpns.py" ;;
     mdcns) echo "mdcns.py" ;;
     *) echo "error: unknown method $1" >&2; exit 2 ;;
@@ -124,15 +127,27 @@ grid_lines() {
       echo "table3 $1 $4 sasrec mdcns $s -- $table3 $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
       echo "table3 $1 $4 sasrec rns $s -- $table3 $baseline_stop"
       echo "table3 $1 $4 sasrec dns $s -- $table3 $baseline_stop --candidates 100"
-      local best; best=$(best_m "$1")
+      local best; best=$(best_m dnsplus-sweep "$1" 14)
       [ -n "$best" ] && echo "table3 $1 $4 sasrec dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
     done
-    # MDCNS's other Table 3 baselines (issue 17), Beauty first, at the MDCNS code's settings (baselines.py's
-    # defaults: N = 100 for mixgcf, mixgcfmn, gnno; 200 adasir; 500 srns; M = 5 for mixgcfmn, gnno) until the
-    # MDCNS code's M search (MixGCF+ {1..10, 15, ..., 50, 100}, GNNO {1..10, 15, ..., 50}) is run on one seed
-    [ "$1" = beauty ] && for s in ${SEEDS:-42 43 44}; do for m in mixgcf mixgcfmn adasir gnno srns; do
-      echo "table3 $1 $4 sasrec $m $s -- $table3 $baseline_stop"
-    done; done
+    # MDCNS's other Table 3 baselines (issue 17), on Beauty, at the MDCNS code's settings (baselines.py's
+    # defaults: N = 100 for mixgcf, mixgcfmn, gnno; 200 adasir; 500 srns); MixGCF+ and GNNO at the M chosen by
+    # their sweeps below (the MDCNS code's M search, seed 42, 20 epochs per M, as DNS+'s), waiting for them
+    if [ "$1" = beauty ]; then
+      local best_mixgcf best_gnno
+      best_mixgcf=$(best_m mixgcfplus-sweep "$1" 19); best_gnno=$(best_m gnno-sweep "$1" 18)
+      for s in ${SEEDS:-42 43 44}; do
+        for m in mixgcf adasir srns; do echo "table3 $1 $4 sasrec $m $s -- $table3 $baseline_stop"; done
+        [ -n "$best_mixgcf" ] && echo "table3 $1 $4 sasrec mixgcfmn $s -- $table3 $baseline_stop --top-m $best_mixgcf"
+        [ -n "$best_gnno" ] && echo "table3 $1 $4 sasrec gnno $s -- $table3 $baseline_stop --top-m $best_gnno"
+      done
+      for m in 1 2 3 4 5 6 7 8 9 10 15 20 25 30 35 40 45 50 100; do
+        echo "mixgcfplus-sweep $1 $4 sasrec mixgcfmn-m$m 42 -- $table3 --epochs 20 --patience 20 --top-m $m"
+      done
+      for m in 1 2 3 4 5 6 7 8 9 10 15 20 25 30 35 40 45 50; do
+        echo "gnno-sweep $1 $4 sasrec gnno-m$m 42 -- $table3 --epochs 20 --patience 20 --top-m $m"
+      done
+    fi
     for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
       echo "dnsplus-sweep $1 $4 sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
@@ -152,7 +167,7 @@ grid_lines() {
   for b in linrec fmlp4rec; do for s in ${SEEDS:-42 43 44}; do
     echo "table4 beauty user $b mdcns $s -- $table3 $mdcns_stop --gamma 1.0 --kd-temperature 1.0 --top-m 1"
     echo "table4 beauty user $b rns $s -- $table3 $baseline_stop"
-    local best; best=$(best_m beauty)
+    local best; best=$(best_m dnsplus-sweep beauty 14)
     [ -n "$best" ] && echo "table4 beauty user $b dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
   done; done
   # 8. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
@@ -205,10 +220,10 @@ icpns_leak_lines() {
   done; done; done
 }
 
-# DNS+'s M for a dataset: the M of the finished dnsplus-sweep runs with the best validation NDCG@20 (empty until
-# all of them are done, so the table3 DNS+ runs wait for the sweep)
+# best_m SWEEP DATASET SIZE: the M of the SIZE finished runs of sweep grid SWEEP on DATASET with the best
+# validation NDCG@20 (empty until all of them are done, so the table3 runs that use it wait for the sweep)
 best_m() {
-  $PYTHON results/aggregate.py --best-m "$RUNS/dnsplus-sweep" --dataset "$1" --sweep-size 14 2>/dev/null || true
+  $PYTHON results/aggregate.py --best-m "$RUNS/$1" --dataset "$2" --sweep-size "$3" 2>/dev/null || true
 }
 
 # flags only some methods take are dropped for the others (--pretrain-* is ICPNS's)

@@ -62,7 +62,8 @@ PAPER_SOURCE.update({("beauty", backbone): f"MDCNS paper, Table 4 (beauty, {back
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20), "sports": (5, 10, 20), "lastfm": (5, 10, 20)}
 # Grids made before tables were kept per grid: their notes and plots are named <dataset>-<split>-<backbone>.
 UNSUFFIXED_GRIDS = ("", "icpns-ml100k", "mdcns-beauty", "ml1m-loo")
-SWEEP_GRID = "dnsplus-sweep"   # DNS+'s M chosen on validation: a table of its own, not method rows
+# M chosen on validation, per sampler: each sweep grid a table of its own, not method rows
+SWEEP_GRIDS = {"dnsplus-sweep": "DNS+", "mixgcfplus-sweep": "MixGCF+", "gnno-sweep": "GNNO"}
 METHOD_ORDER = ("rns", "pns", "dns", "mixgcf", "adasir", "gnno", "dnsmn", "mixgcfmn", "srns", "icpns", "mdcns")
 GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
@@ -226,7 +227,7 @@ def best_validation(run, metric):
 
 
 def sweep_table(runs):
-    """DNS+'s M sweep: each M's best validation value (the choice) and, for reference only, its test value."""
+    """An M sweep: each M's best validation value (the choice) and, for reference only, its test value."""
     metric = runs[0]["config"]["valid_metric"]
     lines = [f"| M (N = {settings(runs, 'candidates')}) | best validation {metric} | at epoch | epochs run | "
              f"test {metric} (not used to choose) |", "|---|---|---|---|---|"]
@@ -335,8 +336,9 @@ def main():
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)),
                         help="where RESULTS.md and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
-    parser.add_argument("--best-m", metavar="SWEEP_DIR", help="only print DNS+'s M chosen on validation by the "
-                        "dnsplus-sweep runs of --dataset in SWEEP_DIR (nothing until --sweep-size runs are done)")
+    parser.add_argument("--best-m", metavar="SWEEP_DIR", help="only print the M chosen on validation by the sweep "
+                        "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep) of --dataset in SWEEP_DIR (nothing "
+                        "until --sweep-size runs are done)")
     parser.add_argument("--dataset", help="with --best-m")
     parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep")
     args = parser.parse_args()
@@ -350,8 +352,8 @@ def main():
         raise SystemExit(f"error: no results.json under {args.runs}; run ./run_all.sh first")
     groups, sweeps = defaultdict(list), defaultdict(list)
     for run in runs:
-        if run["grid"] == SWEEP_GRID:
-            sweeps[os.path.basename(str(run["dataset"]))].append(run)
+        if run["grid"] in SWEEP_GRIDS:
+            sweeps[os.path.basename(str(run["dataset"])), run["grid"]].append(run)
         else:
             groups[group_key(run)].append(run)
     sections = ["# Results\n",
@@ -379,10 +381,12 @@ def main():
                             "code's baselines evaluate (`Baselines/Neg_samples_DNS+/trainers.py`, full sort), means "
                             "over seeds:\n")
             sections.append(zero + "\n")
-        if key[0] in sweeps and key[3] == "table3":
-            sections.append(f"DNS+'s M, chosen on validation (grid `{SWEEP_GRID}`, seed 42, "
-                            f"{settings(sweeps[key[0]], 'epochs')} epochs per M):\n")
-            sections.append(sweep_table(sweeps[key[0]]) + "\n")
+        for grid, sampler in SWEEP_GRIDS.items():
+            sweep = sweeps.get((key[0], grid))
+            if sweep and key[3] == "table3":
+                sections.append(f"{sampler}'s M, chosen on validation (grid `{grid}`, seed 42, "
+                                f"{settings(sweep, 'epochs')} epochs per M):\n")
+                sections.append(sweep_table(sweep) + "\n")
         notes = os.path.join(args.out, "notes", f"{name}.md")
         if os.path.exists(notes):   # hand-written: the likely cause of every gap to a paper's number
             with open(notes) as f:
