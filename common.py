@@ -1323,16 +1323,22 @@ class CausalSelfAttention(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x, packing: "Packing"):                                          # (P, D) packed
-        """x: the real positions of `packing`'s rows; only the attention itself sees the rows' layout."""
-        (B, L), D = packing.shape, x.shape[1]
-        qkv = packing.unpack(torch.cat([self.query(x), self.key(x), self.value(x)], 1))  # (B, L, 3 D)
-        q, k, v = (t.reshape(B, L, self.n_heads, D // self.n_heads).transpose(1, 2)     # (B, H, L, D/H)
-                   for t in qkv.split(D, -1))
-        # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2, S3-Rec form)
-        context = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+        """x: the real positions of `packing`'s rows. The attention runs on rows of similar length together,
+        each bucket as wide as its longest row (`Packing.row_buckets`): a row attends within itself, so this is
+        the attention over all L positions without the padding's cost (on Beauty ~5% of it)."""
+        D, H = x.shape[1], self.n_heads
+        qkv = torch.cat([self.query(x), self.key(x), self.value(x)], 1)                # (P, 3 D)
+        context = torch.empty_like(x)                                                  # (P, D)
+        for where, real in packing.row_buckets():                                      # (R, W) each
+            R, W = where.shape
+            q, k, v = (t.reshape(R, W, H, D // H).transpose(1, 2)                       # (R, H, W, D/H)
+                       for t in qkv[where].split(D, -1))
+            # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2,
+            # S3-Rec form)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                  dropout_p=self.attention_dropout if self.training else 0.0)
-        context = packing.pack(context.transpose(1, 2))                                # (P, H, D/H)
-        return self.norm(x + self.dropout(self.output(context.reshape(-1, D))))        # post-LN residual
+            context = context.index_put((where[real],), out.transpose(1, 2).reshape(R, W, D)[real])
+        return self.norm(x + self.dropout(self.output(context)))                       # post-LN residual
 
 
 class KangSASRec(SequentialBackbone):
@@ -1418,6 +1424,22 @@ class Packing:
     def unpack(self, t):                                                               # (P, ...) -> (B, L, ...)
         flat = t.new_zeros(self.shape[0] * self.shape[1], *t.shape[1:])
         return flat.index_copy(0, self.index, t).view(*self.shape, *t.shape[1:])
+
+    def row_buckets(self, first_width: int = 8):
+        """The rows grouped by length into buckets of width 8, 16, 32, ... (the last: L), each as `where`
+        (rows, W), the packed position of step t of each row, and `real` (rows, W), whether t is a real step.
+        Steps past a row's length point at its step 0: a causal model's real steps never read them."""
+        buckets, low, width = [], 0, first_width
+        while low < self.shape[1]:
+            width = min(width, self.shape[1])
+            rows = ((self.lengths > low) & (self.lengths <= width)).nonzero().squeeze(1)  # (rows,)
+            if len(rows):
+                steps = torch.arange(width, device=self.index.device)
+                real = steps < self.lengths[rows].unsqueeze(1)                           # (rows, W)
+                where = self.starts[rows].unsqueeze(1) + steps * real                     # (rows, W)
+                buckets.append((where, real))
+            low, width = width, 2 * width
+        return buckets
 
 
 def selective_scan(x, dt, A, B, C, D, lengths=None):
