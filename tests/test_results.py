@@ -141,6 +141,22 @@ def test_dns_plus_m_is_chosen_on_validation_not_test(tmp_path, capsys):
         assert capsys.readouterr().out == printed
 
 
+def test_each_sweep_grid_gets_its_table_under_table3(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    fake_run(runs / "table3", "rns", 42, 0.05)
+    sweep_run(runs / "dnsplus-sweep", 5, [0.03, 0.02], test=0.01)
+    sweep_run(runs / "dnsplus-sweep", 10, [0.01, 0.04], test=0.02)
+    sweep_run(runs / "gnno-sweep", 3, [0.02, 0.05], test=0.03)
+    sys.argv = ["aggregate.py", "--runs", str(runs), "--out", str(out), "--no-plots"]
+    aggregate.main()
+    text = (out / "RESULTS.md").read_text()
+    assert text.count("\n## ") == 1                                                   # sweeps are not tables
+    dns_plus, gnno = text.split("DNS+'s M, chosen on validation (grid `dnsplus-sweep`")[1].split(
+        "GNNO's M, chosen on validation (grid `gnno-sweep`")
+    assert "| 10 (chosen) | 0.0400 | 2 | 2 | 0.0200 |" in dns_plus and "| 3 (chosen) |" not in dns_plus
+    assert "| 3 (chosen) | 0.0500 | 2 | 2 | 0.0300 |" in gnno and "MixGCF+" not in text
+
+
 def test_aggregate_reads_runs_with_and_without_provenance(tmp_path):
     """results.json gained command, versions, git_commit, data_file, data_sha256; the committed older runs in
     results/runs lack them, and both kinds go into one table."""
