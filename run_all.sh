@@ -8,7 +8,7 @@
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
-#                                             # mixgcfplus-sweep, gnno-sweep
+#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
@@ -177,6 +177,11 @@ grid_lines() {
     echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
     echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
   done
+  # 11. prefix-rows (issue 14 item 3): Beauty's table3 RNS and MDCNS, seed 42, trained on one row per prefix as
+  #    the MDCNS code does (--augmented-prefixes: ~4x the one-pass cost here) instead of every position in one
+  #    pass: do the two give the same numbers?
+  echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
+  echo "prefix-rows beauty user sasrec mdcns 42 -- $table3 $mdcns_stop --gamma 1.0 --kd-temperature 1.0 --top-m 1 --augmented-prefixes"
   # 10. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
   #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch).
   #    The BPR collapse of ml1m-loo (2 seeds of 3, Kang's block), on its two collapsed seeds, one suspect at a time:
