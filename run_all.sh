@@ -11,6 +11,7 @@
 #                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
+#   ./run_all.sh --method rns                 # only the runs of one method (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
 #                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
@@ -25,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; DRY=0; DATA_DIR=data; GRID=all; DATASET=all; SEEDS=""; RUNS=""
+QUICK=0; DRY=0; DATA_DIR=data; GRID=all; DATASET=all; METHOD=all; SEEDS=""; RUNS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -33,6 +34,7 @@ while [ $# -gt 0 ]; do
     --data-dir) DATA_DIR="$2"; shift ;;
     --grid) GRID="$2"; shift ;;
     --dataset) DATASET="$2"; shift ;;
+    --method) METHOD="$2"; shift ;;
     --seeds) SEEDS="$2"; shift ;;
     --runs) RUNS="$2"; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
@@ -248,6 +250,7 @@ todo=0; done_=0
 while read -r grid dataset split backbone method seed _ extra; do
   [ "$GRID" = all ] || [ "$GRID" = "$grid" ] || [ "$QUICK" = 1 ] || continue
   [ "$DATASET" = all ] || [ "$DATASET" = "$dataset" ] || [ "$QUICK" = 1 ] || continue
+  [ "$METHOD" = all ] || [ "$METHOD" = "$method" ] || [ "$QUICK" = 1 ] || continue
   case " $extra " in *" --exclude-held-out "*) variant=-leak ;; *) variant="" ;; esac
   dir="$RUNS/$grid/$dataset-$split-$backbone-$method$variant-s$seed"
   if [ -f "$dir/results.json" ]; then
