@@ -185,11 +185,15 @@ grid_lines() {
   echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   echo "prefix-rows beauty user sasrec mdcns 42 -- $table3 $mdcns_stop --gamma 1.0 --kd-temperature 1.0 --top-m 1 --augmented-prefixes"
   # 10. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
-  #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch).
+  #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch),
+  #    and RNS at the same settings and budget.
   #    The BPR collapse of ml1m-loo (2 seeds of 3, Kang's block), on its two collapsed seeds, one suspect at a time:
   #    ml1m-loo-s3rec changes only the block; ml1m-loo-excluded keeps Kang's block and removes each user's held-out
   #    items from the negatives (--exclude-held-out: under leave-one-out they are legal candidates).
   for s in ${SEEDS:-1 2 3}; do echo "ml1m-user ml-1m user sasrec mdcns $s -- --epochs 8"; done
+  for s in ${SEEDS:-1 2 3}; do   # beside it, RNS at the same budget (baselines.py with mdcns.py's defaults)
+    echo "ml1m-user ml-1m user sasrec rns $s -- --loss bce --examples-per-batch 1024 --epochs 8"
+  done
   local ml1m_loo="--max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --eval-every 1"
   for s in ${SEEDS:-2 3}; do
     echo "ml1m-loo-s3rec ml-1m loo sasrec mdcns $s -- --sasrec-block s3rec $ml1m_loo"
