@@ -177,8 +177,9 @@ class UniformWarmUp:
     """--uniform-epochs W: uniform negatives in epochs 1..W, then `hard` (DNS or DNS(M,N)). The official DNS+
     baseline's `--start_epoch` (Baselines/Neg_samples_DNS+/trainers.py: `_DNS` if epoch >= start_epoch, else one of
     the N uniform candidates at random, which is a uniform negative). Its script defaults to W = 30; every released
-    log of it sets 0, this file's default. Driven by `at_epoch_start`, so a resumed run keeps its epoch."""
-    saved = ()
+    log of it sets 0, this file's default. Driven by `at_epoch_start`; its epoch is checkpointed (`saved`), so a
+    run resumed mid-epoch stays in that epoch."""
+    saved = ("epoch",)
 
     def __init__(self, hard, positives: PositiveSets, k: int, epochs: int):
         self.hard, self.positives, self.k, self.epochs, self.epoch = hard, positives, k, epochs, 1

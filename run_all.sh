@@ -11,7 +11,8 @@
 #                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
-#   ./run_all.sh --method rns                 # only the runs of one method (default: all)
+#   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
+#                                             # sweeps' are dnsmn-m5, gnno-m5, ...) (default: all)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
 #                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
@@ -163,7 +164,7 @@ grid_lines() {
   #    fine-tunes the clean run's pretrained.pt, listed (and so run) first.
   seeds="${SEEDS:-1 2 3}"
   icpns_leak_lines icpns-leak ml-100k mf lightgcn   # MF first: ~10x cheaper per run
-  # 7. table4 (issue 17): MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
+  # 6. table4 (issue 17): MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
   #    model, peer Mamba4Rec, at table3's protocol and budget: RNS, DNS+ (the dnsplus-sweep's M on SASRec, as the
   #    paper reuses one M per dataset: inference) and MDCNS
   for b in linrec fmlp4rec; do for s in ${SEEDS:-42 43 44}; do
@@ -172,19 +173,19 @@ grid_lines() {
     local best; best=$(best_m dnsplus-sweep beauty 14)
     [ -n "$best" ] && echo "table4 beauty user $b dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
   done; done
-  # 8. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
+  # 7. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
   #    NGCF defaults (the ICPNS code's NGCF.yaml), RNS at its stage-1 schedule (lr 1e-3, batch 4096, <= 1000
   #    epochs, patience 100)
   for s in ${SEEDS:-1 2 3}; do
     echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
     echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
   done
-  # 11. prefix-rows (issue 14 item 3): Beauty's table3 RNS and MDCNS, seed 42, trained on one row per prefix as
+  # 8. prefix-rows (issue 14 item 3): Beauty's table3 RNS and MDCNS, seed 42, trained on one row per prefix as
   #    the MDCNS code does (--augmented-prefixes: ~4x the one-pass cost here) instead of every position in one
   #    pass: do the two give the same numbers?
   echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   echo "prefix-rows beauty user sasrec mdcns 42 -- $table3 $mdcns_stop --gamma 1.0 --kd-temperature 1.0 --top-m 1 --augmented-prefixes"
-  # 10. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
+  # 9. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
   #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch),
   #    and RNS at the same settings and budget.
   #    The BPR collapse of ml1m-loo (2 seeds of 3, Kang's block), on its two collapsed seeds, one suspect at a time:
@@ -192,14 +193,14 @@ grid_lines() {
   #    items from the negatives (--exclude-held-out: under leave-one-out they are legal candidates).
   for s in ${SEEDS:-1 2 3}; do echo "ml1m-user ml-1m user sasrec mdcns $s -- --epochs 8"; done
   for s in ${SEEDS:-1 2 3}; do   # beside it, RNS at the same budget (baselines.py with mdcns.py's defaults)
-    echo "ml1m-user ml-1m user sasrec rns $s -- --loss bce --examples-per-batch 1024 --epochs 8"
+    echo "ml1m-user ml-1m user sasrec rns $s -- --loss bce --examples-per-batch 1024 --valid-metric ndcg@20 --epochs 8"
   done
   local ml1m_loo="--max-len 200 --dim 50 --heads 1 --dropout 0.2 --batch-size 128 --loss bpr --valid-metric ndcg@10 --epochs 5 --eval-every 1"
   for s in ${SEEDS:-2 3}; do
     echo "ml1m-loo-s3rec ml-1m loo sasrec mdcns $s -- --sasrec-block s3rec $ml1m_loo"
     echo "ml1m-loo-excluded ml-1m loo sasrec mdcns $s -- --sasrec-block kang $ml1m_loo --exclude-held-out"
   done
-  # 9. dns-warmup (issue 14): table3's DNS(1, 100) rows after 30 epochs of uniform negatives, the official DNS+
+  # 10. dns-warmup (issue 14): table3's DNS(1, 100) rows after 30 epochs of uniform negatives, the official DNS+
   #    script's default --start_epoch (every released DNS+ log sets 0). Without it DNS(1, 100) stalls at the BCE of
   #    equal scores on LastFM, and so does the official code; the published row (.1209) is not reachable that way.
   for d in "lastfm user-prefixes" "beauty user" "sports user"; do
@@ -208,13 +209,13 @@ grid_lines() {
       echo "dns-warmup $1 $2 sasrec dns $s -- $table3 $baseline_stop --candidates 100 --uniform-epochs 30"
     done
   done
-  # 6. icpns-leak-ml1m: the same on ml-1m, LightGCN, RNS and ICPNS. The ml-1m here is SASRec's ml-1m.txt, which
+  # 11. icpns-leak-ml1m: the same on ml-1m, LightGCN, RNS and ICPNS. The ml-1m here is SASRec's ml-1m.txt, which
   #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).
   seeds="${SEEDS:-1}"
   icpns_leak_lines icpns-leak-ml1m ml-1m lightgcn -- rns icpns
 }
 
-# icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5-6 (methods: rns pns dns icpns)
+# icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5 and 11 (methods: rns pns dns icpns)
 icpns_leak_lines() {
   local grid="$1" dataset="$2" backbones=() methods=(rns pns dns icpns) b s m leak flags
   shift 2

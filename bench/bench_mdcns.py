@@ -95,7 +95,7 @@ def main():
     commands = grid_commands(GRIDS[args.dataset], args.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         listed = {row: (method, extra) for row, (method, extra) in ROWS.items() if method in commands}
-        for row in ROWS.keys() - listed.keys():
+        for row in sorted(ROWS.keys() - listed.keys()):
             print(f"  skipped: {row} (the grid has no {ROWS[row][0]} run)")
         rows = {row: (method, extra, ROOT) for row, (method, extra) in listed.items()}
         if args.before:

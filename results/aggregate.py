@@ -340,7 +340,8 @@ def main():
                         "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep) of --dataset in SWEEP_DIR (nothing "
                         "until --sweep-size runs are done)")
     parser.add_argument("--dataset", help="with --best-m")
-    parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep")
+    parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep "
+                        "(default 14, DNS+'s; run_all.sh passes each sweep's)")
     args = parser.parse_args()
     if args.best_m:
         sweep = [r for r in load_runs(args.best_m) if os.path.basename(str(r["dataset"])) == args.dataset]

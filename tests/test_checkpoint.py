@@ -94,7 +94,7 @@ def stopped_and_resumed(monkeypatch, main, argv, batches):
     ("adasir", [10]),            # mid-epoch 2: the pools of epoch 2's start must come back
     ("gnno", [10]),
     ("srns", [10]),              # memories, variance sets and the score history
-    ("warm-up", [5]),            # uniform epoch 1, resumed, then DNS from epoch 2 on
+    ("warm-up", [5, 10]),        # in uniform epoch 1, then mid-epoch 2 (DNS): the resumed epoch must be 2
     ("icpns", [4]),              # pre-training, mid-epoch 2 (3 batches per epoch, 3 epochs)
     ("icpns", [14]),             # fine-tuning epoch 2, after its reclustering
     ("mdcns", [3]),              # mid-epoch 1 of 2

@@ -404,17 +404,18 @@ def test_packed_s3rec_sasrec_equals_its_blocks_on_the_padded_layout():
         assert torch.allclose(a.grad, b.grad, atol=1e-10, rtol=0), name
 
 
-def test_row_buckets_group_rows_by_length():
-    """Rows of 1, 3, 9 and 20 items at L = 20 (and an empty row, whose step 0 Packing keeps): widths 8, 16, 20."""
+def test_buckets_group_rows_by_length():
+    """Rows of 1, 3, 9 and 20 items at L = 20 (and an empty row, whose step 0 Packing keeps): buckets up to 8,
+    9-16 and 17-32 steps, each as wide as its longest row."""
     sequences = common.pad_right([np.arange(1, n + 1) for n in (1, 3, 9, 20, 0)], 20)
     packing = common.Packing(sequences)
     assert packing.starts.tolist() == [0, 1, 4, 13, 33]
-    (where8, real8), (where16, real16), (where20, real20) = packing.row_buckets()
-    assert where8.tolist() == [[0] * 8, [1, 2, 3, 1, 1, 1, 1, 1], [33] * 8]         # rows 0, 1, 4
-    assert real8.sum(1).tolist() == [1, 3, 1]
-    assert where16.tolist() == [list(range(4, 13)) + [4] * 7] and real16.sum().item() == 9
-    assert where20.tolist() == [list(range(13, 33))] and bool(real20.all())
-    covered = torch.cat([w[r] for w, r in packing.row_buckets()])
+    (where8, real8), (where16, real16), (where32, real32) = packing.buckets
+    assert where8.tolist() == [[0, 0, 0], [1, 2, 3], [33, 33, 33]]                    # rows 0, 1, 4
+    assert real8.tolist() == [[True, False, False], [True] * 3, [True, False, False]]
+    assert where16.tolist() == [list(range(4, 13))] and bool(real16.all())
+    assert where32.tolist() == [list(range(13, 33))] and bool(real32.all())
+    covered = torch.cat([w[r] for w, r in packing.buckets])
     assert sorted(covered.tolist()) == list(range(len(packing.index)))               # every position, once
 
 
