@@ -2594,6 +2594,7 @@ def seed_everything(seed: int):
 def prepare(args, method: str):
     """Resolve and check the flags, seed, load and split the data. Returns (args, split)."""
     args = resolve_args(args, method)
+    git_commit()   # read now: the commit of the code that runs, even if the checkout moves before the run ends
     seed_everything(args.seed)
     if args.dataset == "synthetic":
         data = make_synthetic(args.seed)
@@ -3183,8 +3184,10 @@ def machine(device) -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
+@functools.lru_cache(maxsize=None)
 def git_commit() -> str | None:
-    """The commit checked out where this file lives; None outside a git checkout or without git."""
+    """The commit checked out where this file lives when first asked (`prepare`, before a run); None outside a
+    git checkout or without git."""
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
                                 capture_output=True, text=True, timeout=30)
