@@ -1247,7 +1247,8 @@ class ResidualFFN(nn.Module):
 
 class PositionalBackbone(SequentialBackbone):
     """The frame the MDCNS code's `SASRec`, `Linrec` and `FMLPRecModel` share (its `models.py`, S3-Rec style):
-    dropout(LN(item embedding + learned position embedding)), then the blocks; init `normal_init_`.
+    dropout(LN(item embedding + learned position embedding)), then the blocks, each a causal sequence-mixing
+    sub-layer followed by `ResidualFFN` (`layers`); init `normal_init_`.
 
     Positions count back from the last item, which always sits at position max_len - 1: the MDCNS code left-pads
     every row to max_len and numbers the positions from the left edge. With right padding that is position
@@ -1255,7 +1256,13 @@ class PositionalBackbone(SequentialBackbone):
     (the default), the prefix ending at item j < n - 1 sees its items at positions shifted by n - 1 - j from where
     a row holding only that prefix would put them; `--augmented-prefixes` trains one row per prefix, as the MDCNS
     code. The padding row of the item table is zero (the MDCNS code leaves it random; it never reaches a valid
-    position here, see the subclasses)."""
+    position here).
+
+    Everything runs on the real positions only (`Packing`; 84% of Beauty's training positions are padding at
+    L = 50): the embeddings, LayerNorms, dropouts and feed-forwards position by position on the packed (P, D),
+    the sequence-mixing sub-layers on rows of similar length at a time (`Packing.by_buckets`). Every mixer is
+    causal, so with right padding a real position never depends on the padding after it: the real positions come
+    out as the same blocks give on the padded (B, L, D) layout, and the padding's hidden states are 0."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, blocks, dropout: float):
         super().__init__(n_items, dim, max_len)
@@ -1273,12 +1280,19 @@ class PositionalBackbone(SequentialBackbone):
         steps = torch.arange(sequences.shape[1], device=sequences.device)
         return (steps + self.max_len - n).clamp(0, self.max_len - 1)
 
+    def layers(self):
+        """The (sequence mixer, ResidualFFN) pairs in order: LinRec's and FMLP4Rec's blocks are such pairs
+        (nn.Sequential, the MDCNS code's `LinrecTransformerLayer` / `FMLPLayer`)."""
+        return self.blocks
+
     def encode(self, sequences):
-        x = self.item_embedding(sequences) + self.position_embedding(self.positions(sequences))  # (B, L, D)
+        packing = Packing(sequences)
+        x = self.item_embedding(packing.pack(sequences)) + self.position_embedding(packing.pack(
+            self.positions(sequences)))                                               # (P, D)
         x = self.dropout(self.norm(x))
-        for block in self.blocks:
-            x = block(x)
-        return x
+        for mixer, ffn in self.layers():
+            x = ffn(mixer(x, packing))                                                 # (P, D)
+        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
 
 
 class SASRec(PositionalBackbone):
@@ -1291,9 +1305,8 @@ class SASRec(PositionalBackbone):
 
     post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases; the query is the
     hidden state at the last item, as there. Padding never reaches a real position (it comes after it, under a
-    causal mask); the code's additive -10000 mask is 0 after exp as well. So everything runs on the real
-    positions only (`Packing`: 84% of Beauty's training positions are padding at L = 50), the attention on rows
-    of similar length at a time (`CausalSelfAttention`), and the padding's hidden states are 0."""
+    causal mask); the code's additive -10000 mask is 0 after exp as well. So it runs on the real positions only,
+    as `PositionalBackbone` does, the attention on rows of similar length at a time (`CausalSelfAttention`)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.5):
@@ -1301,14 +1314,9 @@ class SASRec(PositionalBackbone):
                   for block in (CausalSelfAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))]
         super().__init__(n_items, dim, max_len, blocks, dropout)
 
-    def encode(self, sequences):
-        packing = Packing(sequences)
-        x = self.item_embedding(packing.pack(sequences)) + self.position_embedding(packing.pack(
-            self.positions(sequences)))                                               # (P, D)
-        x = self.dropout(self.norm(x))
-        for attention, ffn in zip(self.blocks[0::2], self.blocks[1::2]):
-            x = ffn(attention(x, packing))                                             # (P, D)
-        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
+    def layers(self):
+        """The blocks alternate attention and ResidualFFN (the MDCNS code's `modules.Layer` as two entries)."""
+        return zip(self.blocks[0::2], self.blocks[1::2])
 
 
 class CausalSelfAttention(nn.Module):
@@ -1325,23 +1333,21 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, packing: "Packing"):                                          # (P, D) packed
         """x: the real positions of `packing`'s rows. The attention runs on rows of similar length together,
-        each bucket as wide as its longest row (`Packing.buckets`): a row attends within itself, so this is the
-        attention over all L positions without the padding's cost (on Beauty's training rows ~4% of it)."""
+        each bucket as wide as its longest row (`Packing.by_buckets`): a row attends within itself, so this is
+        the attention over all L positions without the padding's cost (on Beauty's training rows ~4% of it)."""
         D, H = x.shape[1], self.n_heads
         qkv = torch.cat([self.query(x), self.key(x), self.value(x)], 1)                # (P, 3 D)
-        positions, outputs = [packing.index[:0]], [x[:0]]                              # none if no rows
-        for where, real in packing.buckets:                                            # (R, W) each
-            R, W = where.shape
-            q, k, v = (t.reshape(R, W, H, D // H).transpose(1, 2)                       # (R, H, W, D/H)
-                       for t in qkv[where].split(D, -1))
+
+        def attend(rows):                                                              # (R, W, 3 D) -> (R, W, D)
+            R, W = rows.shape[:2]
+            q, k, v = (t.reshape(R, W, H, D // H).transpose(1, 2) for t in rows.split(D, -1))  # (R, H, W, D/H)
             # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2,
             # S3-Rec form)
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                                  dropout_p=self.attention_dropout if self.training else 0.0)
-            positions.append(where[real])
-            outputs.append(out.transpose(1, 2).reshape(R, W, D)[real])                 # (real steps, D)
-        # every packed position is in exactly one bucket: the context back in packed order
-        context = x.new_empty(x.shape).index_put((torch.cat(positions),), torch.cat(outputs))  # (P, D)
+            return out.transpose(1, 2).reshape(R, W, D)
+
+        context = packing.by_buckets(attend, qkv)                                      # (P, D)
         return self.norm(x + self.dropout(self.output(context)))                       # post-LN residual
 
 
@@ -1409,11 +1415,12 @@ class GRU4Rec(SequentialBackbone):
 class Packing:
     """The real positions of right-padded item rows (B, L): each row's steps up to its last item (at least
     step 0, which forward() reads of an empty row), row after row, as `x[real]` for the (B, L) mask of them.
-    Mamba4Rec computes on these P positions only, packed (P, ...): its position-wise layers, dropouts and
-    LayerNorms, the causal conv (`MambaBlock.causal_conv`) and the scan (`packed_selective_scan`); SASRec too, its
-    attention by `buckets`. On Beauty (L = 50) 84% of the training positions are padding. A causal model's real
-    positions never depend on the padding after them, so they come out as in the sequence layout (B, L, ...),
-    which `unpack` restores with 0 at the padding."""
+    Mamba4Rec and the `PositionalBackbone`s (SASRec, LinRec, FMLP4Rec) compute on these P positions only, packed
+    (P, ...): their position-wise layers, dropouts and LayerNorms directly; Mamba4Rec's causal conv
+    (`MambaBlock.causal_conv`) and scan (`packed_selective_scan`) on the packed rows; the attentions and FMLP's
+    filter on rows of similar length (`by_buckets`). On Beauty (L = 50) 84% of the training positions are
+    padding. A causal model's real positions never depend on the padding after them, so they come out as in the
+    sequence layout (B, L, ...), which `unpack` restores with 0 at the padding."""
 
     def __init__(self, sequences):
         steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
@@ -1446,6 +1453,16 @@ class Packing:
                 buckets.append((self.starts[rows].unsqueeze(1) + steps * real, real))    # where (rows, W)
             low, cap = cap, 2 * cap
         return buckets
+
+    def by_buckets(self, fn, x):                                                       # (P, *C) -> (P, *C')
+        """fn, a causal map of rows (R, W, *C) -> (R, W, *C') (step t reads steps <= t only), on the packed rows
+        x (P, *C), one bucket of `buckets` at a time: its rows gathered to (R, W, *C), their real steps written
+        back in packed order. The steps past a row's length (copies of its step 0) never reach a real step."""
+        if not self.buckets:                                                           # no rows: P = 0
+            return fn(x.unsqueeze(1))[:, 0]                                            # zero rows of one step
+        positions = torch.cat([where[real] for where, real in self.buckets])           # (P,) each position once
+        outputs = torch.cat([fn(x[where])[real] for where, real in self.buckets])      # (P, *C'), bucket order
+        return outputs.new_empty(outputs.shape).index_put((positions,), outputs)      # back in packed order
 
 
 def selective_scan(x, dt, A, B, C, D, lengths=None):
@@ -1758,7 +1775,9 @@ class LinearAttention(nn.Module):
         here:      A_t = Q'_t (sum_{s<=t} K'_s^T V_s) / sqrt(d_h) = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
 
     The causal sum is computed as (Q' K'^T, kept for s <= t) V: the same numbers as the running (d_h, d_h) sums,
-    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward)."""
+    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward).
+    Q', K', V and everything after the sum are position-wise; on packed positions the sum runs on rows of
+    similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
 
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -1767,18 +1786,26 @@ class LinearAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
-    def forward(self, x):                                                              # (B, L, D)
-        B, L, D = x.shape
+    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
+        """x: rows (B, L, D), or with `packing` the packed real positions (P, D) of its rows (`Packing`)."""
+        D = x.shape[-1]
         d_h = D // self.n_heads
 
         def heads(t):
-            return t.view(B, L, self.n_heads, d_h).transpose(1, 2)                    # (B, h, L, d_h)
+            return t.unflatten(-1, (self.n_heads, d_h))                               # (..., h, d_h)
 
         q = F.normalize(F.elu(heads(self.query(x))), dim=-1)                          # Q' = rho_row(ELU(Q))
         k = F.normalize(F.elu(heads(self.key(x))), dim=-1)                            # K' = rho(ELU(K))
-        weights = (q @ k.transpose(-1, -2)).tril()                                     # (B, h, L, L): s <= t
-        attended = (weights @ heads(self.value(x)) / math.sqrt(d_h)).transpose(1, 2)  # (B, L, h, d_h)
-        return self.norm(x + self.dropout(self.output(attended.reshape(B, L, D))))
+        qkv = torch.cat([q, k, heads(self.value(x))], -1)                              # (..., h, 3 d_h)
+
+        def attend(rows):                                               # (R, W, h, 3 d_h) -> (R, W, h, d_h)
+            q, k, v = rows.transpose(1, 2).split(d_h, -1)                              # (R, h, W, d_h) each
+            weights = (q @ k.transpose(-1, -2)).tril()                                 # (R, h, W, W): s <= t
+            # A_t = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
+            return (weights @ v / math.sqrt(d_h)).transpose(1, 2)                      # (R, W, h, d_h)
+
+        attended = attend(qkv) if packing is None else packing.by_buckets(attend, qkv)
+        return self.norm(x + self.dropout(self.output(attended.flatten(-2))))
 
 
 class LinRec(PositionalBackbone):
@@ -1795,7 +1822,9 @@ class LinRec(PositionalBackbone):
     padding (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks also mix later items
     of the same prefix into earlier positions, ours never do; the original's left padding (non-zero after the
     LayerNorm) enters its sums, ours never does; positions count from the start of the sequence, not from its
-    end as with left padding (as for every backbone here); one pass per window instead of one per prefix."""
+    end as with left padding (as for every backbone here); one pass per window instead of one per prefix. Being
+    causal, it runs on the real positions only (`PositionalBackbone`), as the same blocks on the padded layout
+    give them (tests/test_backbones_extra.py)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.5):
@@ -1816,7 +1845,8 @@ class CausalFilter(nn.Module):
     terms from later positions (wrap-around), which is what would leak under per-position training. The linear
     convolution is a product with the lower-triangular Toeplitz matrix of the taps, (L, L) per channel: later
     positions contribute exact zeros (FFTs of length 2L give the same sum, but only up to rounding, ~1e-6 in
-    float32, so an earlier output would move slightly with a later item)."""
+    float32, so an earlier output would move slightly with a later item). On packed positions it runs on rows
+    of similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
 
     def __init__(self, dim: int, max_len: int, dropout: float):
         super().__init__()
@@ -1829,12 +1859,23 @@ class CausalFilter(nn.Module):
         """w = irfft(W, n=max_len): the filter in the time domain, (max_len, D); w_j weighs the item j steps back."""
         return torch.fft.irfft(torch.view_as_complex(self.weight), n=self.max_len, dim=0)
 
-    def forward(self, x):                                                              # (B, L, D), L <= max_len
-        L = x.shape[1]
+    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
+        """x: rows (B, L, D) with L <= max_len, or with `packing` the packed real positions (P, D) of its rows
+        (`Packing`). The taps depend on the lag t - s only, so rows W steps wide take the top-left (W, W) of the
+        Toeplitz matrix: the first W taps."""
+        L = x.shape[1] if packing is None else packing.shape[1]
         lag = torch.arange(L, device=x.device)
         lag = lag[:, None] - lag[None, :]                                              # (L, L): t - s
-        toeplitz = self.taps()[lag.clamp(min=0)] * (lag >= 0).unsqueeze(-1)            # (L, L, D): w_{t-s}, s <= t
-        filtered = torch.einsum("tsd,bsd->btd", toeplitz, x)                           # sum_{j<=t} w_j x_{t-j}
+        toeplitz = self.taps().T[:, lag.clamp(min=0)] * (lag >= 0)                     # (D, L, L): w_{t-s}, s <= t
+
+        def convolve(rows):                                                            # (R, W, D) -> (R, W, D)
+            W = rows.shape[1]
+            # sum_{j<=t} w_j x_{t-j}, channel by channel: (D, R, W) @ (D, W, W)^T; contiguous, as CPU bmm copies
+            # strided inputs matrix by matrix (an einsum of the same product was ~10% slower on Beauty's batches)
+            by_channel = rows.permute(2, 0, 1).contiguous() @ toeplitz[:, :W, :W].transpose(1, 2)   # (D, R, W)
+            return by_channel.permute(1, 2, 0)                                         # (R, W, D)
+
+        filtered = convolve(x) if packing is None else packing.by_buckets(convolve, x)
         return self.norm(x + self.dropout(filtered))
 
 
@@ -1853,7 +1894,9 @@ class FMLP4Rec(PositionalBackbone):
     the original block at the last position of the prefix i_1..i_t left-padded with zero vectors
     (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks mix the whole prefix into
     every position (through the wrap-around), ours mix only earlier positions; padding never enters; positions
-    count from the sequence start; one pass per window instead of one per prefix."""
+    count from the sequence start; one pass per window instead of one per prefix. Being causal, it runs on the
+    real positions only (`PositionalBackbone`), the filter on rows of similar length, as the same blocks on the
+    padded layout give them (tests/test_backbones_extra.py)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5):
         blocks = [nn.Sequential(CausalFilter(dim, max_len, dropout), ResidualFFN(dim, dropout))

@@ -1,6 +1,7 @@
 """LinRec, FMLP4Rec and NGCF (common.py): shapes, causality and padding, literal re-statements of each layer on
 small cases (the MDCNS code's formulas, dense NGCF matrices), learning on synthetic data, and each method's CLI."""
 import argparse
+import copy
 import json
 import math
 
@@ -79,6 +80,50 @@ def test_sequential_causal_and_padding_never_reaches_valid_positions(name, n_lay
             close(hidden[row, :len(seq)], alone, msg="padding")
         queries, _ = model(padded)
         close(queries, hidden[torch.arange(4), torch.tensor(lengths) - 1])
+
+
+@pytest.mark.parametrize("name", ["linrec", "fmlp4rec"])
+def test_packed_forward_equals_the_blocks_on_the_padded_layout(name):
+    """encode computes on the real positions only (Packing), the mixers on rows bucketed by length; the same blocks
+    on the padded (B, L, D) layout (encode before packing) give the same hidden states at every real position and
+    the same gradients. Rows of 1, 3, 9, 20 items and an empty one at L = max_len = 20: buckets 3, 9 and 20 steps
+    wide, so FMLP's narrow buckets use the first taps only. Float64, eval mode (dropout draws differ)."""
+    model = sequential_model(name, max_len=20).double().eval()
+    random_weights_(model, 5)
+    sequences = common.pad_right([torch.arange(1, n + 1) * 7 % 30 + 1 for n in (1, 3, 9, 20, 0)], 20)
+    packing = common.Packing(sequences)
+    assert [where.shape[1] for where, _ in packing.buckets] == [3, 9, 20]
+    real = torch.zeros(sequences.numel(), dtype=torch.bool)      # the real positions, and the empty row's step 0
+    real[packing.index] = True
+    real = real.view(sequences.shape)
+
+    def padded_layout(model):
+        x = model.item_embedding(sequences) + model.position_embedding(model.positions(sequences))
+        x = model.dropout(model.norm(x))                                                   # (B, L, D)
+        for block in model.blocks:
+            x = block(x)                                                                   # mixer, then ResidualFFN
+        return x
+
+    reference = copy.deepcopy(model)
+    packed, full = model.encode(sequences), padded_layout(reference)
+    close(packed[real], full[real], atol=1e-12)
+    assert not packed[~real].any()                                                         # 0 at the padding
+    weights = torch.randn(*packed.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    (packed[real] * weights[real]).sum().backward()
+    (full[real] * weights[real]).sum().backward()
+    for (parameter, a), b in zip(model.named_parameters(), reference.parameters()):
+        close(a.grad, b.grad, atol=1e-10, msg=parameter)
+
+
+@pytest.mark.parametrize("name", ["linrec", "fmlp4rec"])
+def test_an_empty_batch_runs_forward_and_backward(name):
+    model = sequential_model(name).train()
+    empty = torch.zeros(0, 10, dtype=torch.long)
+    assert model.encode(empty).shape == (0, 10, 8)
+    queries, table = model(empty)
+    assert queries.shape == (0, 8)
+    (queries.sum() + table.sum()).backward()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 @pytest.mark.parametrize("name", ["linrec", "fmlp4rec", "ngcf"])
