@@ -214,20 +214,20 @@ def test_ctrl_c_stops_the_whole_grid(tmp_path):
     """SIGINT to run_all.sh: the running method file gets SIGTERM (to save its checkpoint) and no run follows."""
     log = tmp_path / "calls.txt"
     fake = tmp_path / "fake-python"
-    fake.write_text("#!/usr/bin/env bash\n"
-                    f"echo started >> {log}\n"
+    fake.write_text("#!/usr/bin/env bash\n"   # "started" once its TERM trap is set: no race with the signal
                     f"trap 'kill $sleeper; echo terminated >> {log}; exit 143' TERM\n"
                     "sleep 60 & sleeper=$!\n"
+                    f"echo started >> {log}\n"
                     "wait $sleeper\n")
     fake.chmod(0o755)
     grid = subprocess.Popen(["bash", os.path.join(ROOT, "run_all.sh"), "--quick", "--runs", str(tmp_path / "runs")],
                             env=dict(os.environ, PYTHON=str(fake)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while not log.exists() and time.time() < deadline:
         time.sleep(0.05)
     grid.send_signal(signal.SIGINT)
-    _, stderr = grid.communicate(timeout=30)
+    _, stderr = grid.communicate(timeout=60)
     assert grid.returncode == 130 and "interrupted: stopping the grid" in stderr
     assert log.read_text().split() == ["started", "terminated"]
     assert not (tmp_path / "runs" / "RESULTS.md").exists()
