@@ -222,7 +222,8 @@ def test_ctrl_c_stops_the_whole_grid(tmp_path):
     fake.chmod(0o755)
     grid = subprocess.Popen(["bash", os.path.join(ROOT, "run_all.sh"), "--quick", "--runs", str(tmp_path / "runs")],
                             env=dict(os.environ, PYTHON=str(fake)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True,   # SIGINT as a terminal gives it: a shell can't trap a signal ignored at entry
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not log.exists() and time.time() < deadline:
         time.sleep(0.05)
