@@ -696,7 +696,8 @@ def build_parser():
 
 
 def resolve_sampler_args(args):
-    """Per-sampler defaults of --pns-alpha, --candidates, --top-m; an error for a flag the sampler ignores."""
+    """Per-sampler defaults of --pns-alpha, --candidates, --top-m, --uniform-epochs; an error for a flag the
+    sampler ignores."""
     owners = {"pns_alpha": ("pns",), "candidates": tuple(DEFAULT_CANDIDATES), "top_m": tuple(DEFAULT_TOP_M),
               "uniform_epochs": ("dns", "dnsmn")}
     for name, samplers in owners.items():
