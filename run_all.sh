@@ -166,12 +166,13 @@ grid_lines() {
   icpns_leak_lines icpns-leak ml-100k mf lightgcn   # MF first: ~10x cheaper per run
   # 6. table4 (issue 17): MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
   #    model, peer Mamba4Rec, at table3's protocol and budget: RNS, DNS+ (the dnsplus-sweep's M on SASRec, as the
-  #    paper reuses one M per dataset: inference) and MDCNS
-  for b in linrec fmlp4rec; do for s in ${SEEDS:-42 43 44}; do
-    echo "table4 beauty user $b mdcns $s -- $table3 $mdcns_stop --gamma 1.0 --kd-temperature 1.0 --top-m 1"
-    echo "table4 beauty user $b rns $s -- $table3 $baseline_stop"
+  #    paper reuses one M per dataset: inference) and MDCNS at the gamma, tau of the official log whose test line
+  #    is the published Table 4 cell (`results/official_selection.py`: LinRec 1.0 / 0.7, FMLP4Rec 1.5 / 0.7)
+  for b in "linrec 1.0 0.7" "fmlp4rec 1.5 0.7"; do set -- $b; for s in ${SEEDS:-42 43 44}; do
+    echo "table4 beauty user $1 mdcns $s -- $table3 $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
+    echo "table4 beauty user $1 rns $s -- $table3 $baseline_stop"
     local best; best=$(best_m dnsplus-sweep beauty 14)
-    [ -n "$best" ] && echo "table4 beauty user $b dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
+    [ -n "$best" ] && echo "table4 beauty user $1 dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
   done; done
   # 7. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
   #    NGCF defaults (the ICPNS code's NGCF.yaml), RNS at its stage-1 schedule (lr 1e-3, batch 4096, <= 1000

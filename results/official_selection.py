@@ -1,13 +1,14 @@
 """How MDCNS's published γ, τ were chosen, measured on the official code's own logs (issue 14, item 7).
 
-    python results/official_selection.py --repo /path/to/SIGIR26-MDCNS [--dataset LastFM]
+    python results/official_selection.py --repo /path/to/SIGIR26-MDCNS [--dataset LastFM] [--backbone Linrec]
 
-`--repo` is a clone (or bare git directory) of Lyz103/SIGIR26-MDCNS. Its `MDCNS_Code/TEST_KD/<dataset>-*.log`
-are one run per (γ = `l`, τ = `kdt`) of `MDCNS_Code/main.py`, which after every epoch evaluates the validation
-rows, then the test rows, early-stops on the SASRec (self) model's validation NDCG@20 (patience 30), and ends with
-the test metrics of the best validation epoch. For each dataset this prints every configuration's best validation
-NDCG@20 and its test R@10 / N@10, then the configuration a researcher would choose on validation beside the one
-with the best test line (what `MDCNS_Code/dp.ipynb` ranks) and the published Table 3 row.
+`--repo` is a clone (or bare git directory) of Lyz103/SIGIR26-MDCNS. Its `MDCNS_Code/TEST_KD/<dataset>-SASRec-*.log`
+(Table 3) and `MDCNS_Code/EXP2_BCE/<dataset>-{Linrec,FMLPRecModel}-*.log` (Table 4) are one run per (γ = `l`,
+τ = `kdt`) of `MDCNS_Code/main.py`, which after every epoch evaluates the validation rows, then the test rows,
+early-stops on the self model's validation NDCG@20 (patience 30), and ends with the test metrics of the best
+validation epoch. For each dataset and self backbone this prints every configuration's best validation NDCG@20 and
+its test R@10 / N@10, then the configuration a researcher would choose on validation beside the one with the best
+test line (what `MDCNS_Code/dp.ipynb` ranks) and the published row (Table 3 for SASRec, Table 4 for the others).
 """
 import argparse
 import ast
@@ -16,10 +17,16 @@ import re
 import subprocess
 from collections import defaultdict
 
-# Table 3 (../shared/papers/MDCNS.md 1.7): MDCNS's R@10, N@10, and the γ, τ of the published run where known
-PUBLISHED = {"Beauty": (0.1144, 0.0685), "Toys_and_Games": (0.1200, 0.0765), "Sports_and_Outdoors": (0.0573, 0.0340),
-             "Health": (0.0992, 0.0487), "LastFM": (0.2033, 0.1131)}
-NAME = re.compile(r"MDCNS_Code/TEST_KD/(?P<dataset>[^-/]+)-.*_l(?P<gamma>[\d.]+)_.*_kdt(?P<tau>[\d.]+)_.*\.log$")
+# Tables 3 (SASRec) and 4 (LinRec, FMLP4Rec) (../shared/papers/MDCNS.md 1.7): MDCNS's R@10, N@10
+PUBLISHED = {("Beauty", "SASRec"): (0.1144, 0.0685), ("Toys_and_Games", "SASRec"): (0.1200, 0.0765),
+             ("Sports_and_Outdoors", "SASRec"): (0.0573, 0.0340), ("Health", "SASRec"): (0.0992, 0.0487),
+             ("LastFM", "SASRec"): (0.2033, 0.1131),
+             ("Beauty", "Linrec"): (0.1162, 0.0689), ("Beauty", "FMLPRecModel"): (0.1198, 0.0726),
+             ("Toys_and_Games", "Linrec"): (0.1241, 0.0777), ("Toys_and_Games", "FMLPRecModel"): (0.1282, 0.0785),
+             ("Sports_and_Outdoors", "Linrec"): (0.0618, 0.0359),
+             ("Sports_and_Outdoors", "FMLPRecModel"): (0.0635, 0.0363)}
+NAME = re.compile(r"MDCNS_Code/(TEST_KD|EXP2_BCE)/(?P<dataset>[^-/]+)-(?P<backbone>[^-/]+)-Mamba4Rec_"
+                  r".*_l(?P<gamma>[\d.]+)_.*_kdt(?P<tau>[\d.]+)_.*\.log$")
 SECTION = re.compile(r"-{30} (Validation|Test) for Epoch (\d+) -{30}")
 
 
@@ -48,20 +55,22 @@ def parse_log(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", required=True, help="a clone or git directory of Lyz103/SIGIR26-MDCNS")
-    parser.add_argument("--dataset", help="one of the TEST_KD datasets (default: all)")
+    parser.add_argument("--dataset", help="one of the logs' datasets, e.g. LastFM, Beauty (default: all)")
+    parser.add_argument("--backbone", help="the self model: SASRec, Linrec or FMLPRecModel (default: all)")
     args = parser.parse_args()
     if not os.path.isdir(args.repo):
         raise SystemExit(f"error: --repo {args.repo} is not a directory; clone Lyz103/SIGIR26-MDCNS first")
     configs = defaultdict(dict)
     for path in git(args.repo, "ls-tree", "-r", "--name-only", "HEAD").splitlines():
         match = NAME.match(path)
-        if match and args.dataset in (None, match["dataset"]):
+        if match and args.dataset in (None, match["dataset"]) and args.backbone in (None, match["backbone"]):
             runs = parse_log(git(args.repo, "show", f"HEAD:{path}"))
             if runs["valid"]:
-                configs[match["dataset"]][(float(match["gamma"]), float(match["tau"]))] = runs
+                configs[match["dataset"], match["backbone"]][float(match["gamma"]), float(match["tau"])] = runs
     if not configs:
-        raise SystemExit(f"error: no MDCNS_Code/TEST_KD/{args.dataset or '*'}-*.log with validation lines in {args.repo}")
-    for dataset, by_config in sorted(configs.items()):
+        raise SystemExit(f"error: no MDCNS_Code/{{TEST_KD,EXP2_BCE}}/{args.dataset or '*'}-{args.backbone or '*'}-"
+                         f"Mamba4Rec_*.log with validation lines in {args.repo}")
+    for (dataset, backbone), by_config in sorted(configs.items()):
         rows = []
         for (gamma, tau), runs in sorted(by_config.items()):
             best = max(runs["valid"], key=lambda e: (float(runs["valid"][e]["NDCG@20"]), -e))  # first best epoch
@@ -71,7 +80,7 @@ def main():
                              r10=float(test["HIT@10"]) if test else None,
                              n10=float(test["NDCG@10"]) if test else None, finished=finished,
                              final=runs["final"]))
-        print(f"## {dataset}: {len(rows)} configurations\n")
+        print(f"## {dataset}, {backbone}: {len(rows)} configurations\n")
         print("| γ | τ | best valid N@20 | at epoch | test R@10 | test N@10 | run finished |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
@@ -79,7 +88,7 @@ def main():
                   f"{r['r10']:.4f} | {r['n10']:.4f} | {'yes' if r['finished'] else 'no (cut)'} |")
         by_valid = max(rows, key=lambda r: r["valid"])
         by_test = max(rows, key=lambda r: r["r10"])
-        published = PUBLISHED.get(dataset)
+        published = PUBLISHED.get((dataset, backbone))
         print(f"\nchosen on validation N@20: γ {by_valid['gamma']:g}, τ {by_valid['tau']:g} -> test R@10 "
               f"{by_valid['r10']:.4f}, N@10 {by_valid['n10']:.4f}")
         print(f"best test R@10 of the grid: γ {by_test['gamma']:g}, τ {by_test['tau']:g} -> test R@10 "
@@ -87,7 +96,7 @@ def main():
         if published:
             same = [r for r in rows if abs(r["r10"] - published[0]) < 5e-5 and abs(r["n10"] - published[1]) < 5e-5]
             where = ", ".join(f"γ {r['gamma']:g}, τ {r['tau']:g}" for r in same) or "no log of this grid"
-            print(f"published Table 3: R@10 {published[0]:.4f}, N@10 {published[1]:.4f} ({where})")
+            print(f"published Table {3 if backbone == 'SASRec' else 4}: R@10 {published[0]:.4f}, N@10 {published[1]:.4f} ({where})")
         print()
 
 
