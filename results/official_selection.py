@@ -96,7 +96,8 @@ def main():
         if published:
             same = [r for r in rows if abs(r["r10"] - published[0]) < 5e-5 and abs(r["n10"] - published[1]) < 5e-5]
             where = ", ".join(f"γ {r['gamma']:g}, τ {r['tau']:g}" for r in same) or "no log of this grid"
-            print(f"published Table {3 if backbone == 'SASRec' else 4}: R@10 {published[0]:.4f}, N@10 {published[1]:.4f} ({where})")
+            table = 3 if backbone == "SASRec" else 4
+            print(f"published Table {table}: R@10 {published[0]:.4f}, N@10 {published[1]:.4f} ({where})")
         print()
 
 

@@ -192,3 +192,19 @@ def test_official_selection_reads_the_self_model_of_each_section():
     assert {e: m["NDCG@20"] for e, m in runs["valid"].items()} == {0: "0.15", 1: "0.14"}
     assert runs["test"][0]["HIT@10"] == "0.19" and 1 not in runs["test"]
     assert runs["final"] == {"Epoch": 0, "HIT@10": "0.19", "NDCG@10": "0.1", "NDCG@20": "0.12"}
+
+
+def test_official_selection_names_dataset_self_model_and_grid_point_of_each_log():
+    """The logs read: Table 3's (TEST_KD, SASRec self) and Table 4's (EXP2_BCE, LinRec / FMLP4Rec self), each
+    named <dataset>-<self>-Mamba4Rec_..._l<gamma>_..._kdt<tau>_...; no other folder."""
+    import official_selection
+    tail = "_a1.0_b1.0_l{}_dwsb1.0_t0.0_k1_N100_kdt{}_kdg0.01.log"
+    name = official_selection.NAME
+    table3 = name.match("MDCNS_Code/TEST_KD/Sports_and_Outdoors-SASRec-Mamba4Rec" + tail.format(3.0, 1.0))
+    table4 = name.match("MDCNS_Code/EXP2_BCE/Beauty-FMLPRecModel-Mamba4Rec" + tail.format(1.5, 0.7))
+    assert (table3["dataset"], table3["backbone"], table3["gamma"], table3["tau"]) == \
+        ("Sports_and_Outdoors", "SASRec", "3.0", "1.0")
+    assert (table4["dataset"], table4["backbone"], table4["gamma"], table4["tau"]) == \
+        ("Beauty", "FMLPRecModel", "1.5", "0.7")
+    assert name.match("MDCNS_Code/EXP2_BPR/Beauty-SASRec-Mamba4Rec" + tail.format(1.0, 1.0)) is None
+    assert ("Beauty", "Linrec") in official_selection.PUBLISHED                     # Table 4 rows have their cell
