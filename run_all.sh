@@ -8,7 +8,7 @@
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
-#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows
+#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
@@ -214,6 +214,12 @@ grid_lines() {
   #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).
   seeds="${SEEDS:-1}"
   icpns_leak_lines icpns-leak-ml1m ml-1m lightgcn -- rns icpns
+  # 12. dnsplus-m10 (issue 14): DNS+ at M = 10, the M of the official DNS+ logs of Sports and Beauty
+  #     (MDCNS_Code/EXP5/cankao_DNS+/<dataset>-SASRec_0_N100_M10.log, seed 42, whose test lines sit within 1-5% of
+  #     the published DNS+ rows), at table3's protocol and seed 42: our DNS(M,N) beside the official code's own log
+  for d in sports beauty; do
+    echo "dnsplus-m10 $d user sasrec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
+  done
 }
 
 # icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5 and 11 (methods: rns pns dns icpns)
