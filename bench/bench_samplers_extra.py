@@ -2,8 +2,9 @@
 part of the test suite.
 
 One training epoch per row through baselines.py exactly as `run_all.sh` runs it: the commands are the grids' own
-(`run_all.sh --dry-run`: RNS from `mdcns-beauty`, the five from `samplers-beauty`; Beauty, user split, SASRec
-D = 64, L = 50, BCE, 128 sequences per batch), with `--epochs 1` appended, each in a fresh subprocess, the rows
+(`run_all.sh --dry-run`: RNS, MixGCF, AdaSIR and SRNS from `table3` on Beauty, MixGCF+ and GNNO at M = 5 from
+their sweeps `mixgcfplus-sweep` and `gnno-sweep`; Beauty, user split, SASRec D = 64, L = 50, BCE, ~1024 examples
+per batch), with `--epochs 1` appended, each in a fresh subprocess, the rows
 alternated within each repetition, medians, and ratios to RNS from the same run (the machine is shared). Per
 row: fit's epoch seconds (the sampler's per-epoch work, e.g. AdaSIR's pool refresh or SRNS's snapshot, happens
 inside the epoch and is counted), the process's wall seconds (data loading, GNNO's Jaccard matrix, validation and
@@ -52,8 +53,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     args = parser.parse_args()
-    commands = {**grid_commands(GRIDS["beauty"], args.data_dir),
-                **grid_commands(["--grid", "samplers-beauty"], args.data_dir)}
+    commands = {**grid_commands(GRIDS["beauty-table3"], args.data_dir),
+                **grid_commands(["--grid", "mixgcfplus-sweep", "--method", "mixgcfmn-m5"], args.data_dir),
+                **grid_commands(["--grid", "gnno-sweep", "--method", "gnno-m5"], args.data_dir)}
+    missing = [row for row in ROWS if row not in commands]
+    if missing:
+        raise SystemExit(f"error: run_all.sh --dry-run lists no command for {', '.join(missing)}; the grids this "
+                         f"script reads (table3, mixgcfplus-sweep, gnno-sweep) have changed: update main()")
     runs = {row: [] for row in ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
