@@ -258,11 +258,13 @@ def user_queries(model, split: SplitData, users, batch_size: int):
     was_training = model.training
     model.eval()
     if model.sequential:
-        first = torch.full((split.n_users,), -1, dtype=torch.long)                      # (U,)
-        # a user's windows are consecutive and its first one ends at the end of its sequence
-        first.scatter_reduce_(0, split.train_sequence_user, torch.arange(len(split.train_sequence_user)), "amin",
-                              include_self=False)
-        outputs = [model(split.train_sequences[w].to(users.device)) for w in first[users.cpu()].split(batch_size)]
+        last_row = torch.full((split.n_users,), -1, dtype=torch.long)                   # (U,)
+        # a user's rows are consecutive: its first window ends at the end of its sequence; its last prefix row
+        # is its longest prefix
+        last_row.scatter_reduce_(0, split.train_sequence_user, torch.arange(len(split.train_sequence_user)),
+                                 "amax" if split.prefix_rows else "amin", include_self=False)
+        outputs = [model(split.train_sequences[w].to(users.device))
+                   for w in last_row[users.cpu()].split(batch_size)]
         queries, item_table = torch.cat([q for q, _ in outputs]), outputs[0][1]        # (R, D), (I+1, D)
     else:
         queries, item_table = model(users)                                             # (R, D), (I+1, D)
@@ -391,7 +393,10 @@ class AdaSIRPools:
     (project convention); its loss may weight a negative by its importance weight (`--weighted`, for sampled
     softmax), BPR/BCE here do not (neither does the MDCNS code). MDCNS code (`Neg_samples_two_pass`): a pool per
     training row (prefix), refreshed after each step that used it (with the post-step model, in train mode); its
-    first epoch draws from empty pools, i.e. the padding item. Ours refreshes every pool at each epoch's start in
+    first epoch draws from empty pools, i.e. the padding item; its proposals are uniform over every item id
+    (`datasets.py`, `torch.randint(0, item_size)`), the padding item and the row's own target and history
+    included, which are the row's highest-scored items, so resampling tends to keep them in the pool: it trains
+    on false negatives that ours never draws (an inference from the code; no log to measure it). Ours refreshes every pool at each epoch's start in
     eval mode (the AdaSIR code's schedule); for sequential backbones the pool is the user's, built from the query
     of its last training position (`user_queries`), and serves every position of its sequence.
     """
@@ -585,8 +590,13 @@ class SRNSMemory:
     in both codes, memory positions are kept when the variance set is redrawn. The memory update uses each
     user's first example in the batch there, the last here (for sequential backbones the longest prefix).
     MDCNS code: per training row (prefix); it draws the N candidates anew each time a row is loaded, so its
-    score history at a memory position mixes different items; it uses raw scores instead of P_pos and no
-    variance term in its first 3 epochs; its N candidates are distinct and avoid the prefix and target.
+    score history at a memory position mixes different items (its std is then an item-independent noise term,
+    of raw train-mode scores, unbiased estimator; ours is the same item's across snapshots, population std of
+    P_pos); it uses raw scores instead of P_pos and no variance term in its first 3 epochs; its N candidates are
+    distinct and avoid the prefix and target. In both codes, on sequential backbones, the variance set is redrawn
+    before a row (here: a user with one window, nearly every Beauty user at L = 50) is used again, so the items
+    at the kept memory positions are fresh uniform draws: each step chooses among S1 uniform items, and N beyond
+    S1 + S2 does not change what is drawn (only users with several windows carry memory items within an epoch).
     Sequential backbones (ours): the snapshots hold each user's query at its last training position
     (`user_queries`), so the history of P_pos(j) is the user's, the current P_pos the position's.
     """

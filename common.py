@@ -876,6 +876,9 @@ class SplitData:
     train_user, train_item: training interactions, chronological per user (general backbones iterate them)
     train_sequences:        (S, L) right-padded inputs, train_targets (S, L) next items (0 = no target),
                             train_sequence_user (S,): every position of a training sequence is an example
+    prefix_rows:            the training rows are one per prefix (`--augmented-prefixes`, `training_rows`), a
+                            user's in ascending target order; else sequence windows, a user's first one ending
+                            at the end of its sequence (`training_windows`)
     valid, test:            EvalRows
     held_out_user/item:     the validation and test interactions (every interaction not in training), read only
                             by `training_positives` for --exclude-held-out
@@ -896,6 +899,7 @@ class SplitData:
     held_out_user: torch.Tensor
     held_out_item: torch.Tensor
     statistics: dict = field(default_factory=dict)
+    prefix_rows: bool = False
 
 
 def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool, max_len: int = 50,
@@ -2667,7 +2671,7 @@ def training_rows(args, split: SplitData) -> SplitData:
     if args.augmented_prefixes:
         sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
         split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
-                                    train_sequence_user=users)
+                                    train_sequence_user=users, prefix_rows=True)
     n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
     if args.batch_size is None:
         args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))

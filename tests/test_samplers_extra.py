@@ -17,7 +17,7 @@ from baselines import (MDCNS_SAMPLERS, SRNS_HISTORY, SRNS_MEMORY, AdaSIRPools, G
                        merge_pools, mixgcf_loss, positive_mixing, resolve_sampler_args, srns_criterion,
                        steps_per_epoch, transition_jaccard, user_queries)
 from common import (MF, SASRec, Examples, LightGCN, PositiveSets, RecError, bpr_loss, make_synthetic, pad_right,
-                    split_dataset, training_batches, training_positives, uniform_negatives)
+                    split_dataset, training_batches, training_positives, training_rows, uniform_negatives)
 
 P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
 
@@ -203,8 +203,12 @@ def test_adasir_pools_refresh_every_epoch_and_serve_uniform_draws(backbone):
     assert chisquare(np.bincount(slot.flatten().numpy(), minlength=4)).pvalue > P_MIN
 
 
-def test_user_queries_are_the_last_training_position_in_eval_mode():
-    split = small_split(True, max_len=200)                                # one window per user
+@pytest.mark.parametrize("max_len, prefixes", [(200, False), (4, False), (4, True)])
+def test_user_queries_are_the_last_training_position_in_eval_mode(max_len, prefixes):
+    """One window per user, several windows per user, and one row per prefix (--augmented-prefixes)."""
+    split = small_split(True, max_len=max_len)
+    if prefixes:
+        split = training_rows(SimpleNamespace(augmented_prefixes=True, batch_size=8), split)
     torch.manual_seed(0)
     model = SASRec(split.n_items, 8, split.max_len, dropout=0.5)
     model.train()
@@ -214,7 +218,7 @@ def test_user_queries_are_the_last_training_position_in_eval_mode():
     model.eval()
     for u, q in zip(users.tolist(), queries):
         history = split.train_item[split.train_user == u].numpy()
-        expected, _ = model(pad_right([history[:-1]], split.max_len))    # predicts the last training item
+        expected, _ = model(pad_right([history[:-1][-max_len:]], max_len))  # predicts the last training item
         assert torch.allclose(q, expected[0], atol=1e-6)
     assert torch.equal(table, model.item_embedding.weight) and table is not model.item_embedding.weight
 
