@@ -386,7 +386,8 @@ def main():
             sweep = sweeps.get((key[0], grid))
             if sweep and key[3] == "table3":
                 sections.append(f"{sampler}'s M, chosen on validation (grid `{grid}`, seed 42, "
-                                f"{settings(sweep, 'epochs')} epochs per M):\n")
+                                f"{settings(sweep, 'epochs')} epochs per M; {len(sweep)} values of M finished; the "
+                                "table3 rows use the best of the full sweep):\n")
                 sections.append(sweep_table(sweep) + "\n")
         notes = os.path.join(args.out, "notes", f"{name}.md")
         if os.path.exists(notes):   # hand-written: the likely cause of every gap to a paper's number
