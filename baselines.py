@@ -396,9 +396,10 @@ class AdaSIRPools:
     first epoch draws from empty pools, i.e. the padding item; its proposals are uniform over every item id
     (`datasets.py`, `torch.randint(0, item_size)`), the padding item and the row's own target and history
     included, which are the row's highest-scored items, so resampling tends to keep them in the pool: it trains
-    on false negatives that ours never draws (an inference from the code; no log to measure it). Ours refreshes every pool at each epoch's start in
-    eval mode (the AdaSIR code's schedule); for sequential backbones the pool is the user's, built from the query
-    of its last training position (`user_queries`), and serves every position of its sequence.
+    on false negatives that ours never draws (an inference from the code; no log to measure it). Ours refreshes
+    every pool at each epoch's start in eval mode (the AdaSIR code's schedule); for sequential backbones the pool
+    is the user's, built from the query of its last training position (`user_queries`), and serves every
+    position of its sequence.
     """
 
     def __init__(self, positives: PositiveSets, split: SplitData, n_proposals: int, pool_size: int,
