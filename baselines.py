@@ -588,9 +588,9 @@ class SRNSMemory:
     item table instead and score any item from them when asked: the same numbers, in 44 MB instead of 15 score
     arrays of users x N (671 MB on Beauty). Its memory keeps S1 of the S1 + S2 by sampling without replacement
     with probability ∝ exp(score / τ) (τ = 10 in its ml-1m run); the MDCNS code keeps the top S1 by score, and so
-    do we (τ -> 0). As
-    in both codes, memory positions are kept when the variance set is redrawn. The memory update uses each
-    user's first example in the batch there, the last here (for sequential backbones the longest prefix).
+    do we (τ -> 0). As in both codes, memory positions are kept when the variance set is redrawn. The memory
+    update uses each user's first example in the batch there, the last here (for sequential backbones the
+    longest prefix).
     MDCNS code: per training row (prefix); it draws the N candidates anew each time a row is loaded, so its
     score history at a memory position mixes different items (its std is then an item-independent noise term,
     of raw train-mode scores, unbiased estimator; ours is the same item's across snapshots, population std of
