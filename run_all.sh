@@ -8,7 +8,7 @@
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
-#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10
+#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10, mixgcf-bpr
 #                                             # (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
@@ -220,6 +220,10 @@ grid_lines() {
   for d in sports beauty; do
     echo "dnsplus-m10 $d user sasrec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
   done
+  # 13. mixgcf-bpr (issue 17): Beauty's table3 MixGCF at BPR, the loss the released posmix script runs (it passes
+  #     no --loss_type; run_finetune_full.py defaults to BPR, and to --start_epoch 0 as the script sets it), seed
+  #     42: at BCE our MixGCF stalls at the loss of equal scores, 42% below Table 3. Does the loss explain it?
+  echo "mixgcf-bpr beauty user sasrec mixgcf 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop"
 }
 
 # icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5 and 11 (methods: rns pns dns icpns)
@@ -261,6 +265,14 @@ filter_flags() {
   echo "${out[@]}"
 }
 
+lines=$(grid_lines)
+# a --grid, --dataset or --method that no grid line has is a typo: say so before any run starts
+for filter in "grid $GRID 1" "dataset $DATASET 2" "method $METHOD 5"; do
+  set -- $filter
+  [ "$2" = all ] || [ "$QUICK" = 1 ] || awk -v v="$2" -v c="$3" '$c == v { found = 1 } END { exit !found }' <<< "$lines" ||
+    { echo "error: no grid line has $1 $2 (see --help for the grids; --dry-run lists the runs)" >&2; exit 2; }
+done
+
 todo=0; done_=0
 while read -r grid dataset split backbone method seed _ extra; do
   [ "$GRID" = all ] || [ "$GRID" = "$grid" ] || [ "$QUICK" = 1 ] || continue
@@ -291,7 +303,7 @@ while read -r grid dataset split backbone method seed _ extra; do
   fi
   child=""
   exec {lock}>&-
-done < <(grid_lines)
+done <<< "$lines"
 
 echo "$done_ runs already done, $todo to run or resume$([ "$DRY" = 1 ] && echo ' (dry run)')"
 if [ "$DRY" = 0 ]; then

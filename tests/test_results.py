@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "results"))
 import aggregate  # noqa: E402
@@ -68,6 +70,15 @@ def test_run_all_rejects_an_unknown_option():
     result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--bogus"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and result.stderr.startswith("error: unknown option --bogus")
+
+
+@pytest.mark.parametrize("flag, value", [("--grid", "tabel3"), ("--dataset", "beuaty"), ("--method", "mixgfc")])
+def test_run_all_rejects_a_filter_no_grid_line_has(tmp_path, flag, value):
+    result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--dry-run", "--runs", str(tmp_path), flag,
+                             value], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"error: no grid line has {flag[2:]} {value} (see --help for the grids; --dry-run lists " \
+                            "the runs)\n"
 
 
 def test_run_all_leak_grid_names_the_leak_runs_and_reuses_icpns_pretraining(tmp_path):
