@@ -89,7 +89,7 @@ def all_reduce_ms(numel: int, repeats: int = 50) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))

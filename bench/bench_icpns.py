@@ -161,7 +161,7 @@ def bench_case(name, n_users, n_items, n_interactions, args, build_official=True
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--communities", type=int, default=8, help="K (official 8)")
     parser.add_argument("--alpha", type=float, default=0.8, help="α (official 0.8)")
     parser.add_argument("--batch", type=int, default=4096, help="users per sampling call (official batch 4096)")

@@ -82,7 +82,7 @@ def epoch_seconds(command, extra, threads, out_dir, code=ROOT):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="beauty", choices=sorted(GRIDS),
                         help="whose grid's commands to time: beauty (mdcns-beauty), beauty-table3 (table3's Beauty "
                              "runs), ml-1m (ml1m-loo), synthetic (--quick) (default beauty)")

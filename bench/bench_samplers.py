@@ -102,7 +102,7 @@ def sasrec_epochs(data: Interactions, repeats: int, extra):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=ML_1M, help="SASRec's ml-1m.txt, or 'synthetic' (same shape)")
     parser.add_argument("--batch", type=int, default=20000, help="examples per sampler call (part 1)")
     parser.add_argument("--repeats", type=int, default=5, help="sampler calls per sampler (part 1)")

@@ -46,7 +46,7 @@ def run_one_epoch(command, dataset, threads, out_dir):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="beauty", choices=("beauty", "synthetic"),
                         help="beauty (the grids' data), or synthetic (the same commands on generated data)")
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")

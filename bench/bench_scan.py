@@ -93,7 +93,7 @@ def timed(scan, tensors, weights, grad: bool):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128, help="rows (sequences) per call (default 128)")
     parser.add_argument("--max-len", type=int, default=50, help="L (default 50)")
     parser.add_argument("--repeats", type=int, default=5, help="calls per row, alternated (default 5)")
