@@ -221,7 +221,7 @@ grid_lines() {
     echo "dnsplus-m10 $d user sasrec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
   done
   # 13. mixgcf-bpr (issue 17): Beauty's table3 MixGCF at BPR, the loss the released posmix script runs (it passes
-  #     no --loss_type; run_finetune_full.py defaults to BPR, and to --start_epoch 0 as the script sets it), seed
+  #     no --loss_type, and run_finetune_full.py defaults to BPR; it sets --start_epoch 0, as table3 runs), seed
   #     42: at BCE our MixGCF stalls at the loss of equal scores, 42% below Table 3. Does the loss explain it?
   echo "mixgcf-bpr beauty user sasrec mixgcf 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop"
 }
