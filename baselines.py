@@ -258,13 +258,13 @@ def user_queries(model, split: SplitData, users, batch_size: int):
     was_training = model.training
     model.eval()
     if model.sequential:
-        last_row = torch.full((split.n_users,), -1, dtype=torch.long)                   # (U,)
-        # a user's rows are consecutive: its first window ends at the end of its sequence; its last prefix row
-        # is its longest prefix
-        last_row.scatter_reduce_(0, split.train_sequence_user, torch.arange(len(split.train_sequence_user)),
+        # the row that ends at each user's last training target; a user's rows are consecutive: its first window
+        # ends at the end of its sequence, its last prefix row is its longest prefix
+        newest_row = torch.full((split.n_users,), -1, dtype=torch.long)                 # (U,)
+        newest_row.scatter_reduce_(0, split.train_sequence_user, torch.arange(len(split.train_sequence_user)),
                                  "amax" if split.prefix_rows else "amin", include_self=False)
         outputs = [model(split.train_sequences[w].to(users.device))
-                   for w in last_row[users.cpu()].split(batch_size)]
+                   for w in newest_row[users.cpu()].split(batch_size)]
         queries, item_table = torch.cat([q for q, _ in outputs]), outputs[0][1]        # (R, D), (I+1, D)
     else:
         queries, item_table = model(users)                                             # (R, D), (I+1, D)
