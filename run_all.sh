@@ -5,6 +5,8 @@
 #   ./run_all.sh --quick                      # small grid on synthetic data, ~1 minute: the smoke check
 #   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
 #   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
+#   ./run_all.sh --check                      # does every done run's results.json hold the flags its grid line
+#                                             # gives today? (one line per difference; exit 1 if any)
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
@@ -27,11 +29,13 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-QUICK=0; DRY=0; DATA_DIR=data; GRID=all; DATASET=all; METHOD=all; SEEDS=""; RUNS=""
+args=("$@")
+QUICK=0; DRY=0; CHECK=0; DATA_DIR=data; GRID=all; DATASET=all; METHOD=all; SEEDS=""; RUNS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
     --dry-run) DRY=1 ;;
+    --check) CHECK=1 ;;
     --data-dir) DATA_DIR="$2"; shift ;;
     --grid) GRID="$2"; shift ;;
     --dataset) DATASET="$2"; shift ;;
@@ -44,11 +48,17 @@ while [ $# -gt 0 ]; do
   shift
 done
 PYTHON="${PYTHON:-python}"
+# --check: the dry run's list, each done run's command compared with the config in its results.json
+if [ "$CHECK" = 1 ]; then
+  bash run_all.sh "${args[@]/--check/--dry-run}" | $PYTHON results/aggregate.py --check-commands -
+  exit 0
+fi
 if [ -z "$RUNS" ] && [ "$QUICK" = 1 ]; then
   RUNS=$(mktemp -d "${TMPDIR:-/tmp}/negsampling-quick.XXXXXX")   # a smoke check never reuses old runs
   echo "quick grid in $RUNS"
 fi
 RUNS="${RUNS:-results/runs}"
+
 
 # Ctrl-C (SIGINT) or SIGTERM: the running method file gets SIGTERM, saves its checkpoint, and the grid stops
 child=""
@@ -280,13 +290,13 @@ while read -r grid dataset split backbone method seed _ extra; do
   [ "$METHOD" = all ] || [ "$METHOD" = "$method" ] || [ "$QUICK" = 1 ] || continue
   case " $extra " in *" --exclude-held-out "*) variant=-leak ;; *) variant="" ;; esac
   dir="$RUNS/$grid/$dataset-$split-$backbone-$method$variant-s$seed"
+  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)"
   if [ -f "$dir/results.json" ]; then
-    done_=$((done_ + 1)); [ "$DRY" = 1 ] && echo "done  $dir"; continue
+    done_=$((done_ + 1)); [ "$DRY" = 1 ] && echo "done  $cmd"; continue
   fi
   todo=$((todo + 1))
-  state=todo; resume=""
-  if [ -f "$dir/checkpoint.pt" ]; then state=resume; resume=" --resume"; fi   # stopped mid-way: continue it
-  cmd="$PYTHON $(method_command "$method") --dataset $dataset --data-dir $DATA_DIR --split $split --backbone $backbone --seed $seed --quiet --out-dir $dir $(filter_flags "$method" $extra)$resume"
+  state=todo
+  if [ -f "$dir/checkpoint.pt" ]; then state=resume; cmd="$cmd --resume"; fi   # stopped mid-way: continue it
   if [ "$DRY" = 1 ]; then echo "$state  $cmd"; continue; fi
   mkdir -p "$dir"
   # a lock per run: several ./run_all.sh may share the grid (one per core); each skips the runs another holds

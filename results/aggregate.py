@@ -17,7 +17,9 @@ import argparse
 import glob
 import json
 import os
+import shlex
 import statistics
+import sys
 from collections import defaultdict
 
 # Published values, keyed by (dataset, protocol, backbone, method): {metric: value}, with the source.
@@ -329,6 +331,63 @@ def plot(key, runs, out_dir, name):
     return file_name
 
 
+# Flags of a grid line that are not settings of the run (where it reads and writes, how much it prints)
+NOT_SETTINGS = {"data_dir", "out_dir", "quiet", "resume"}
+
+
+def command_differences(command, config):
+    """The flags of a method command whose value differs from the run's config, as "flag: ran X, grid Y", and the
+    flags the config does not record (the run predates them: it ran at the flag's value before it existed)."""
+    words = shlex.split(command)
+    differences, unrecorded = [], []
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        key = word[2:].replace("-", "_")
+        value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else True
+        if key in NOT_SETTINGS:
+            continue
+        if key not in config:
+            unrecorded.append(word)
+            continue
+        ran = config[key]
+        if isinstance(ran, list):
+            same = ",".join(map(str, ran)) == value
+        elif isinstance(ran, bool) or value is True:
+            same = ran is True and value is True
+        elif isinstance(ran, (int, float)):
+            same = float(ran) == float(value)
+        else:
+            same = str(ran) == value
+        if not same:
+            differences.append(f"{word}: ran {ran}, grid {value}")
+    return differences, unrecorded
+
+
+def check_commands(lines):
+    """For the "done" lines of `run_all.sh --dry-run` (each a command whose results.json exists), print each run
+    whose config differs from the flags its grid line gives today; return the number of such runs."""
+    differ = checked = 0
+    unrecorded = defaultdict(int)
+    for line in lines:
+        if not line.startswith("done "):
+            continue
+        command = line.split(None, 1)[1]
+        out_dir = shlex.split(command)[shlex.split(command).index("--out-dir") + 1]
+        with open(os.path.join(out_dir, "results.json")) as f:
+            config = json.load(f)["config"]
+        differences, missing = command_differences(command, config)
+        checked += 1
+        for flag in missing:
+            unrecorded[flag] += 1
+        if differences:
+            differ += 1
+            print(f"{out_dir}: " + "; ".join(differences))
+    print(f"{checked} done runs checked, {differ} ran with flags their grid line no longer gives" +
+          "".join(f"; {flag} not recorded by {n} (older than the flag)" for flag, n in sorted(unrecorded.items())))
+    return differ
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs"),
@@ -342,7 +401,12 @@ def main():
     parser.add_argument("--dataset", help="with --best-m")
     parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep "
                         "(default 14, DNS+'s; run_all.sh passes each sweep's)")
+    parser.add_argument("--check-commands", metavar="FILE", help="only compare the done runs listed by "
+                        "`run_all.sh --dry-run` in FILE (- for stdin) with their results.json (run_all.sh --check)")
     args = parser.parse_args()
+    if args.check_commands:
+        with (sys.stdin if args.check_commands == "-" else open(args.check_commands)) as f:
+            raise SystemExit(1 if check_commands(f) else 0)
     if args.best_m:
         sweep = [r for r in load_runs(args.best_m) if os.path.basename(str(r["dataset"])) == args.dataset]
         if len(sweep) >= args.sweep_size:

@@ -60,11 +60,39 @@ def test_run_all_dry_run_lists_the_quick_grid(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     todo = [line for line in lines if line.startswith("todo")]
-    assert [line for line in lines if line.startswith("done")] == [
-        f"done  {tmp_path}/quick/synthetic-user-sasrec-rns-s1"]                       # resumable: skipped
+    assert [line for line in lines if line.startswith("done")] == [                   # resumable: skipped
+        f"done  python baselines.py --sampler rns --dataset synthetic --data-dir data --split user --backbone sasrec "
+        f"--seed 1 --quiet --out-dir {tmp_path}/quick/synthetic-user-sasrec-rns-s1 --epochs 3 --dim 16 --max-len 20"]
     assert len(todo) == 6 and sum("mdcns.py" in line for line in todo) == 1
     assert all("--pretrain-epochs" not in line for line in todo if "icpns.py" not in line)
 
+
+def quick_rns_run(runs, **config):
+    folder = runs / "quick" / "synthetic-user-sasrec-rns-s1"
+    folder.mkdir(parents=True)
+    config = {"sampler": "rns", "dataset": "synthetic", "split": "user", "backbone": "sasrec", "seed": 1,
+              "epochs": 3, "dim": 16, "max_len": 20, **config}
+    (folder / "results.json").write_text(json.dumps({"config": config}))
+
+
+@pytest.mark.parametrize("config, differences", [
+    ({}, []),
+    ({"epochs": 300, "max_len": 50}, ["--epochs: ran 300, grid 3", "--max-len: ran 50, grid 20"])])
+def test_run_all_check_names_the_flags_a_done_run_ran_with_that_its_grid_line_no_longer_gives(
+        tmp_path, config, differences):
+    quick_rns_run(tmp_path, **config)
+    result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--quick", "--check", "--runs",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == (1 if differences else 0), result.stderr
+    expected = [f"{tmp_path}/quick/synthetic-user-sasrec-rns-s1: " + "; ".join(differences)] if differences else []
+    assert result.stdout.splitlines() == expected + [
+        f"1 done runs checked, {len(expected)} ran with flags their grid line no longer gives"]
+
+
+def test_every_committed_run_ran_with_the_flags_its_grid_line_gives():
+    result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--check"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 def test_run_all_rejects_an_unknown_option():
     result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--bogus"], capture_output=True, text=True,
