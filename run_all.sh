@@ -59,7 +59,6 @@ if [ -z "$RUNS" ] && [ "$QUICK" = 1 ]; then
 fi
 RUNS="${RUNS:-results/runs}"
 
-
 # Ctrl-C (SIGINT) or SIGTERM: the running method file gets SIGTERM, saves its checkpoint, and the grid stops
 child=""
 stop_grid() {

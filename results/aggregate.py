@@ -373,7 +373,8 @@ def check_commands(lines):
         if not line.startswith("done "):
             continue
         command = line.split(None, 1)[1]
-        out_dir = shlex.split(command)[shlex.split(command).index("--out-dir") + 1]
+        words = shlex.split(command)
+        out_dir = words[words.index("--out-dir") + 1]
         with open(os.path.join(out_dir, "results.json")) as f:
             config = json.load(f)["config"]
         differences, missing = command_differences(command, config)
