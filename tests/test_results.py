@@ -94,6 +94,7 @@ def test_every_committed_run_ran_with_the_flags_its_grid_line_gives():
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
+
 def test_run_all_rejects_an_unknown_option():
     result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), "--bogus"], capture_output=True, text=True,
                             timeout=60)
