@@ -10,8 +10,8 @@
 #   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
-#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10, mixgcf-bpr
-#                                             # (default: all)
+#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10, mixgcf-bpr,
+#                                             # mixgcfplus-bpr-sweep, mixgcfplus-bpr (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
 #                                             # sweeps' are dnsmn-m5, gnno-m5, ...) (default: all)
@@ -232,6 +232,19 @@ grid_lines() {
   #     no --loss_type, and run_finetune_full.py defaults to BPR; it sets --start_epoch 0, as table3 runs), seed
   #     42: at BCE our MixGCF stalls at the loss of equal scores, 42% below Table 3. Does the loss explain it?
   echo "mixgcf-bpr beauty user sasrec mixgcf 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop"
+  # 14. mixgcfplus-bpr (issue 17): Beauty's MixGCF+ at BPR. At BPR positive mixing only scales the margin,
+  #     s_p - (α s_p + (1 - α) s_n) = (1 - α)(s_p - s_n), and the top M of the mixed scores are the top M of s_n:
+  #     MixGCF+ is DNS(M, N) with the margin scaled by 1 - α (tests/test_samplers_extra.py). At BCE the mixed
+  #     negative's term also pushes s_p down, and table3's MixGCF+ sweep falls as M grows (M = 100 lowest) where
+  #     DNS+'s rises. The released posmix script trains at BPR and sweeps M (run_finetune.bash): the same sweep at
+  #     BPR, then seed 42 to convergence at its M, beside table3's BCE row.
+  for m in 1 2 3 4 5 6 7 8 9 10 15 20 25 30 35 40 45 50 100; do
+    echo "mixgcfplus-bpr-sweep beauty user sasrec mixgcfmn-m$m 42 -- ${table3/--loss bce/--loss bpr} --epochs 20 --patience 20 --top-m $m"
+  done
+  local best_bpr; best_bpr=$(best_m mixgcfplus-bpr-sweep beauty 19)
+  if [ -n "$best_bpr" ]; then
+    echo "mixgcfplus-bpr beauty user sasrec mixgcfmn 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop --top-m $best_bpr"
+  fi
 }
 
 # icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5 and 11 (methods: rns pns dns icpns)

@@ -64,8 +64,10 @@ PAPER_SOURCE.update({("beauty", backbone): f"MDCNS paper, Table 4 (beauty, {back
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20), "sports": (5, 10, 20), "lastfm": (5, 10, 20)}
 # Grids made before tables were kept per grid: their notes and plots are named <dataset>-<split>-<backbone>.
 UNSUFFIXED_GRIDS = ("", "icpns-ml100k", "mdcns-beauty", "ml1m-loo")
-# M chosen on validation, per sampler: each sweep grid a table of its own, not method rows
-SWEEP_GRIDS = {"dnsplus-sweep": "DNS+", "mixgcfplus-sweep": "MixGCF+", "gnno-sweep": "GNNO"}
+# M chosen on validation, per sampler: each sweep grid a table of its own, not method rows, shown in the section
+# of the grid whose runs use its M
+SWEEP_GRIDS = {"dnsplus-sweep": ("DNS+", "table3"), "mixgcfplus-sweep": ("MixGCF+", "table3"),
+               "gnno-sweep": ("GNNO", "table3"), "mixgcfplus-bpr-sweep": ("MixGCF+ at BPR", "mixgcfplus-bpr")}
 METHOD_ORDER = ("rns", "pns", "dns", "mixgcf", "adasir", "gnno", "dnsmn", "mixgcfmn", "srns", "icpns", "mdcns")
 GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
@@ -397,7 +399,7 @@ def main():
                         help="where RESULTS.md and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     parser.add_argument("--best-m", metavar="SWEEP_DIR", help="only print the M chosen on validation by the sweep "
-                        "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep) of --dataset in SWEEP_DIR (nothing "
+                        "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep, mixgcfplus-bpr-sweep) of --dataset in SWEEP_DIR (nothing "
                         "until --sweep-size runs are done)")
     parser.add_argument("--dataset", help="with --best-m")
     parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep "
@@ -447,12 +449,12 @@ def main():
                             "code's baselines evaluate (`Baselines/Neg_samples_DNS+/trainers.py`, full sort), means "
                             "over seeds:\n")
             sections.append(zero + "\n")
-        for grid, sampler in SWEEP_GRIDS.items():
+        for grid, (sampler, user) in SWEEP_GRIDS.items():
             sweep = sweeps.get((key[0], grid))
-            if sweep and key[3] == "table3":
+            if sweep and key[3] == user:
                 sections.append(f"{sampler}'s M, chosen on validation (grid `{grid}`, seed 42, "
                                 f"{settings(sweep, 'epochs')} epochs per M; {len(sweep)} values of M finished; the "
-                                "table3 rows use the best of the full sweep):\n")
+                                f"{user} rows use the best of the full sweep):\n")
                 sections.append(sweep_table(sweep) + "\n")
         notes = os.path.join(args.out, "notes", f"{name}.md")
         if os.path.exists(notes):   # hand-written: the likely cause of every gap to a paper's number

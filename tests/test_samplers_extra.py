@@ -157,6 +157,26 @@ def test_mixgcf_loss_on_one_layer_backbones_mixes_the_item_table():
     assert torch.allclose(fast, bpr_loss((q * E[items]).sum(-1), (q * synthetic).sum(-1)), atol=1e-6)
 
 
+def test_mixgcfplus_at_bpr_is_dns_mn_with_the_margin_scaled_by_one_minus_alpha():
+    """At BPR, s_p - <q, α e_p + (1 - α) e_n> = (1 - α)(s_p - s_n), and the top M of the mixed scores are the top
+    M of s_n: MixGCF+ is DNS(M, N) on the raw scores with the margin scaled by 1 - α (grid mixgcfplus-bpr)."""
+    torch.manual_seed(2)
+    user, item = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 2, 3, 4])
+    positives = PositiveSets(user, item, 3, 9)
+    model = MF(3, 9, 4)
+    users, items = torch.tensor([0, 1, 2, 1]), torch.tensor([2, 3, 4, 3])
+    fast = mixgcf_loss(positives, 6, 3, "bpr")(model, (users, items), torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    candidates = uniform_negatives(positives, users, 6, g)                                 # (P, N)
+    alpha = torch.rand(4, 1, 1, generator=g)[:, 0, 0]                                     # (P,)
+    pick = torch.randint(0, 3, (4, 1), generator=g)                                       # (P, 1) among the top 3
+    q, E = model.user_embedding.weight, model.item_embedding.weight
+    raw = (q[users].unsqueeze(1) * E[candidates]).sum(-1)                                 # s_n, (P, N)
+    negative = candidates.gather(1, raw.topk(3, dim=1).indices.gather(1, pick)).squeeze(1)   # DNS(3, 6)'s pick
+    margin = (1 - alpha) * ((q[users] * E[items]).sum(-1) - (q[users] * E[negative]).sum(-1))
+    assert torch.allclose(fast, -torch.nn.functional.logsigmoid(margin).mean(), atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # AdaSIR
 # ---------------------------------------------------------------------------------------------------------
