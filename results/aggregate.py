@@ -95,11 +95,11 @@ def row_rank(row):
 
 
 def row_name(row, runs=()):
-    """The method's name, its DNS hardness (M of N) where it has one, and the held-out suffix."""
+    """The method's name, its hardness (the top M of N candidates) where it has one, and the held-out suffix."""
     name = METHOD_NAMES.get(row[0], row[0])
-    if row[0] == "dnsmn" and runs:
+    if row[0] in ("dnsmn", "mixgcfmn", "gnno") and runs:
         name += f" (M = {settings(runs, 'top_m')}, N = {settings(runs, 'candidates')})"
-    elif row[0] == "dns" and runs:
+    elif row[0] in ("dns", "mixgcf") and runs:
         name += f" (N = {settings(runs, 'candidates')})"
     return name + (HELD_OUT if row[1] else "")
 
