@@ -399,8 +399,8 @@ def main():
                         help="where RESULTS.md and the PNG plots go")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
     parser.add_argument("--best-m", metavar="SWEEP_DIR", help="only print the M chosen on validation by the sweep "
-                        "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep, mixgcfplus-bpr-sweep) of --dataset in SWEEP_DIR (nothing "
-                        "until --sweep-size runs are done)")
+                        "runs (dnsplus-sweep, mixgcfplus-sweep, gnno-sweep, mixgcfplus-bpr-sweep) of --dataset in "
+                        "SWEEP_DIR (nothing until --sweep-size runs are done)")
     parser.add_argument("--dataset", help="with --best-m")
     parser.add_argument("--sweep-size", type=int, default=14, help="with --best-m: the number of M in the sweep "
                         "(default 14, DNS+'s; run_all.sh passes each sweep's)")
