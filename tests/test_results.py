@@ -248,3 +248,12 @@ def test_official_selection_names_dataset_self_model_and_grid_point_of_each_log(
         ("Beauty", "FMLPRecModel", "1.5", "0.7")
     assert name.match("MDCNS_Code/EXP2_BPR/Beauty-SASRec-Mamba4Rec" + tail.format(1.0, 1.0)) is None
     assert ("Beauty", "Linrec") in official_selection.PUBLISHED                     # Table 4 rows have their cell
+
+
+def test_row_names_give_the_top_m_of_n_of_every_sampler_that_has_one():
+    runs = [{"config": {"top_m": 4, "candidates": 100}}, {"config": {"top_m": 4, "candidates": 100}}]
+    assert aggregate.row_name(("mixgcfmn", False), runs) == "MixGCF+ (M = 4, N = 100)"
+    assert aggregate.row_name(("gnno", False), runs) == "GNNO (M = 4, N = 100)"
+    assert aggregate.row_name(("dnsmn", True), runs) == "DNS(M,N) (M = 4, N = 100)" + aggregate.HELD_OUT
+    assert aggregate.row_name(("mixgcf", False), runs) == "MixGCF (N = 100)"
+    assert aggregate.row_name(("adasir", False), runs) == "AdaSIR"
