@@ -1825,10 +1825,10 @@ class LinRec(PositionalBackbone):
     one block at position t equals the original block at the last position of the prefix i_1..i_t with no
     padding (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks also mix later items
     of the same prefix into earlier positions, ours never do; the original's left padding (non-zero after the
-    LayerNorm) enters its sums, ours never does; positions count from the start of the sequence, not from its
-    end as with left padding (as for every backbone here); one pass per window instead of one per prefix. Being
-    causal, it runs on the real positions only (`PositionalBackbone`), as the same blocks on the padded layout
-    give them (tests/test_backbones_extra.py)."""
+    LayerNorm) enters its sums, ours never does; positions count back from the last item as with left
+    padding, but in one pass the earlier prefixes of a window see theirs shifted (`PositionalBackbone`); one
+    pass per window instead of one per prefix. Being causal, it runs on the real positions only
+    (`PositionalBackbone`), as the same blocks on the padded layout give them (tests/test_backbones_extra.py)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
                  dropout: float = 0.5):
@@ -1898,9 +1898,10 @@ class FMLP4Rec(PositionalBackbone):
     the original block at the last position of the prefix i_1..i_t left-padded with zero vectors
     (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks mix the whole prefix into
     every position (through the wrap-around), ours mix only earlier positions; padding never enters; positions
-    count from the sequence start; one pass per window instead of one per prefix. Being causal, it runs on the
-    real positions only (`PositionalBackbone`), the filter on rows of similar length, as the same blocks on the
-    padded layout give them (tests/test_backbones_extra.py)."""
+    count back from the last item as with left padding, but in one pass the earlier prefixes of a window see
+    theirs shifted (`PositionalBackbone`); one pass per window instead of one per prefix. Being causal, it runs
+    on the real positions only (`PositionalBackbone`), the filter on rows of similar length, as the same blocks
+    on the padded layout give them (tests/test_backbones_extra.py)."""
 
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5):
         blocks = [nn.Sequential(CausalFilter(dim, max_len, dropout), ResidualFFN(dim, dropout))
