@@ -193,7 +193,7 @@ grid_lines() {
   # 8. prefix-rows (issue 14 item 3): Beauty's table3 RNS, seed 42, trained on one row per prefix as the MDCNS
   #    code does (--augmented-prefixes: ~4x the one-pass cost here) instead of every position in one pass: do the
   #    two give the same numbers? (They do on test; MDCNS's run, ~7 core-hours, was dropped: the table3 note.)
-  #    LinRec's RNS too (issue 17): table4's LinRec RNS misses the paper by -19% where its DNS+ and MDCNS do not;
+  #    LinRec's RNS too (issue 17): table4's LinRec RNS misses the paper by ~20% where its DNS+ and MDCNS do not;
   #    one pass shifts the positions of a window's earlier prefixes (PositionalBackbone), one row per prefix not.
   echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   echo "prefix-rows beauty user linrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
