@@ -1,6 +1,7 @@
 """How MDCNS's published γ, τ were chosen, measured on the official code's own logs (issue 14, item 7).
 
     python results/official_selection.py --repo /path/to/SIGIR26-MDCNS [--dataset LastFM] [--backbone Linrec]
+        [--curve 1.0,0.7]
 
 `--repo` is a clone (or bare git directory) of Lyz103/SIGIR26-MDCNS. Its `MDCNS_Code/TEST_KD/<dataset>-SASRec-*.log`
 (Table 3) and `MDCNS_Code/EXP2_BCE/<dataset>-{Linrec,FMLPRecModel}-*.log` (Table 4) are one run per (γ = `l`,
@@ -9,6 +10,8 @@ early-stops on the self model's validation NDCG@20 (patience 30), and ends with 
 validation epoch. For each dataset and self backbone this prints every configuration's best validation NDCG@20 and
 its test R@10 / N@10, then the configuration a researcher would choose on validation beside the one with the best
 test line (what `MDCNS_Code/dp.ipynb` ranks) and the published row (Table 3 for SASRec, Table 4 for the others).
+`--curve γ,τ` also prints that configuration's validation NDCG@20 epoch by epoch, epochs counted from 1 as in this
+project's logs, to set beside a run of ours (`results/runs/<grid>/<run>/log.txt`).
 """
 import argparse
 import ast
@@ -52,12 +55,24 @@ def parse_log(text):
     return runs
 
 
+def validation_curve(runs):
+    """[(epoch counted from 1, validation NDCG@20 of the self model)] of a parsed log, in epoch order."""
+    return [(epoch + 1, float(metrics["NDCG@20"])) for epoch, metrics in sorted(runs["valid"].items())]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", required=True, help="a clone or git directory of Lyz103/SIGIR26-MDCNS")
     parser.add_argument("--dataset", help="one of the logs' datasets, e.g. LastFM, Beauty (default: all)")
     parser.add_argument("--backbone", help="the self model: SASRec, Linrec or FMLPRecModel (default: all)")
+    parser.add_argument("--curve", metavar="GAMMA,TAU", help="also print this configuration's validation NDCG@20 "
+                        "epoch by epoch (epochs counted from 1), e.g. 1.0,0.7")
     args = parser.parse_args()
+    try:
+        curve = tuple(float(x) for x in args.curve.split(",")) if args.curve else None
+        assert curve is None or len(curve) == 2
+    except (ValueError, AssertionError):
+        raise SystemExit(f"error: --curve {args.curve!r} is not GAMMA,TAU (two numbers, e.g. 1.0,0.7)")
     if not os.path.isdir(args.repo):
         raise SystemExit(f"error: --repo {args.repo} is not a directory; clone Lyz103/SIGIR26-MDCNS first")
     configs = defaultdict(dict)
@@ -98,6 +113,11 @@ def main():
             where = ", ".join(f"γ {r['gamma']:g}, τ {r['tau']:g}" for r in same) or "no log of this grid"
             table = 3 if backbone == "SASRec" else 4
             print(f"published Table {table}: R@10 {published[0]:.4f}, N@10 {published[1]:.4f} ({where})")
+        if curve in by_config:
+            points = ", ".join(f"{epoch} {value:.4f}" for epoch, value in validation_curve(by_config[curve]))
+            print(f"validation NDCG@20 by epoch, γ {curve[0]:g}, τ {curve[1]:g}: {points}")
+        elif curve:
+            print(f"no log of γ {curve[0]:g}, τ {curve[1]:g} for {dataset}, {backbone}")
         print()
 
 

@@ -232,6 +232,7 @@ def test_official_selection_reads_the_self_model_of_each_section():
     assert {e: m["NDCG@20"] for e, m in runs["valid"].items()} == {0: "0.15", 1: "0.14"}
     assert runs["test"][0]["HIT@10"] == "0.19" and 1 not in runs["test"]
     assert runs["final"] == {"Epoch": 0, "HIT@10": "0.19", "NDCG@10": "0.1", "NDCG@20": "0.12"}
+    assert official_selection.validation_curve(runs) == [(1, 0.15), (2, 0.14)]      # epochs from 1, as ours
 
 
 def test_official_selection_names_dataset_self_model_and_grid_point_of_each_log():
