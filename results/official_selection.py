@@ -70,8 +70,9 @@ def main():
     args = parser.parse_args()
     try:
         curve = tuple(float(x) for x in args.curve.split(",")) if args.curve else None
-        assert curve is None or len(curve) == 2
-    except (ValueError, AssertionError):
+    except ValueError:
+        curve = ()
+    if curve is not None and len(curve) != 2:
         raise SystemExit(f"error: --curve {args.curve!r} is not GAMMA,TAU (two numbers, e.g. 1.0,0.7)")
     if not os.path.isdir(args.repo):
         raise SystemExit(f"error: --repo {args.repo} is not a directory; clone Lyz103/SIGIR26-MDCNS first")
