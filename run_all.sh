@@ -193,8 +193,9 @@ grid_lines() {
   # 8. prefix-rows (issue 14 item 3): Beauty's table3 RNS, seed 42, trained on one row per prefix as the MDCNS
   #    code does (--augmented-prefixes: ~4x the one-pass cost here) instead of every position in one pass: do the
   #    two give the same numbers? (They do on test; MDCNS's run, ~7 core-hours, was dropped: the table3 note.)
-  #    LinRec's RNS too (issue 17): table4's LinRec RNS misses the paper by ~20% where its DNS+ and MDCNS do not;
-  #    one pass shifts the positions of a window's earlier prefixes (PositionalBackbone), one row per prefix does not.
+  #    LinRec's RNS too (issue 17): table4's LinRec RNS misses the paper's N@10 by ~18% where its DNS+ and MDCNS do
+  #    not (seed 42 is its lowest); one pass shifts the positions of a window's earlier prefixes (PositionalBackbone),
+  #    one row per prefix does not.
   echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   echo "prefix-rows beauty user linrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   # 9. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
