@@ -744,10 +744,10 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     Prints one line: the file and its format, what each preprocessing step removed, and the cache used.
     """
     if os.path.isfile(name_or_path):
-        path = os.path.abspath(name_or_path)
-        name, folder = os.path.splitext(os.path.basename(path))[0], os.path.dirname(path)
+        name = os.path.splitext(os.path.basename(name_or_path))[0]
+        folder = os.path.dirname(os.path.abspath(name_or_path))
         spec = DatasetSpec("custom file", files=())
-        found = [path], _CUSTOM, None
+        found = [name_or_path], _CUSTOM, None
     elif name_or_path in DATASETS:
         name, spec = name_or_path, DATASETS[name_or_path]
         folder = os.path.join(data_dir, name)
@@ -756,6 +756,7 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
         raise RecError(f"unknown dataset {name_or_path!r} and no such file; known datasets: {', '.join(DATASETS)}; "
                        f"or give the path of a user,item[,rating[,timestamp]] CSV/TSV file")
     paths, fmt, member = found
+    data_file = " + ".join(paths)   # results.json's provenance, as given: no machine's absolute prefix
     if fmt.published and min_rating is not None:
         raise RecError(f"{name}: {paths[0]} ({fmt.description}) has no ratings, so --min-rating cannot apply; "
                        f"place the official raw file in {folder}/")
@@ -771,7 +772,7 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     cached = _load_cache(folders, cache_name, name) if use_cache else None
     if cached is not None:
         data, summary, cache_path = cached
-        data.data_file = " + ".join(os.path.abspath(p) for p in paths)
+        data.data_file = data_file
         data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
         print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}")
         return data
@@ -789,7 +790,7 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     data, summary = _preprocess(columns, name, settings["min_rating"] if columns.rating is not None else None,
                                 settings["k_core"], settings["time_window"])
     data.source = f"{where} ({fmt.description})"
-    data.data_file, data.data_sha256 = " + ".join(os.path.abspath(p) for p in paths), files_sha256(paths)
+    data.data_file, data.data_sha256 = data_file, files_sha256(paths)
     cache_path = _save_cache(folders, cache_name, data, summary) if use_cache else None
     print(f"[data] {name}: {where} ({fmt.description}); {summary}; "
           f"{'cached to ' + cache_path if cache_path else 'not cached'}")

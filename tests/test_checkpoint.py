@@ -221,7 +221,7 @@ def test_eval_only_rejects_a_model_of_another_script(tmp_path):
         quietly(baselines.main, ["--eval-only", str(tmp_path / "missing.pt"), "--out-dir", str(tmp_path / "e")])
 
 
-def test_provenance_keys(tmp_path):
+def test_provenance_keys(tmp_path, monkeypatch):
     result = quietly(baselines.main, ["--backbone", "mf", "--epochs", "1", *TINY, "--out-dir", str(tmp_path / "s")])
     assert result["command"][0].endswith("baselines.py") and result["command"][1:3] == ["--backbone", "mf"]
     assert set(result["versions"]) == {"python", "torch", "numpy"}
@@ -241,6 +241,11 @@ def test_provenance_keys(tmp_path):
         assert result["data_sha256"] == hashlib.sha256(csv.read_bytes()).hexdigest()
     written = json.loads((tmp_path / "from-cache" / "results.json").read_text())
     assert {"command", "versions", "machine", "git_commit", "data_file", "data_sha256"} <= set(written)
+    # a relative path is recorded as given, not made absolute: results.json carries no machine's directory
+    monkeypatch.chdir(tmp_path)
+    quietly(baselines.main, ["--dataset", "mine.csv", "--data-dir", "data", "--epochs", "1", "--ks", "1,5",
+                             "--valid-metric", "ndcg@5", *TINY, "--out-dir", "relative"])
+    assert json.loads((tmp_path / "relative" / "results.json").read_text())["data_file"] == "mine.csv"
     assert "command" not in written["config"] and "data_sha256" not in written["config"]
 
 
