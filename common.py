@@ -2231,8 +2231,14 @@ def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> di
 
 
 def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
-    """The metric sums from the scores of the non-targets (B, I), targets excluded (-inf), and the targets'
-    scores in descending order (B, T), of which the first n_targets (B,) of each row are real.
+    """The sums over the rows of `metric_rows`."""
+    return {name: values.sum().item() for name, values in metric_rows(other_scores, target_scores, n_targets,
+                                                                       ks).items()}
+
+
+def metric_rows(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
+    """Each row's metrics (B,) from the scores of the non-targets (B, I), targets excluded (-inf), and the
+    targets' scores in descending order (B, T), of which the first n_targets (B,) of each row are real.
 
     Tie policy (pessimistic): a target never gains from a tie. Among items with equal scores, every
     non-target ranks before every target, so the rank of a target is 1 + #{non-targets scoring >= it} +
@@ -2253,18 +2259,18 @@ def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targe
     rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row
     discount = 1.0 / torch.log2(rank.double() + 1)                                       # (B, T)
     ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=device).double()), 0)  # (K,)
-    sums = {}
+    rows = {}
     for k in ks:
         hit = rank <= k                                                                  # (B, T)
         n_hit = hit.sum(1).double()
         first = rank[:, 0]                                                               # best-ranked target
         idcg = ideal[n_targets.clamp(min=1, max=k) - 1]
-        sums[f"recall@{k}"] = (n_hit / n_targets.clamp(min=1)).sum().item()
-        sums[f"ndcg@{k}"] = ((discount * hit).sum(1) / idcg).sum().item()
-        sums[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first.double(), 0.0).sum().item()
-        sums[f"hit@{k}"] = (n_hit > 0).double().sum().item()
-        sums[f"precision@{k}"] = (n_hit / k).sum().item()
-    return sums
+        rows[f"recall@{k}"] = n_hit / n_targets.clamp(min=1)
+        rows[f"ndcg@{k}"] = (discount * hit).sum(1) / idcg
+        rows[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first.double(), 0.0)
+        rows[f"hit@{k}"] = (n_hit > 0).double()
+        rows[f"precision@{k}"] = n_hit / k
+    return rows
 
 
 def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
@@ -2287,11 +2293,13 @@ def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, masked_score: float = -float("inf")) \
-        -> dict:
+def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, masked_score: float = -float("inf"),
+             per_row: bool = False):
     """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
     Padding scores -inf, the row's masked (history) items `masked_score` (-inf: excluded; the MDCNS code's
-    baselines use 0); the metrics are means over the rows.
+    baselines use 0); the metrics are means over the rows. With per_row=True it returns (means, values): values
+    {metric@K: float64 numpy array (R,)}, each row's metric in the order of `rows` (the paired comparisons of
+    results/aggregate.py), whose means are the means to float rounding.
 
     Under torchrun the batches are dealt round-robin to the processes (batch b to rank b mod W), each batch's metric
     sums are all-reduced (one process computed each, the others add zeros: exact) and every process adds them up in
@@ -2303,6 +2311,7 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, maske
     names = [f"{m}@{int(k)}" for k in ks for m in METRICS]                               # metric_sums' order
     starts = range(0, len(rows), batch_size)
     sums = torch.zeros(len(starts), len(names), dtype=torch.float64, device=device)      # (batches, metrics)
+    values = torch.zeros(len(rows) if per_row else 0, len(names), dtype=torch.float64, device=device)
     for b in range(rank(), len(starts), world_size()):
         start, end = starts[b], min(starts[b] + batch_size, len(rows))
         queries, item_table = model(rows.query[start:end].to(device))
@@ -2319,14 +2328,20 @@ def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, maske
         target_scores[target_rows, column.to(device)] = scores[target_rows, target_items]    # (B, T)
         target_scores = target_scores.sort(dim=1, descending=True).values
         scores[target_rows, target_items] = -float("inf")                                   # non-targets only
-        batch_sums = metric_sums(scores, target_scores, n_targets.to(device), ks)
-        sums[b] = torch.tensor([batch_sums[name] for name in names], dtype=torch.float64)
+        batch_rows = metric_rows(scores, target_scores, n_targets.to(device), ks)
+        sums[b] = torch.tensor([batch_rows[name].sum().item() for name in names], dtype=torch.float64)
+        if per_row:
+            values[start:end] = torch.stack([batch_rows[name] for name in names], 1)
     model.train(was_training)
     totals = dict.fromkeys(names, 0.0)
     for batch_sums in all_reduce_sum(sums).tolist():                                     # in batch order
         for name, value in zip(names, batch_sums):
             totals[name] += value
-    return {name: value / len(rows) for name, value in totals.items()}
+    means = {name: value / len(rows) for name, value in totals.items()}
+    if not per_row:
+        return means
+    values = all_reduce_sum(values).cpu().numpy()                    # each row computed by one rank, zeros elsewhere
+    return means, {name: values[:, i] for i, name in enumerate(names)}
 
 
 def csr_slice(ptr, values, start: int, end: int):
@@ -3184,7 +3199,7 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
     it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary.
     Under torchrun every rank evaluates (its share) and returns the result; rank 0 alone writes."""
     start = time.perf_counter()
-    test = evaluate(model, split.test, args.ks, args.eval_batch_size)
+    test, test_rows = evaluate(model, split.test, args.ks, args.eval_batch_size, per_row=True)
     if split.sequential and args.mask_history:
         # the MDCNS code's baselines score the history 0 instead of -inf (Neg_samples_*/trainers.py, full sort):
         # recorded beside the real test metrics, to measure what that does to a published baseline row
@@ -3200,6 +3215,7 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
             save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
                              "valid": record["valid"], "state_dict": model.state_dict()},
                             os.path.join(args.out_dir, "model.pt"))
+        save_test_rows(test_rows, split.test, os.path.join(args.out_dir, TEST_ROWS_FILE))
         with open(path + ".tmp", "w") as f:
             json.dump(result, f, indent=1)
         os.replace(path + ".tmp", path)
@@ -3210,6 +3226,27 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
         f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
     print(f"wrote {path}" + ("" if args.eval_only else " and model.pt"))
     return result
+
+
+TEST_ROWS_FILE = "test_rows.npz"
+
+
+def rows_fingerprint(rows: EvalRows) -> str:
+    """sha256 of an evaluation part's targets (CSR): two runs whose test rows share it evaluated the same rows in
+    the same order, so their per-row results pair."""
+    digest = hashlib.sha256()
+    for part in (rows.target_ptr, rows.target_items):
+        digest.update(part.cpu().numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def save_test_rows(values: dict, rows: EvalRows, path: str):
+    """test_rows.npz beside results.json: each test row's recall@K and ndcg@K (float64, the split's row order)
+    and the rows' fingerprint; written atomically."""
+    arrays = {name: value for name, value in values.items() if name.split("@")[0] in ("recall", "ndcg")}
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, fingerprint=np.array(rows_fingerprint(rows)), **arrays)
+    os.replace(path + ".tmp", path)
 
 
 def provenance(args) -> dict:

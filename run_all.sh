@@ -11,7 +11,8 @@
 #                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
 #                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
 #                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10, mixgcf-bpr,
-#                                             # mixgcfplus-bpr-sweep, mixgcfplus-bpr (default: all)
+#                                             # mixgcfplus-bpr-sweep, mixgcfplus-bpr, table3-paired, ablation,
+#                                             # weak-peer (default: all)
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
 #                                             # sweeps' are dnsmn-m5, gnno-m5, ...) (default: all)
@@ -78,7 +79,7 @@ method_command() {
     mixgcfmn-m*) echo "baselines.py --sampler mixgcfmn" ;;
     gnno-m*) echo "baselines.py --sampler gnno" ;;
     icpns) echo "icpns.py" ;;
-    mdcns) echo "mdcns.py" ;;
+    mdcns|mdcns-*) echo "mdcns.py" ;;   # mdcns-no-cd, mdcns-gru4rec-peer, ...: MDCNS with its grid line's flags
     *) echo "error: unknown method $1" >&2; exit 2 ;;
   esac
 }
@@ -249,6 +250,29 @@ grid_lines() {
   if [ -n "$best_bpr" ]; then
     echo "mixgcfplus-bpr beauty user sasrec mixgcfmn 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop --top-m $best_bpr"
   fi
+  # 15-17. Why MDCNS works, with a paired test behind every gain: every run of these grids writes test_rows.npz
+  #    (each test row's recall and NDCG), so two rows trained at the same seed compare row by row
+  #    (results/aggregate.py, "Paired comparisons"). Table 3's protocol and budget throughout.
+  #    table3-paired: Table 3's MDCNS, DNS+ and RNS rows again, with per-row results (table3's own runs have none);
+  #    the reference rows of the two tables below. Seed-major, so each seed completes a paired set.
+  #    ablation (MDCNS Table 6, Beauty and Sports): w/o CD (--no-distillation) and w/o CD-DR (--no-distillation
+  #    --no-divergence) at the published gamma, tau; "MDCNS" and "w/o CD-DR-MS" (= DNS+) are table3-paired's.
+  #    weak-peer (MDCNS Table 7): SASRec with a GRU4Rec peer (MDCNS_wts) beside table3-paired's Mamba4Rec peer.
+  for d in "beauty 1.0 1.0 user" "sports 3.0 1.0 user" "lastfm 0.3 5.0 user-prefixes"; do
+    set -- $d
+    local mdcns_flags="$table3 $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
+    local best; best=$(best_m dnsplus-sweep "$1" 14)
+    for s in ${SEEDS:-42 43 44}; do
+      echo "table3-paired $1 $4 sasrec mdcns $s -- $mdcns_flags"
+      [ -n "$best" ] && echo "table3-paired $1 $4 sasrec dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
+      echo "table3-paired $1 $4 sasrec rns $s -- $table3 $baseline_stop"
+      if [ "$1" != lastfm ]; then
+        echo "ablation $1 $4 sasrec mdcns-no-cd $s -- $mdcns_flags --no-distillation"
+        echo "ablation $1 $4 sasrec mdcns-no-cd-dr $s -- $mdcns_flags --no-distillation --no-divergence"
+      fi
+      echo "weak-peer $1 $4 sasrec mdcns-gru4rec-peer $s -- $mdcns_flags --peer gru4rec"
+    done
+  done
 }
 
 # icpns_leak_lines GRID DATASET BACKBONE... [-- METHOD...]: the lines of grids 5 and 11 (methods: rns pns dns icpns)

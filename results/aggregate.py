@@ -22,6 +22,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+import numpy as np
+
 # Published values, keyed by (dataset, protocol, backbone, method): {metric: value}, with the source.
 # MDCNS (SIGIR 2026) Table 3: SASRec backbone (Mamba4Rec peer), BCE loss, user split, full ranking; each row
 # R@5, R@10, R@20, N@5, N@10, N@20 (../shared/papers/MDCNS.md 1.7). DNS is DNS(1, 100), DNS+ the best M of a sweep.
@@ -57,7 +59,20 @@ TABLE4 = {
 }
 PAPER.update({("beauty", "user", backbone, method): dict(zip(("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values))
               for backbone, rows in TABLE4.items() for method, values in rows.items()})
-PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE)" for dataset in TABLE3}
+# MDCNS Table 6 (ablation: w/o CD, w/o CD-DR; "w/o CD-DR-MS" is DNS+, MDCNS the Table 3 row) and Table 7 (MDCNS_wts:
+# a GRU4Rec peer), SASRec, BCE; each row R@5, R@10, N@5, N@10
+TABLE6_7 = {
+    "beauty": {"mdcns-no-cd": (0.0697, 0.0957, 0.0491, 0.0573), "mdcns-no-cd-dr": (0.0599, 0.0831, 0.0434, 0.0510),
+               "mdcns-gru4rec-peer": (0.0760, 0.1140, 0.0542, 0.0663)},
+    "sports": {"mdcns-no-cd": (0.0368, 0.0531, 0.0256, 0.0308), "mdcns-no-cd-dr": (0.0343, 0.0503, 0.0226, 0.0278),
+               "mdcns-gru4rec-peer": (0.0433, 0.0596, 0.0299, 0.0351)},
+    "lastfm": {"mdcns-gru4rec-peer": (0.1384, 0.2078, 0.0921, 0.1144)},
+}
+PAPER.update({(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sasrec", method): dict(zip(
+    ("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values)) for dataset, rows in TABLE6_7.items()
+    for method, values in rows.items()})
+PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE); the rows without a component "
+                "Table 6, the GRU4Rec peer's Table 7" for dataset in TABLE3}
 PAPER_SOURCE.update({("beauty", backbone): f"MDCNS paper, Table 4 (beauty, {backbone}, BCE; R@20 and N@20 not "
                      "reported)" for backbone in TABLE4})
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
@@ -68,11 +83,13 @@ UNSUFFIXED_GRIDS = ("", "icpns-ml100k", "mdcns-beauty", "ml1m-loo")
 # of the grid whose runs use its M
 SWEEP_GRIDS = {"dnsplus-sweep": ("DNS+", "table3"), "mixgcfplus-sweep": ("MixGCF+", "table3"),
                "gnno-sweep": ("GNNO", "table3"), "mixgcfplus-bpr-sweep": ("MixGCF+ at BPR", "mixgcfplus-bpr")}
-METHOD_ORDER = ("rns", "pns", "dns", "mixgcf", "adasir", "gnno", "dnsmn", "mixgcfmn", "srns", "icpns", "mdcns")
+METHOD_ORDER = ("rns", "pns", "dns", "mixgcf", "adasir", "gnno", "dnsmn", "mixgcfmn", "srns", "icpns",
+                "mdcns-no-cd-dr", "mdcns-no-cd", "mdcns-gru4rec-peer", "mdcns")
 GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
 METHOD_NAMES = {"rns": "RNS", "pns": "PNS", "dns": "DNS", "dnsmn": "DNS(M,N)", "icpns": "ICPNS",
                 "mdcns": "MDCNS", "mixgcf": "MixGCF", "mixgcfmn": "MixGCF+", "adasir": "AdaSIR", "gnno": "GNNO",
-                "srns": "SRNS"}
+                "srns": "SRNS", "mdcns-no-cd": "MDCNS w/o CD", "mdcns-no-cd-dr": "MDCNS w/o CD-DR",
+                "mdcns-gru4rec-peer": "MDCNS_wts (GRU4Rec peer)"}
 HELD_OUT = " (held-out excluded)"   # the row name's suffix for --exclude-held-out runs
 
 
@@ -85,9 +102,26 @@ def excludes_held_out(run):
     return bool(run["config"].get("exclude_held_out", False))
 
 
+def method_variant(run):
+    """The method as a table row names it: MDCNS runs without a component (the paper's Table 6 ablation: CD =
+    consensus distillation, DR = divergence re-ranking, MS = multi-source scoring) are "mdcns-no-cd",
+    "mdcns-no-cd-dr", ..., and runs with a peer other than the default one (Table 7's weak-to-strong GRU4Rec peer)
+    "mdcns-<peer>-peer"."""
+    if run["method"] != "mdcns":
+        return run["method"]
+    config = run["config"]
+    removed = [name for name, flag in (("cd", "distillation"), ("dr", "divergence"), ("ms", "multi_source"))
+               if not config.get(flag, True)]
+    default_peer = "sasrec" if run["backbone"] == "mamba4rec" else "mamba4rec"
+    peer = config.get("peer") or default_peer
+    return "mdcns" + ("-no-" + "-".join(removed) if removed else "") + (f"-{peer}-peer" if peer != default_peer
+                                                                        else "")
+
+
 def row_key(run):
-    """A table row: the method, and whether its negatives also avoided the held-out items (clean rows first)."""
-    return run["method"], excludes_held_out(run)
+    """A table row: the method (`method_variant`), and whether its negatives also avoided the held-out items (clean
+    rows first)."""
+    return method_variant(run), excludes_held_out(run)
 
 
 def row_rank(row):
@@ -210,7 +244,7 @@ def history_zero_table(runs):
     by_method = defaultdict(list)
     for run in runs:
         if "test_history_masked_to_zero" in run:
-            by_method[run["method"]].append(run)
+            by_method[method_variant(run)].append(run)
     if not by_method:
         return None
     metrics = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
@@ -331,6 +365,97 @@ def plot(key, runs, out_dir, name):
     fig.savefig(os.path.join(out_dir, file_name), dpi=110)
     plt.close(fig)
     return file_name
+
+
+# ---------------------------------------------------------------- paired comparisons (per test row)
+TEST_ROWS = "test_rows.npz"   # beside results.json: each test row's recall@K and ndcg@K, the split's row order
+PAIRED_GRIDS = ("table3-paired", "ablation", "weak-peer")   # the grids whose runs all write TEST_ROWS
+# (row A, row B, what A - B measures): every pair whose two rows exist in a (dataset, split, backbone) is shown
+PAIRS = (("mdcns", "dnsmn", "MDCNS over DNS+, the strongest baseline"),
+         ("mdcns", "mdcns-no-cd", "Table 6: consensus distillation (MDCNS over w/o CD)"),
+         ("mdcns-no-cd", "mdcns-no-cd-dr", "Table 6: divergence re-ranking (w/o CD over w/o CD-DR)"),
+         ("mdcns-no-cd-dr", "dnsmn", "Table 6: multi-source scoring (w/o CD-DR over w/o CD-DR-MS = DNS+)"),
+         ("mdcns-gru4rec-peer", "mdcns", "Table 7: GRU4Rec peer over Mamba4Rec peer"),
+         ("mdcns-gru4rec-peer", "dnsmn", "Table 7: MDCNS_wts over DNS+"),
+         ("dnsmn", "rns", "DNS+ over RNS"))
+PAIRED_METRICS = ("recall@10", "ndcg@10")
+
+
+def stratified_bootstrap(differences, resamples: int = 10_000, seed: int = 0):
+    """The mean over strata (seeds) of each stratum's mean paired difference, its 95 % percentile interval and a
+    two-sided p, from `resamples` bootstrap resamples of the rows drawn within each stratum (with replacement,
+    numpy's default_rng(seed)).
+
+    differences: one array per stratum, a row's metric under A minus under B (the same test row, one seed).
+    p: the share of resampled statistics at least as far from the estimate as the estimate is from 0, i.e. the
+    bootstrap distribution shifted to the null of no difference, (1 + count) / (resamples + 1).
+    Returns (estimate, low, high, p)."""
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(resamples)
+    for d in differences:
+        d = np.asarray(d, dtype=np.float64)
+        for start in range(0, resamples, 500):   # 500 resamples at a time: (500, rows) indices in memory
+            n = min(500, resamples - start)
+            boot[start:start + n] += d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
+    boot /= len(differences)
+    estimate = float(np.mean([np.mean(d) for d in differences]))
+    low, high = np.quantile(boot, [0.025, 0.975])
+    p = (1 + np.count_nonzero(np.abs(boot - estimate) >= abs(estimate))) / (resamples + 1)
+    return estimate, float(low), float(high), float(p)
+
+
+def load_test_rows(run):
+    path = os.path.join(os.path.dirname(run["path"]), TEST_ROWS)
+    if not os.path.exists(path):
+        return None
+    with np.load(path) as f:
+        return {name: f[name] for name in f.files}
+
+
+def paired(a_runs, b_runs, metric, resamples: int = 10_000, seed: int = 0):
+    """A - B on `metric`, each seed's test rows paired (the same split: equal row fingerprints), bootstrapped over
+    rows within seeds (`stratified_bootstrap`). Returns (estimate, low, high, p, seeds), or None without a pair."""
+    a_by_seed, b_by_seed = ({r["seed"]: load_test_rows(r) for r in runs} for runs in (a_runs, b_runs))
+    differences, seeds = [], []
+    for seed_ in sorted(set(a_by_seed) & set(b_by_seed)):
+        a, b = a_by_seed[seed_], b_by_seed[seed_]
+        if a is None or b is None or str(a["fingerprint"]) != str(b["fingerprint"]):
+            continue   # no per-row results, or not the same test rows: nothing to pair
+        differences.append(a[metric] - b[metric])
+        seeds.append(seed_)
+    if not differences:
+        return None
+    return (*stratified_bootstrap(differences, resamples, seed), seeds)
+
+
+def paired_tables(runs):
+    """RESULTS.md's paired comparisons: for each (dataset, split, backbone) of the PAIRED_GRIDS runs, every PAIRS
+    comparison whose two rows exist, on PAIRED_METRICS: mean difference over seeds, 95 % interval, p."""
+    groups = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        if run.get("grid") in PAIRED_GRIDS and not excludes_held_out(run):
+            groups[group_key(run)[:3]][method_variant(run)].append(run)
+    sections = []
+    for key in sorted(groups):
+        rows = groups[key]
+        lines = ["| comparison (A − B) | seeds | " + " | ".join(f"{m}: A − B [95 % CI], p" for m in PAIRED_METRICS)
+                 + " |", "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        for a, b, what in PAIRS:
+            if a not in rows or b not in rows:
+                continue
+            cells, seeds = [], []
+            for metric in PAIRED_METRICS:
+                result = paired(rows[a], rows[b], metric)
+                if result is None:
+                    break
+                estimate, low, high, p, seeds = result
+                mark = " (interval contains 0)" if low <= 0 <= high else ""
+                cells.append(f"{estimate:+.4f} [{low:+.4f}, {high:+.4f}], p {p:.4f}{mark}")
+            if cells:
+                lines.append(f"| {what} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+        if len(lines) > 2:
+            sections.append(f"### {key[0]} · `{key[1]}` split · {key[2]}\n\n" + "\n".join(lines) + "\n")
+    return sections
 
 
 # Flags of a grid line that are not settings of the run (where it reads and writes, how much it prints)
@@ -462,6 +587,15 @@ def main():
                 sections.append(f.read().strip() + "\n")
         if not args.no_plots:
             sections.append(f"![validation curves]({plot(key, runs_, args.out, name)})\n")
+    paired_sections = paired_tables(runs)
+    if paired_sections:
+        sections.append("## Paired comparisons (per test row)\n")
+        sections.append("Rows A and B of one table trained at the same seeds share their test rows; each seed's "
+                        "per-row differences (`test_rows.npz`) are resampled within the seed, 10,000 times (seed "
+                        "0), and the statistic is the mean over seeds of the mean difference: the estimate, its "
+                        "95 % percentile interval and a two-sided p (`stratified_bootstrap`). A difference whose "
+                        "interval contains 0 is marked: it could be noise.\n")
+        sections.extend(paired_sections)
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "RESULTS.md")
     with open(path + ".tmp", "w") as f:
