@@ -1,32 +1,56 @@
 #!/usr/bin/env bash
-# The comparison grid: every (dataset, protocol, backbone, method, seed) run through the method files, each
-# writing results/runs/<grid>/<run>/results.json, then results/RESULTS.md and the plots.
+# The comparison grids: every (dataset, protocol, backbone, method, seed) run through the method files, each
+# writing results/runs/<grid>/<dataset>-<split>-<backbone>-<method>-s<seed>/results.json, then results/RESULTS.md
+# and the plots (results/aggregate.py).
 #
 #   ./run_all.sh --quick                      # small grid on synthetic data, ~1 minute: the smoke check
-#   ./run_all.sh --data-dir ../shared/data    # the full grid (hours on a CPU); resumable
-#   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
-#   ./run_all.sh --check                      # does every done run's results.json hold the flags its grid line
-#                                             # gives today? (one line per difference; exit 1 if any)
-#   ./run_all.sh --grid table3                # one grid: icpns-ml100k, mdcns-beauty, ml1m-loo, icpns-leak,
-#                                             # icpns-leak-ml1m, table3, dnsplus-sweep, table4, ngcf-ml100k,
-#                                             # dns-warmup, ml1m-user, ml1m-loo-s3rec, ml1m-loo-excluded,
-#                                             # mixgcfplus-sweep, gnno-sweep, prefix-rows, dnsplus-m10, mixgcf-bpr,
-#                                             # mixgcfplus-bpr-sweep, mixgcfplus-bpr, table3-paired, ablation,
-#                                             # weak-peer (default: all)
+#   ./run_all.sh --data-dir DIR               # every grid (days on a CPU), resumable; DIR holds the datasets
+#                                             # (e.g. ../shared/data)
+#   ./run_all.sh --grid ablation              # one grid (default: all); the grids are listed below
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M
 #                                             # sweeps' are dnsmn-m5, gnno-m5, ...) (default: all)
+#   ./run_all.sh --dry-run                    # list what would run, resume, and what is already done
+#   ./run_all.sh --check                      # does every done run's results.json hold the flags its grid line
+#                                             # gives today? (one line per difference; exit 1 if any)
 #   ./run_all.sh --runs DIR                   # keep the runs in DIR (default results/runs; --quick: a new
 #                                             # temporary folder every time)
 #   ./run_all.sh --seeds "1 2"                # override every grid's seeds
 #   ./run_all.sh --grid table3 & ./run_all.sh --grid table3 &   # two runs at a time (a lock per run)
 #
+# The grids: what each reproduces -> its note in results/notes/ (the paper's cell beside ours, every gap explained)
+#   icpns-ml100k          ICPNS, RNS, PNS, DNS on ml-100k, MF and LightGCN, CPU budget -> ml-100k-ratio-{mf,lightgcn}
+#   icpns-leak            the same at official schedules, with and without the official pipeline's held-out leak
+#                         (--exclude-held-out) -> ml-100k-ratio-{mf,lightgcn}-icpns-leak
+#   icpns-leak-ml1m       the leak on ml-1m, LightGCN, RNS and ICPNS (no note)
+#   ngcf-ml100k           ICPNS and RNS on NGCF, ml-100k -> ml-100k-ratio-ngcf-ngcf-ml100k
+#   table3                MDCNS Table 3: Beauty, Sports, LastFM, SASRec, every sampler -> *-sasrec-table3
+#   dnsplus-sweep         DNS+'s M chosen on validation, for table3 (shown in table3's section); likewise
+#   mixgcfplus-sweep      MixGCF+'s M and
+#   gnno-sweep            GNNO's M
+#   table4                MDCNS Table 4: Beauty, LinRec and FMLP4Rec as the self model -> beauty-user-*-table4
+#   table3-paired         Table 3's MDCNS, DNS+ and RNS again, with per-row test results (the paired comparisons)
+#   ablation              MDCNS Table 6: w/o CD, w/o CD-DR, Beauty and Sports -> *-sasrec-ablation
+#   weak-peer             MDCNS Table 7: a GRU4Rec peer, Beauty, Sports, LastFM -> *-sasrec-weak-peer
+#   dnsplus-m10           DNS+ at the official logs' M = 10, Beauty and Sports -> *-sasrec-dnsplus-m10
+#   dns-warmup            DNS(1, 100) after 30 epochs of uniform negatives -> *-sasrec-dns-warmup
+#   mixgcf-bpr            MixGCF at BPR, the released script's loss -> beauty-user-sasrec-mixgcf-bpr
+#   mixgcfplus-bpr-sweep  MixGCF+'s M at BPR, then
+#   mixgcfplus-bpr        MixGCF+ at BPR, converged -> beauty-user-sasrec-mixgcfplus-bpr
+#   prefix-rows           RNS on one row per prefix, as the MDCNS code trains -> beauty-user-sasrec-table3
+#   mdcns-beauty          Beauty with Kang's SASRec block, 20 epochs (the block's "before") -> beauty-user-sasrec
+#   ml1m-loo              ml-1m leave-one-out, Kang's SASRec, BPR, 5 epochs -> ml-1m-loo-sasrec
+#   ml1m-loo-s3rec        its collapsed seeds with the S3-Rec block -> ml-1m-loo-sasrec-ml1m-loo-s3rec
+#   ml1m-loo-excluded     its collapsed seeds without held-out negatives -> ml-1m-loo-sasrec-ml1m-loo-excluded
+#   ml1m-user             the main command, python mdcns.py --dataset ml-1m, 8 epochs, and RNS
+#                         -> ml-1m-user-sasrec-ml1m-user
+#
 # Resumable across sessions: a run whose results.json exists is skipped; a run with a checkpoint.pt but no
 # results.json continues from it (--resume), so a grid cut short loses at most one validation interval of one
 # run. Ctrl-C or SIGTERM stops the whole grid: the current run saves its checkpoint first. Epoch budgets are CPU
 # budgets, below the papers' (see results/RESULTS.md, which states the epochs actually run), except icpns-leak's
-# and table3's. A run with --exclude-held-out (a leak of held-out items, reproducing the official ICPNS pipeline)
-# has "-leak" after its method in its folder name. Set PYTHON to choose the interpreter.
+# and the MDCNS tables'. A run with --exclude-held-out (a leak of held-out items, reproducing the official ICPNS
+# pipeline) has "-leak" after its method in its folder name. Set PYTHON to choose the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -143,7 +167,7 @@ grid_lines() {
       local best; best=$(best_m dnsplus-sweep "$1" 14)
       [ -n "$best" ] && echo "table3 $1 $4 sasrec dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
     done
-    # MDCNS's other Table 3 baselines (issue 17), on Beauty, at the MDCNS code's settings (baselines.py's
+    # MDCNS's other Table 3 baselines, on Beauty, at the MDCNS code's settings (baselines.py's
     # defaults: N = 100 for mixgcf, mixgcfmn, gnno; 200 adasir; 500 srns); MixGCF+ and GNNO at the M chosen by
     # their sweeps below (the MDCNS code's M search, seed 42, 20 epochs per M, as DNS+'s), waiting for them
     if [ "$1" = beauty ]; then
@@ -165,7 +189,7 @@ grid_lines() {
       echo "dnsplus-sweep $1 $4 sasrec dnsmn-m$m 42 -- $table3 --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
   done
-  # 5. icpns-leak (issue 15): how much of ICPNS's gain is the official pipeline's exclusion of each user's
+  # 5. icpns-leak: how much of ICPNS's gain is the official pipeline's exclusion of each user's
   #    validation and test items from the negatives, given here to every method (--exclude-held-out, "-leak" runs)
   #    and withheld from all (clean). The official schedules, validation every epoch: icpns.py's defaults are the
   #    backbone's official config (LightGCN.yaml; BPR.yaml for MF), and the baselines train with its stage-1
@@ -174,7 +198,7 @@ grid_lines() {
   #    fine-tunes the clean run's pretrained.pt, listed (and so run) first.
   seeds="${SEEDS:-1 2 3}"
   icpns_leak_lines icpns-leak ml-100k mf lightgcn   # MF first: ~10x cheaper per run
-  # 6. table4 (issue 17): MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
+  # 6. table4: MDCNS Table 4 on Beauty, the other sequential backbones (LinRec, FMLP4Rec) as the self
   #    model, peer Mamba4Rec, at table3's protocol and budget: RNS, DNS+ (the dnsplus-sweep's M on SASRec, as the
   #    paper reuses one M per dataset: inference) and MDCNS at the gamma, tau of the official log whose test line
   #    is the published Table 4 cell (`results/official_selection.py`: LinRec 1.0 / 0.7, FMLP4Rec 1.5 / 0.7)
@@ -184,22 +208,22 @@ grid_lines() {
     local best; best=$(best_m dnsplus-sweep beauty 14)
     [ -n "$best" ] && echo "table4 beauty user $1 dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
   done; done
-  # 7. ngcf-ml100k (issue 17): ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
+  # 7. ngcf-ml100k: ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
   #    NGCF defaults (the ICPNS code's NGCF.yaml), RNS at its stage-1 schedule (lr 1e-3, batch 4096, <= 1000
   #    epochs, patience 100)
   for s in ${SEEDS:-1 2 3}; do
     echo "ngcf-ml100k ml-100k ratio ngcf rns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1 --batch-size 4096 --epochs 1000 --patience 100"
     echo "ngcf-ml100k ml-100k ratio ngcf icpns $s -- --valid-metric ndcg@10 --ks 10,20 --lr 1e-3 --eval-every 1"
   done
-  # 8. prefix-rows (issue 14 item 3): Beauty's table3 RNS, seed 42, trained on one row per prefix as the MDCNS
+  # 8. prefix-rows: Beauty's table3 RNS, seed 42, trained on one row per prefix as the MDCNS
   #    code does (--augmented-prefixes: ~4x the one-pass cost here) instead of every position in one pass: do the
   #    two give the same numbers? (They do on test; MDCNS's run, ~7 core-hours, was dropped: the table3 note.)
-  #    LinRec's RNS too (issue 17): table4's LinRec RNS misses the paper's N@10 by ~18% where its DNS+ and MDCNS do
+  #    LinRec's RNS too: table4's LinRec RNS misses the paper's N@10 by ~18% where its DNS+ and MDCNS do
   #    not (seed 42 is its lowest); one pass shifts the positions of a window's earlier prefixes (PositionalBackbone),
   #    one row per prefix does not.
   echo "prefix-rows beauty user sasrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
   echo "prefix-rows beauty user linrec rns 42 -- $table3 $baseline_stop --augmented-prefixes"
-  # 9. ml-1m, issue 14 item 6. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
+  # 9. ml-1m. ml1m-user: what a user types first, `python mdcns.py --dataset ml-1m --backbone
   #    sasrec` (the MDCNS protocol: s3rec block, BCE, user split), 8 epochs, a CPU budget (~100 s per MDCNS epoch),
   #    and RNS at the same settings and budget.
   #    The BPR collapse of ml1m-loo (2 seeds of 3, Kang's block), on its two collapsed seeds, one suspect at a time:
@@ -214,7 +238,7 @@ grid_lines() {
     echo "ml1m-loo-s3rec ml-1m loo sasrec mdcns $s -- --sasrec-block s3rec $ml1m_loo"
     echo "ml1m-loo-excluded ml-1m loo sasrec mdcns $s -- --sasrec-block kang $ml1m_loo --exclude-held-out"
   done
-  # 10. dns-warmup (issue 14): table3's DNS(1, 100) rows after 30 epochs of uniform negatives, the official DNS+
+  # 10. dns-warmup: table3's DNS(1, 100) rows after 30 epochs of uniform negatives, the official DNS+
   #    script's default --start_epoch (every released DNS+ log sets 0). Without it DNS(1, 100) stalls at the BCE of
   #    equal scores on LastFM, and so does the official code; the published row (.1209) is not reachable that way.
   for d in "lastfm user-prefixes" "beauty user" "sports user"; do
@@ -227,17 +251,17 @@ grid_lines() {
   #    has no ratings: no rating >= 3 filter (the official ml-1m protocol has one).
   seeds="${SEEDS:-1}"
   icpns_leak_lines icpns-leak-ml1m ml-1m lightgcn -- rns icpns
-  # 12. dnsplus-m10 (issue 14): DNS+ at M = 10, the M of the official DNS+ logs of Sports and Beauty
+  # 12. dnsplus-m10: DNS+ at M = 10, the M of the official DNS+ logs of Sports and Beauty
   #     (MDCNS_Code/EXP5/cankao_DNS+/<dataset>-SASRec_0_N100_M10.log, seed 42, whose test lines sit within 1-5% of
   #     the published DNS+ rows), at table3's protocol and seed 42: our DNS(M,N) beside the official code's own log
   for d in sports beauty; do
     echo "dnsplus-m10 $d user sasrec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
   done
-  # 13. mixgcf-bpr (issue 17): Beauty's table3 MixGCF at BPR, the loss the released posmix script runs (it passes
+  # 13. mixgcf-bpr: Beauty's table3 MixGCF at BPR, the loss the released posmix script runs (it passes
   #     no --loss_type, and run_finetune_full.py defaults to BPR; it sets --start_epoch 0, as table3 runs), seed
   #     42: at BCE our MixGCF stalls at the loss of equal scores, 42% below Table 3. Does the loss explain it?
   echo "mixgcf-bpr beauty user sasrec mixgcf 42 -- ${table3/--loss bce/--loss bpr} $baseline_stop"
-  # 14. mixgcfplus-bpr (issue 17): Beauty's MixGCF+ at BPR. At BPR positive mixing only scales the margin,
+  # 14. mixgcfplus-bpr: Beauty's MixGCF+ at BPR. At BPR positive mixing only scales the margin,
   #     s_p - (α s_p + (1 - α) s_n) = (1 - α)(s_p - s_n), and the top M of the mixed scores are the top M of s_n:
   #     MixGCF+ is DNS(M, N) with the margin scaled by 1 - α (tests/test_samplers_extra.py). At BCE the mixed
   #     negative's term also pushes s_p down, and table3's MixGCF+ sweep falls as M grows (M = 100 lowest) where
