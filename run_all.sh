@@ -5,7 +5,6 @@
 #
 #   ./run_all.sh --quick                      # small grid on synthetic data, ~1 minute: the smoke check
 #   ./run_all.sh --data-dir DIR               # every grid (days on a CPU), resumable; DIR holds the datasets
-#                                             # (e.g. ../shared/data)
 #   ./run_all.sh --grid ablation              # one grid (default: all); the grids are listed below
 #   ./run_all.sh --dataset lastfm             # only the runs on one dataset (default: all)
 #   ./run_all.sh --method rns                 # only the runs of one method, as the folder names it (the M

@@ -26,7 +26,7 @@ import numpy as np
 
 # Published values, keyed by (dataset, protocol, backbone, method): {metric: value}, with the source.
 # MDCNS (SIGIR 2026) Table 3: SASRec backbone (Mamba4Rec peer), BCE loss, user split, full ranking; each row
-# R@5, R@10, R@20, N@5, N@10, N@20 (../shared/papers/MDCNS.md 1.7). DNS is DNS(1, 100), DNS+ the best M of a sweep.
+# R@5, R@10, R@20, N@5, N@10, N@20. DNS is DNS(1, 100), DNS+ the best M of a sweep.
 TABLE3 = {
     "beauty": {"rns": (0.0434, 0.0612, 0.0966, 0.0289, 0.0347, 0.0435),
                "mixgcf": (0.0349, 0.0550, 0.0805, 0.0232, 0.0297, 0.0361),
@@ -50,7 +50,7 @@ PAPER = {(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sasrec",
              ("recall@5", "recall@10", "recall@20", "ndcg@5", "ndcg@10", "ndcg@20"), values))
          for dataset, rows in TABLE3.items() for method, values in rows.items()}
 # MDCNS Table 4: LinRec and FMLP4Rec as the backbone (Mamba4Rec peer), BCE, Beauty; each row R@5, R@10, N@5, N@10
-# (../shared/papers/MDCNS.md, Table 4; its SASRec column repeats Table 3).
+# (its SASRec column repeats Table 3).
 TABLE4 = {
     "linrec": {"rns": (0.0523, 0.0751, 0.0363, 0.0435), "dnsmn": (0.0617, 0.0939, 0.0420, 0.0525),
                "mdcns": (0.0818, 0.1162, 0.0579, 0.0689)},

@@ -1,6 +1,6 @@
 """The statistics the loader gives for every dataset of a data folder, next to the published ones.
 
-    python results/datasets.py [--data-dir ../shared/data] [--out results/DATASETS.md]
+    python results/datasets.py [--data-dir DIR] [--out results/DATASETS.md]
 
 Each dataset is loaded exactly as the method files load it (`common.load_dataset` with its defaults: the file the
 loader picks, its default rating threshold and k-core), so the table is what a run with `--dataset NAME` trains on.
@@ -14,7 +14,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from common import DATASETS, RecError, load_dataset  # noqa: E402
 
-# Published (users, items, interactions) of the file each folder of ../shared/data holds, and where from.
+# Published (users, items, interactions) of the file each dataset folder holds, and where from.
 PUBLISHED = {
     "ml-100k": ((943, 1682, 100_000), "GroupLens README (raw u.data, before filtering; ICPNS does not report its "
                                       "filtered counts)"),
@@ -32,7 +32,7 @@ PUBLISHED = {
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data-dir", default="../shared/data", help="folder with one subfolder per dataset")
+    parser.add_argument("--data-dir", default="data", help="folder with one subfolder per dataset (default data)")
     parser.add_argument("--out", default="results/DATASETS.md", help="markdown file written")
     args = parser.parse_args()
     lines = ["# Datasets as loaded", "",

@@ -1,4 +1,4 @@
-"""How MDCNS's published γ, τ were chosen, measured on the official code's own logs (issue 14, item 7).
+"""How MDCNS's published γ, τ were chosen, measured on the official code's own logs.
 
     python results/official_selection.py --repo /path/to/SIGIR26-MDCNS [--dataset LastFM] [--backbone Linrec]
         [--curve 1.0,0.7]
@@ -20,7 +20,7 @@ import re
 import subprocess
 from collections import defaultdict
 
-# Tables 3 (SASRec) and 4 (LinRec, FMLP4Rec) (../shared/papers/MDCNS.md 1.7): MDCNS's R@10, N@10
+# The MDCNS paper, Tables 3 (SASRec) and 4 (LinRec, FMLP4Rec): MDCNS's R@10, N@10
 PUBLISHED = {("Beauty", "SASRec"): (0.1144, 0.0685), ("Toys_and_Games", "SASRec"): (0.1200, 0.0765),
              ("Sports_and_Outdoors", "SASRec"): (0.0573, 0.0340), ("Health", "SASRec"): (0.0992, 0.0487),
              ("LastFM", "SASRec"): (0.2033, 0.1131),
