@@ -190,7 +190,8 @@ def test_each_sweep_grid_gets_its_table_under_table3(tmp_path):
     sys.argv = ["aggregate.py", "--runs", str(runs), "--out", str(out), "--no-plots"]
     aggregate.main()
     text = (out / "RESULTS.md").read_text()
-    assert text.count("\n## ") == 1                                                   # sweeps are not tables
+    assert text.count("\n## ") - text.count("\n## Summary") == 1                      # sweeps are not tables
+    assert "| Table 3 | beauty · sasrec | RNS | `table3` | 1 |" in text                 # the summary's one cell
     dns_plus, gnno = text.split("DNS+'s M, chosen on validation (grid `dnsplus-sweep`")[1].split(
         "GNNO's M, chosen on validation (grid `gnno-sweep`")
     assert "| 10 (chosen) | 0.0400 | 2 | 2 | 0.0200 |" in dns_plus and "| 3 (chosen) |" not in dns_plus
