@@ -931,37 +931,16 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
     if protocol.startswith("user") and not sequential:
         raise RecError(f"--split {protocol} evaluates users unseen in training, which needs a sequential backbone "
                        "(sasrec, gru4rec, mamba4rec); use --split loo or ratio")
-    rng = np.random.default_rng(seed)
     user, item, n_users = data.user, data.item, data.n_users
     length = np.bincount(user, minlength=n_users)
     start = np.r_[0, np.cumsum(length)[:-1]]
-    position = data.position
-    # part of each interaction: 0 train, 1 valid, 2 test
+    rng = np.random.default_rng(seed)
     if protocol == "loo":
-        legal = np.minimum(2, length - 1)[user]
-        from_end = length[user] - 1 - position
-        part = np.where(from_end < legal, 2 - from_end, 0)
+        part = loo_parts(user, data.position, length)
     elif protocol == "ratio":
-        n_valid = np.array([int(0.1 * n) for n in range(length.max() + 1)])
-        n_test = n_valid.copy()
-        n_train = np.arange(length.max() + 1) - n_valid - n_test
-        for counts, ratio in ((n_valid, 0.1), (n_test, 0.1)):   # RecBole's rounding, valid first
-            bump = (n_train > 1) & (0 < ratio * np.arange(length.max() + 1)) & \
-                (ratio * np.arange(length.max() + 1) < 1)
-            counts += bump
-            n_train -= bump
-        rank = np.argsort(np.lexsort((rng.random(len(user)), user)), kind="stable") - start[user]  # random rank
-        n_tr, n_va = n_train[length][user], n_valid[length][user]
-        part = np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
-    else:   # user-prefixes: the MDCNS LastFM logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 /
-        # 982-1,090 of LastFM.txt, in file order (results/notes/lastfm-user-prefixes-sasrec-table3.md)
-        shuffled = protocol == "user"
-        order = rng.permutation(n_users) if shuffled else np.arange(n_users)
-        train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)
-        n_train_users, n_valid_users = int(train_share * n_users), int(valid_share * n_users)
-        user_part = np.empty(n_users, dtype=np.int64)
-        user_part[order] = np.repeat([0, 1, 2], [n_train_users, n_valid_users,
-                                                 n_users - n_train_users - n_valid_users])
+        part = ratio_parts(user, length, start, rng)
+    else:
+        user_part = user_parts(n_users, shuffled=protocol == "user", rng=rng)
         part = user_part[user]
 
     train = part == 0
@@ -1007,6 +986,40 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
         raise RecError(f"the {protocol} split left no validation or test rows: the dataset is too small "
                        f"({data.describe()})")
     return split
+
+
+# The part of each interaction under each protocol: 0 train, 1 valid, 2 test (arrays in the data's order).
+def loo_parts(user: np.ndarray, position: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Leave-one-out: the last item test, the second-to-last valid; RecBole's legal = min(2, n - 1) held out."""
+    legal = np.minimum(2, length - 1)[user]
+    from_end = length[user] - 1 - position
+    return np.where(from_end < legal, 2 - from_end, 0)
+
+
+def ratio_parts(user: np.ndarray, length: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """8:1:1 of each user's items in a random order, with RecBole's rounding (`_calcu_split_ids`)."""
+    n_valid = np.array([int(0.1 * n) for n in range(length.max() + 1)])
+    n_test = n_valid.copy()
+    n_train = np.arange(length.max() + 1) - n_valid - n_test
+    for counts, ratio in ((n_valid, 0.1), (n_test, 0.1)):   # RecBole's rounding, valid first
+        bump = (n_train > 1) & (0 < ratio * np.arange(length.max() + 1)) & (ratio * np.arange(length.max() + 1) < 1)
+        counts += bump
+        n_train -= bump
+    rank = np.argsort(np.lexsort((rng.random(len(user)), user)), kind="stable") - start[user]  # random rank
+    n_tr, n_va = n_train[length][user], n_valid[length][user]
+    return np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
+
+
+def user_parts(n_users: int, shuffled: bool, rng: np.random.Generator) -> np.ndarray:
+    """The part of each user: `user`, users shuffled, 70/20/10; `user-prefixes`, users in file order, 80/10/10
+    (the MDCNS code's LastFM files: its logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 / 982-1,090
+    of LastFM.txt, in file order)."""
+    order = rng.permutation(n_users) if shuffled else np.arange(n_users)
+    train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)
+    n_train_users, n_valid_users = int(train_share * n_users), int(valid_share * n_users)
+    user_part = np.empty(n_users, dtype=np.int64)
+    user_part[order] = np.repeat([0, 1, 2], [n_train_users, n_valid_users, n_users - n_train_users - n_valid_users])
+    return user_part
 
 
 def training_windows(user: np.ndarray, item: np.ndarray, max_len: int):
