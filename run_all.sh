@@ -27,10 +27,12 @@
 #   dnsplus-sweep         DNS+'s M chosen on validation, for table3 (shown in table3's section); likewise
 #   mixgcfplus-sweep      MixGCF+'s M and
 #   gnno-sweep            GNNO's M
-#   table4                MDCNS Table 4: Beauty, LinRec and FMLP4Rec as the self model -> beauty-user-*-table4
+#   table4                MDCNS Table 4: Beauty and Sports, LinRec, FMLP4Rec as the self model -> *-user-*-table4
 #   table3-paired         Table 3's MDCNS, DNS+ and RNS again, with per-row test results (the paired comparisons)
 #   ablation              MDCNS Table 6: w/o CD, w/o CD-DR, Beauty and Sports -> *-sasrec-ablation
 #   weak-peer             MDCNS Table 7: a GRU4Rec peer, Beauty, Sports, LastFM -> *-sasrec-weak-peer
+#   table5                MDCNS Table 5: BPR, Beauty, SASRec, GRU4Rec, Mamba4Rec self -> beauty-user-*-table5
+#   dnsplus-bpr-*-sweep   DNS+'s M at BPR per backbone (sasrec, gru4rec, mamba4rec), for table5
 #   dnsplus-m10           DNS+ at the official logs' M = 10, Beauty and Sports -> *-sasrec-dnsplus-m10
 #   dns-warmup            DNS(1, 100) after 30 epochs of uniform negatives -> *-sasrec-dns-warmup
 #   mixgcf-bpr            MixGCF at BPR, the released script's loss -> beauty-user-sasrec-mixgcf-bpr
@@ -201,11 +203,13 @@ grid_lines() {
   #    model, peer Mamba4Rec, at table3's protocol and budget: RNS, DNS+ (the dnsplus-sweep's M on SASRec, as the
   #    paper reuses one M per dataset: inference) and MDCNS at the gamma, tau of the official log whose test line
   #    is the published Table 4 cell (`results/official_selection.py`: LinRec 1.0 / 0.7, FMLP4Rec 1.5 / 0.7)
-  for b in "linrec 1.0 0.7" "fmlp4rec 1.5 0.7"; do set -- $b; for s in ${SEEDS:-42 43 44}; do
-    echo "table4 beauty user $1 mdcns $s -- $table3 $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
-    echo "table4 beauty user $1 rns $s -- $table3 $baseline_stop"
-    local best; best=$(best_m dnsplus-sweep beauty 14)
-    [ -n "$best" ] && echo "table4 beauty user $1 dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
+  #    Sports likewise (LinRec 3.0 / 0.7, FMLP4Rec 0.5 / 10), after Beauty.
+  for b in "beauty linrec 1.0 0.7" "beauty fmlp4rec 1.5 0.7" "sports linrec 3.0 0.7" "sports fmlp4rec 0.5 10.0"; do
+    set -- $b; for s in ${SEEDS:-42 43 44}; do
+    echo "table4 $1 user $2 mdcns $s -- $table3 $mdcns_stop --gamma $3 --kd-temperature $4 --top-m 1"
+    echo "table4 $1 user $2 rns $s -- $table3 $baseline_stop"
+    local best; best=$(best_m dnsplus-sweep "$1" 14)
+    [ -n "$best" ] && echo "table4 $1 user $2 dnsmn $s -- $table3 $baseline_stop --candidates 100 --top-m $best"
   done; done
   # 7. ngcf-ml100k: ICPNS and RNS on NGCF, ml-100k, the icpns-leak protocol without the leak: icpns.py's
   #    NGCF defaults (the ICPNS code's NGCF.yaml), RNS at its stage-1 schedule (lr 1e-3, batch 4096, <= 1000
@@ -280,10 +284,13 @@ grid_lines() {
   #    the reference rows of the two tables below. Seed-major, so each seed completes a paired set.
   #    ablation (MDCNS Table 6, Beauty and Sports): w/o CD (--no-distillation) and w/o CD-DR (--no-distillation
   #    --no-divergence) at the published gamma, tau; "MDCNS" and "w/o CD-DR-MS" (= DNS+) are table3-paired's.
-  #    weak-peer (MDCNS Table 7): SASRec with a GRU4Rec peer (MDCNS_wts) beside table3-paired's Mamba4Rec peer.
-  for d in "beauty 1.0 1.0 user" "sports 3.0 1.0 user" "lastfm 0.3 5.0 user-prefixes"; do
+  #    weak-peer (MDCNS Table 7): SASRec with a GRU4Rec peer (MDCNS_wts) beside table3-paired's Mamba4Rec peer, at
+  #    the gamma, tau of the official log whose test line is the published cell (results/official_selection.py,
+  #    MDCNS_Code/Exp6_WeaktoStrong: Beauty 3.0 / 2.0, Sports 0.3 / 2.0, LastFM 3.5 / 10).
+  for d in "beauty 1.0 1.0 user 3.0 2.0" "sports 3.0 1.0 user 0.3 2.0" "lastfm 0.3 5.0 user-prefixes 3.5 10.0"; do
     set -- $d
     local mdcns_flags="$table3 $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
+    local wts_flags="$table3 $mdcns_stop --gamma $5 --kd-temperature $6 --top-m 1"
     local best; best=$(best_m dnsplus-sweep "$1" 14)
     for s in ${SEEDS:-42 43 44}; do
       echo "table3-paired $1 $4 sasrec mdcns $s -- $mdcns_flags"
@@ -293,7 +300,25 @@ grid_lines() {
         echo "ablation $1 $4 sasrec mdcns-no-cd $s -- $mdcns_flags --no-distillation"
         echo "ablation $1 $4 sasrec mdcns-no-cd-dr $s -- $mdcns_flags --no-distillation --no-divergence"
       fi
-      echo "weak-peer $1 $4 sasrec mdcns-gru4rec-peer $s -- $mdcns_flags --peer gru4rec"
+      echo "weak-peer $1 $4 sasrec mdcns-gru4rec-peer $s -- $wts_flags --peer gru4rec"
+    done
+  done
+  # 18. table5 (MDCNS Table 5, Beauty, BPR): SASRec, GRU4Rec and Mamba4Rec as the self model (Mamba4Rec's peer is
+  #    SASRec) x RNS, DNS+ and MDCNS at table3's protocol and budget with --loss bpr. DNS+'s M is chosen at BPR per
+  #    backbone as dnsplus-sweep chose it at BCE (dnsplus-bpr-<backbone>-sweep: seed 42, 20 epochs per M); MDCNS at
+  #    the gamma, tau of the official log whose test line is the published cell (MDCNS_Code/EXP2_BPR: SASRec
+  #    1.0 / 1.0, GRU4Rec 1.5 / 10, Mamba4Rec 3.5 / 0.7).
+  local bpr="${table3/--loss bce/--loss bpr}"
+  for b in "sasrec 1.0 1.0" "gru4rec 1.5 10.0" "mamba4rec 3.5 0.7"; do
+    set -- $b
+    local best; best=$(best_m "dnsplus-bpr-$1-sweep" beauty 14)
+    for s in ${SEEDS:-42 43 44}; do
+      echo "table5 beauty user $1 mdcns $s -- $bpr $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
+      [ -n "$best" ] && echo "table5 beauty user $1 dnsmn $s -- $bpr $baseline_stop --candidates 100 --top-m $best"
+      echo "table5 beauty user $1 rns $s -- $bpr $baseline_stop"
+    done
+    for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
+      echo "dnsplus-bpr-$1-sweep beauty user $1 dnsmn-m$m 42 -- $bpr --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
   done
 }

@@ -52,13 +52,17 @@ PAPER = {(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sasrec",
 # MDCNS Table 4: LinRec and FMLP4Rec as the backbone (Mamba4Rec peer), BCE, Beauty; each row R@5, R@10, N@5, N@10
 # (its SASRec column repeats Table 3).
 TABLE4 = {
-    "linrec": {"rns": (0.0523, 0.0751, 0.0363, 0.0435), "dnsmn": (0.0617, 0.0939, 0.0420, 0.0525),
-               "mdcns": (0.0818, 0.1162, 0.0579, 0.0689)},
-    "fmlp4rec": {"rns": (0.0532, 0.0800, 0.0342, 0.0429), "dnsmn": (0.0635, 0.0903, 0.0432, 0.0519),
-                 "mdcns": (0.0872, 0.1198, 0.0621, 0.0726)},
+    ("beauty", "linrec"): {"rns": (0.0523, 0.0751, 0.0363, 0.0435), "dnsmn": (0.0617, 0.0939, 0.0420, 0.0525),
+                           "mdcns": (0.0818, 0.1162, 0.0579, 0.0689)},
+    ("beauty", "fmlp4rec"): {"rns": (0.0532, 0.0800, 0.0342, 0.0429), "dnsmn": (0.0635, 0.0903, 0.0432, 0.0519),
+                             "mdcns": (0.0872, 0.1198, 0.0621, 0.0726)},
+    ("sports", "linrec"): {"rns": (0.0261, 0.0433, 0.0159, 0.0215), "dnsmn": (0.0323, 0.0472, 0.0220, 0.0268),
+                           "mdcns": (0.0475, 0.0618, 0.0313, 0.0359)},
+    ("sports", "fmlp4rec"): {"rns": (0.0261, 0.0416, 0.0163, 0.0213), "dnsmn": (0.0365, 0.0494, 0.0236, 0.0278),
+                             "mdcns": (0.0447, 0.0635, 0.0302, 0.0363)},
 }
-PAPER.update({("beauty", "user", backbone, method): dict(zip(("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values))
-              for backbone, rows in TABLE4.items() for method, values in rows.items()})
+PAPER.update({(dataset, "user", backbone, method): dict(zip(("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values))
+              for (dataset, backbone), rows in TABLE4.items() for method, values in rows.items()})
 # MDCNS Table 6 (ablation: w/o CD, w/o CD-DR; "w/o CD-DR-MS" is DNS+, MDCNS the Table 3 row) and Table 7 (MDCNS_wts:
 # a GRU4Rec peer), SASRec, BCE; each row R@5, R@10, N@5, N@10
 TABLE6_7 = {
@@ -73,8 +77,27 @@ PAPER.update({(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sas
     for method, values in rows.items()})
 PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE); the rows without a component "
                 "Table 6, the GRU4Rec peer's Table 7" for dataset in TABLE3}
-PAPER_SOURCE.update({("beauty", backbone): f"MDCNS paper, Table 4 (beauty, {backbone}, BCE; R@20 and N@20 not "
-                     "reported)" for backbone in TABLE4})
+PAPER_SOURCE.update({(dataset, backbone): f"MDCNS paper, Table 4 ({dataset}, {backbone}, BCE; R@20 and N@20 not "
+                     "reported)" for dataset, backbone in TABLE4})
+# MDCNS Table 5: BPR, Beauty; peer Mamba4Rec (SASRec for the Mamba4Rec self model); each row R@5, R@10, N@5, N@10.
+# Its Mamba4Rec DNS+ cell repeats the SASRec DNS+ cell but for R@5 (as published).
+TABLE5 = {
+    "sasrec": {"rns": (0.0416, 0.0657, 0.0300, 0.0377), "dnsmn": (0.0523, 0.0760, 0.0351, 0.0427),
+               "mdcns": (0.0791, 0.1109, 0.0569, 0.0671)},
+    "gru4rec": {"rns": (0.0241, 0.0398, 0.0154, 0.0204), "dnsmn": (0.0340, 0.0501, 0.0231, 0.0283),
+                "mdcns": (0.0612, 0.0921, 0.0425, 0.0524)},
+    "mamba4rec": {"rns": (0.0527, 0.0791, 0.0343, 0.0428), "dnsmn": (0.0572, 0.0760, 0.0351, 0.0427),
+                  "mdcns": (0.0755, 0.1122, 0.0548, 0.0667)},
+}
+PAPER_BPR = {("beauty", "user", backbone, method): dict(zip(("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values))
+             for backbone, rows in TABLE5.items() for method, values in rows.items()}
+
+
+def paper_cell(key, method, runs):
+    """The paper's values of a row: Table 5's for a BPR run where it has the row, else Tables 3, 4, 6, 7's."""
+    if runs and runs[0]["config"].get("loss") == "bpr" and (*key[:3], method) in PAPER_BPR:
+        return PAPER_BPR[(*key[:3], method)]
+    return PAPER.get((*key[:3], method))
 # The K each grid reports: the papers' own (ICPNS @10; MDCNS @5/10/20).
 REPORT_KS = {"ml-100k": (10,), "beauty": (5, 10, 20), "sports": (5, 10, 20), "lastfm": (5, 10, 20)}
 # Grids made before tables were kept per grid: their notes and plots are named <dataset>-<split>-<backbone>.
@@ -82,7 +105,8 @@ UNSUFFIXED_GRIDS = ("", "icpns-ml100k", "mdcns-beauty", "ml1m-loo")
 # M chosen on validation, per sampler: each sweep grid a table of its own, not method rows, shown in the section
 # of the grid whose runs use its M
 SWEEP_GRIDS = {"dnsplus-sweep": ("DNS+", "table3"), "mixgcfplus-sweep": ("MixGCF+", "table3"),
-               "gnno-sweep": ("GNNO", "table3"), "mixgcfplus-bpr-sweep": ("MixGCF+ at BPR", "mixgcfplus-bpr")}
+               "gnno-sweep": ("GNNO", "table3"), "mixgcfplus-bpr-sweep": ("MixGCF+ at BPR", "mixgcfplus-bpr"),
+               **{f"dnsplus-bpr-{b}-sweep": (f"DNS+ at BPR on {b}", "table5") for b in ("sasrec", "gru4rec", "mamba4rec")}}
 METHOD_ORDER = ("rns", "pns", "dns", "mixgcf", "adasir", "gnno", "dnsmn", "mixgcfmn", "srns", "icpns",
                 "mdcns-no-cd-dr", "mdcns-no-cd", "mdcns-gru4rec-peer", "mdcns")
 GENERAL_BACKBONES = ("mf", "lightgcn", "ngcf")   # the others are sequential
@@ -300,7 +324,7 @@ def table(key, runs):
         cells = []
         for metric in metrics:
             ours = mean_std([r["test"][metric] for r in rs], standard_error=key[3] in ("table3", "table4"))
-            paper = None if row[1] else PAPER.get((*key[:3], row[0]), {}).get(metric)   # papers: clean only
+            paper = None if row[1] else (paper_cell(key, row[0], rs) or {}).get(metric)   # papers: clean only
             cells.append(f"{ours} (paper {paper:.4f})" if paper is not None else ours)
         seconds = statistics.mean(statistics.median(r["epoch_seconds"]) for r in rs)
         ran = span([len(r["epoch_seconds"]) for r in rs])
@@ -308,7 +332,9 @@ def table(key, runs):
         if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
             ran = span(pre) + " + " + ran
         lines.append(f"| {row_name(row, rs)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
-    source = PAPER_SOURCE.get((dataset, key[2])) if any((*key[:3], m) in PAPER for m, _ in rows) else None
+    source = PAPER_SOURCE.get((dataset, key[2])) if any(paper_cell(key, m, by_row[m, h]) for m, h in rows) else None
+    if source and runs[0]["config"].get("loss") == "bpr" and any((*key[:3], m) in PAPER_BPR for m, _ in rows):
+        source = f"MDCNS paper, Table 5 ({dataset}, {key[2]}, BPR)"
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
     return "\n".join(lines) + "\n\n" + note
 
@@ -368,16 +394,18 @@ def plot(key, runs, out_dir, name):
 
 
 # ---------------------------------------------------------------- the summary at the top of RESULTS.md
-SUMMARY_GRIDS = ("table3", "table4", "table3-paired", "ablation", "weak-peer")   # the reproduction grids
+SUMMARY_GRIDS = ("table3", "table4", "table3-paired", "ablation", "weak-peer", "table5")   # the reproduction grids
 SUMMARY_METRICS = ("recall@10", "ndcg@10")
 
 
-def paper_table(backbone, method):
+def paper_table(key, method, runs):
+    if runs[0]["config"].get("loss") == "bpr" and (*key[:3], method) in PAPER_BPR:
+        return "Table 5"
     if method.startswith("mdcns-no-"):
         return "Table 6"
     if method.endswith("-peer"):
         return "Table 7"
-    return "Table 4" if backbone in TABLE4 else "Table 3"
+    return "Table 4" if (key[0], key[2]) in TABLE4 else "Table 3"
 
 
 def summary_table(groups, out_dir):
@@ -393,7 +421,7 @@ def summary_table(groups, out_dir):
         for run in runs:
             by_row[row_key(run)].append(run)
         for row, rs in by_row.items():
-            paper = None if row[1] else PAPER.get((*key[:3], row[0]))
+            paper = None if row[1] else paper_cell(key, row[0], rs)
             if not paper:
                 continue
             values = []
@@ -403,15 +431,16 @@ def summary_table(groups, out_dir):
             name = table_name(key, runs)
             note = f"[{name}](notes/{name}.md)" if os.path.exists(os.path.join(out_dir, "notes", f"{name}.md")) \
                 else ""
-            cells.append(((paper_table(key[2], row[0]), key[0], key[2], row_rank(row), key[3]),
-                          f"| {paper_table(key[2], row[0])} | {key[0]} · {key[2]} | {row_name(row)} | `{key[3]}` | "
+            where = paper_table(key, row[0], rs)
+            cells.append(((where, key[0], key[2], row_rank(row), key[3]),
+                          f"| {where} | {key[0]} · {key[2]} | {row_name(row)} | `{key[3]}` | "
                           f"{len(rs)} | " + " | ".join(values) + f" | {note} |"))
     return "\n".join(lines + [line for _, line in sorted(cells)]) if cells else None
 
 
 # ---------------------------------------------------------------- paired comparisons (per test row)
 TEST_ROWS = "test_rows.npz"   # beside results.json: each test row's recall@K and ndcg@K, the split's row order
-PAIRED_GRIDS = ("table3-paired", "ablation", "weak-peer")   # the grids whose runs all write TEST_ROWS
+PAIRED_GRIDS = ("table3-paired", "ablation", "weak-peer", "table4", "table5")   # grids whose runs write TEST_ROWS
 # (row A, row B, what A - B measures): every pair whose two rows exist in a (dataset, split, backbone) is shown
 PAIRS = (("mdcns", "dnsmn", "MDCNS over DNS+, the strongest baseline"),
          ("mdcns", "mdcns-no-cd", "Table 6: consensus distillation (MDCNS over w/o CD)"),
@@ -474,9 +503,9 @@ def paired_tables(runs):
     """RESULTS.md's paired comparisons: for each (dataset, split, backbone) of the PAIRED_GRIDS runs, every PAIRS
     comparison whose two rows exist, on PAIRED_METRICS: mean difference over seeds, 95 % interval, p."""
     groups = defaultdict(lambda: defaultdict(list))
-    for run in runs:
+    for run in runs:   # rows compare within one (dataset, split, backbone, loss)
         if run.get("grid") in PAIRED_GRIDS and not excludes_held_out(run):
-            groups[group_key(run)[:3]][method_variant(run)].append(run)
+            groups[(*group_key(run)[:3], run["config"]["loss"])][method_variant(run)].append(run)
     sections = []
     for key in sorted(groups):
         rows = groups[key]
@@ -496,7 +525,8 @@ def paired_tables(runs):
             if cells:
                 lines.append(f"| {what} | {' '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
         if len(lines) > 2:
-            sections.append(f"### {key[0]} · `{key[1]}` split · {key[2]}\n\n" + "\n".join(lines) + "\n")
+            sections.append(f"### {key[0]} · `{key[1]}` split · {key[2]} · {key[3].upper()}\n\n" + "\n".join(lines)
+                            + "\n")
     return sections
 
 
@@ -627,7 +657,7 @@ def main():
                             "over seeds:\n")
             sections.append(zero + "\n")
         for grid, (sampler, user) in SWEEP_GRIDS.items():
-            sweep = sweeps.get((key[0], grid))
+            sweep = [r for r in sweeps.get((key[0], grid), []) if r["backbone"] == key[2]]
             if sweep and key[3] == user:
                 sections.append(f"{sampler}'s M, chosen on validation (grid `{grid}`, seed 42, "
                                 f"{settings(sweep, 'epochs')} epochs per M; {len(sweep)} values of M finished; the "

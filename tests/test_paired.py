@@ -94,3 +94,13 @@ def test_ablation_and_peer_runs_are_rows_of_their_own():
     assert aggregate.method_variant(run) == "mdcns-gru4rec-peer"
     assert aggregate.method_variant({"method": "mdcns", "backbone": "mamba4rec", "config": {"peer": "sasrec"}}) \
         == "mdcns"
+
+
+def test_a_bpr_row_is_set_beside_table_5_and_a_bce_row_beside_table_3():
+    key = ("beauty", "user", "sasrec", "table5")
+    bpr, bce = [{"config": {"loss": "bpr"}}], [{"config": {"loss": "bce"}}]
+    assert aggregate.paper_cell(key, "rns", bpr)["recall@10"] == 0.0657                     # Table 5
+    assert aggregate.paper_cell(key, "rns", bce)["recall@10"] == 0.0612                     # Table 3
+    assert aggregate.paper_cell(key, "mixgcf", bpr)["recall@10"] == 0.0550                  # no Table 5 row
+    assert aggregate.paper_table(key, "mdcns", bpr) == "Table 5"
+    assert aggregate.paper_table(("sports", "user", "linrec", "table4"), "mdcns", bce) == "Table 4"

@@ -237,19 +237,25 @@ def test_official_selection_reads_the_self_model_of_each_section():
 
 
 def test_official_selection_names_dataset_self_model_and_grid_point_of_each_log():
-    """The logs read: Table 3's (TEST_KD, SASRec self) and Table 4's (EXP2_BCE, LinRec / FMLP4Rec self), each
-    named <dataset>-<self>-Mamba4Rec_..._l<gamma>_..._kdt<tau>_...; no other folder."""
+    """The logs read: Table 3's (TEST_KD), Table 4's (EXP2_BCE), Table 5's (EXP2_BPR) and Table 7's
+    (Exp6_WeaktoStrong), each named <dataset>-<self>-<peer>_..._l<gamma>_..._kdt<tau>_...; no other folder."""
     import official_selection
     tail = "_a1.0_b1.0_l{}_dwsb1.0_t0.0_k1_N100_kdt{}_kdg0.01.log"
     name = official_selection.NAME
     table3 = name.match("MDCNS_Code/TEST_KD/Sports_and_Outdoors-SASRec-Mamba4Rec" + tail.format(3.0, 1.0))
     table4 = name.match("MDCNS_Code/EXP2_BCE/Beauty-FMLPRecModel-Mamba4Rec" + tail.format(1.5, 0.7))
+    table5 = name.match("MDCNS_Code/EXP2_BPR/Beauty-Mamba4Rec-SASRec" + tail.format(3.5, 0.7))
+    table7 = name.match("MDCNS_Code/Exp6_WeaktoStrong/LastFM-SASRec-GRU4Rec" + tail.format(3.5, 10.0))
     assert (table3["dataset"], table3["backbone"], table3["gamma"], table3["tau"]) == \
         ("Sports_and_Outdoors", "SASRec", "3.0", "1.0")
     assert (table4["dataset"], table4["backbone"], table4["gamma"], table4["tau"]) == \
         ("Beauty", "FMLPRecModel", "1.5", "0.7")
-    assert name.match("MDCNS_Code/EXP2_BPR/Beauty-SASRec-Mamba4Rec" + tail.format(1.0, 1.0)) is None
-    assert ("Beauty", "Linrec") in official_selection.PUBLISHED                     # Table 4 rows have their cell
+    assert (table5["folder"], table5["backbone"], table5["peer"]) == ("EXP2_BPR", "Mamba4Rec", "SASRec")
+    assert (table7["folder"], table7["dataset"], table7["peer"], table7["tau"]) == \
+        ("Exp6_WeaktoStrong", "LastFM", "GRU4Rec", "10.0")
+    assert name.match("MDCNS_Code/output/Beauty-SASRec-Mamba4Rec" + tail.format(1.0, 1.0)) is None
+    assert ("EXP2_BCE", "Beauty", "Linrec") in official_selection.PUBLISHED          # Table 4 rows have their cell
+    assert ("Exp6_WeaktoStrong", "Beauty", "SASRec") in official_selection.PUBLISHED
 
 
 def test_row_names_give_the_top_m_of_n_of_every_sampler_that_has_one():
