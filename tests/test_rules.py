@@ -292,7 +292,8 @@ def test_user_prefixes_rows_equal_a_literal_loop_on_every_kind_of_user():
     split = common.split_dataset(data, "user-prefixes", seed=0, sequential=True, max_len=max_len)
     sequences = sequences_of(data)
     n_train, n_valid = int(0.8 * data.n_users), int(0.1 * data.n_users)
-    for rows, part in ((split.valid, sequences[n_train:n_train + n_valid]), (split.test, sequences[n_train + n_valid:])):
+    first_test = n_train + n_valid
+    for rows, part in ((split.valid, sequences[n_train:first_test]), (split.test, sequences[first_test:])):
         assert rows_by_hand(rows) == [literal_row(s[:k], s[k], max_len) for s in part for k in range(1, len(s))]
 
 
