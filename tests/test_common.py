@@ -12,18 +12,7 @@ from scipy import stats
 
 import common
 from common import Interactions, RecError
-
-
-def random_interactions(seed=0, n_users=40, n_items=30, max_len=12):
-    rng = np.random.default_rng(seed)
-    users, items, times = [], [], []
-    for u in range(n_users):
-        n = rng.integers(1, max_len + 1)
-        chosen = rng.choice(n_items, n, replace=False)
-        users += [u] * n
-        items += list(chosen)
-        times += list(rng.permutation(n))
-    return Interactions.from_raw(users, items, times)
+from generators import random_interactions
 
 
 # ---------------------------------------------------------------------------------------------- interactions
@@ -72,7 +61,8 @@ def parts_by_user(data, split, sequential=False):
 
 
 def test_ratio_split_follows_recbole_rounding_and_never_leaks():
-    data = random_interactions(seed=1, n_users=60, max_len=25)
+    # one-item and empty users: RecBole's rounding keeps them whole in training
+    data = random_interactions(seed=1, n_users=60, max_len=25, one_item_users=3, empty_users=2)
     split = common.split_dataset(data, "ratio", seed=3, sequential=False)
     train, valid, test = parts_by_user(data, split)
     for u in range(data.n_users):
@@ -96,23 +86,30 @@ def test_ratio_split_is_seeded():
 
 
 def test_ratio_split_masks_train_then_train_and_valid():
-    data = random_interactions(seed=4, n_users=30, max_len=25)
+    # repeats: some held-out items are also training items of their user, and a target is never masked
+    data = random_interactions(seed=4, n_users=30, max_len=25, repeats=True)
     split = common.split_dataset(data, "ratio", seed=0, sequential=False)
-    train, valid, _ = parts_by_user(data, split)
+    train, valid, test = parts_by_user(data, split)
+    assert any(test[u] & train[u] for u in test)                      # the case occurs
     for rows, known in ((split.valid, lambda u: train[u]), (split.test, lambda u: train[u] | valid.get(u, set()))):
         for r in range(len(rows)):
             u = int(rows.query[r])
             masked = set(rows.masked_items[rows.masked_ptr[r]:rows.masked_ptr[r + 1]].tolist())
-            assert masked == known(u)
+            targets = set(rows.target_items[rows.target_ptr[r]:rows.target_ptr[r + 1]].tolist())
+            assert masked == known(u) - targets
 
 
 def test_loo_split_is_chronological_with_recbole_rule_for_short_users():
-    data = random_interactions(seed=5, n_users=50, max_len=6)
+    # one-item and empty users: the short-user rule's cases; two-item users come by chance (asserted)
+    data = random_interactions(seed=5, n_users=50, max_len=6, one_item_users=4, empty_users=3)
     split = common.split_dataset(data, "loo", seed=0, sequential=False)
     train, valid, test = parts_by_user(data, split)
+    assert {0, 1, 2} <= {int((data.user == u).sum()) for u in range(data.n_users)}
     for u in range(data.n_users):
         seq = data.item[data.user == u].tolist()
-        if len(seq) == 1:
+        if not seq:
+            assert not train[u] and u not in valid and u not in test
+        elif len(seq) == 1:
             assert train[u] == {seq[0]} and u not in valid and u not in test
         elif len(seq) == 2:
             assert train[u] == {seq[0]} and u not in valid and test[u] == {seq[1]}
@@ -121,7 +118,9 @@ def test_loo_split_is_chronological_with_recbole_rule_for_short_users():
 
 
 def test_loo_sequential_inputs_and_history_mask():
-    data = random_interactions(seed=6, n_users=20, max_len=10)
+    # repeats: some test targets repeat an item of their history, which stays unmasked
+    data = random_interactions(seed=6, n_users=20, max_len=10, repeats=True)
+    assert any(seq[-1] in seq[:-1] for seq in (data.item[data.user == u].tolist() for u in range(data.n_users)))
     for mask_history in (True, False):
         split = common.split_dataset(data, "loo", seed=0, sequential=True, max_len=4, mask_history=mask_history)
         row = 0
@@ -184,10 +183,12 @@ def test_user_prefixes_split_by_hand():
 
 
 def test_user_prefixes_rows_equal_a_literal_loop():
-    data = random_interactions(seed=5, n_users=57, max_len=9)
+    # repeats: some rows' targets are items of their own prefix, which stay unmasked
+    data = random_interactions(seed=5, n_users=57, max_len=9, repeats=True)
     split = common.split_dataset(data, "user-prefixes", seed=0, sequential=True, max_len=4)
     sequences = [data.item[data.user == u].tolist() for u in range(data.n_users)]
     first_valid, first_test = int(0.8 * 57), int(0.8 * 57) + int(0.1 * 57)
+    assert any(seq[k] in seq[:k] for seq in sequences[first_valid:] for k in range(1, len(seq)))   # the case
     for rows, part in ((split.valid, sequences[first_valid:first_test]), (split.test, sequences[first_test:])):
         expected = [(seq[:k][-4:], [seq[k]], sorted(set(seq[:k]) - {seq[k]}))
                     for seq in part for k in range(1, len(seq))]

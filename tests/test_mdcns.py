@@ -161,15 +161,16 @@ def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small, monk
 
 
 def test_loss_equals_equations_9_to_13(small):
-    """The batch loss against the equations written out again (M = 1, so the negatives are argmaxes), and
-    --no-distillation ('w/o CD') drops exactly the KD term."""
+    """The batch loss against the equations written out again (M = 1, so the negatives are argmaxes; alpha != beta,
+    so the self model's and the peer's view weights differ), and --no-distillation ('w/o CD') drops exactly the KD
+    term."""
     split, pair = small
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    args = loss_args(top_m=1)
+    args = loss_args(top_m=1, alpha=0.6, beta=1.7)
     full = mdcns.mdcns_loss(args, positives)(pair, batch, torch.Generator().manual_seed(5))
-    no_cd = mdcns.mdcns_loss(loss_args(top_m=1, distillation=False), positives)(pair, batch,
-                                                                                 torch.Generator().manual_seed(5))
+    no_cd = mdcns.mdcns_loss(loss_args(top_m=1, alpha=0.6, beta=1.7, distillation=False), positives)(
+        pair, batch, torch.Generator().manual_seed(5))
     ex, ex_peer = examples(pair.self_model, batch), examples(pair.peer, batch)
     candidates = uniform_negatives(positives, ex.users, 20, torch.Generator().manual_seed(5))      # (P, N)
     items = torch.cat([ex.positives.unsqueeze(1), candidates], 1)                                  # (P, 1+N)
@@ -184,7 +185,9 @@ def test_loss_equals_equations_9_to_13(small):
         rows = torch.arange(len(s))
         return (-torch.log(torch.sigmoid(s[:, 0])) - torch.log(1 - torch.sigmoid(s[rows, neg]))).mean()
 
-    rec = bce(s1, a) + bce(s1, b) + 1.5 * bce(s1, c) + bce(s2, b) + bce(s2, a) + 1.5 * bce(s2, c)
+    # Eq. (10): alpha on a model's own view, beta on the other model's, gamma on the teacher's
+    rec = 0.6 * bce(s1, a) + 1.7 * bce(s1, b) + 1.5 * bce(s1, c) + 0.6 * bce(s2, b) + 1.7 * bce(s2, a) + \
+        1.5 * bce(s2, c)
     p_t = torch.softmax((s1 + s2) / 2 / 0.7, 1)
     kd = sum(0.49 * (p_t * (p_t.log() - torch.log_softmax(s / 0.7, 1))).sum(1).mean() for s in (s1, s2))
     assert torch.allclose(no_cd, rec, rtol=1e-5)
