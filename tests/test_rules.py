@@ -304,10 +304,11 @@ def scripted(scores, ks):
     """An `evaluate` stand-in: the i-th call returns scores[i] for every metric (so for --valid-metric)."""
     calls = []
 
-    def evaluate(model, rows, ks_, batch_size=1024, masked_score=-math.inf):
+    def evaluate(model, rows, ks_, batch_size=1024, masked_score=-math.inf, per_row=False):
         calls.append({"rows": rows, "state": {k: v.clone() for k, v in model.state_dict().items()}})
         value = scores[len(calls) - 1] if len(calls) <= len(scores) else -1.0
-        return {f"{m}@{k}": value for k in ks for m in METRICS}
+        means = {f"{m}@{k}": value for k in ks for m in METRICS}
+        return (means, {name: np.full(len(rows), value) for name in means}) if per_row else means
 
     return evaluate, calls
 
