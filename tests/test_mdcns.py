@@ -111,26 +111,32 @@ def small():
     return split, pair
 
 
-def loss_args(**changes):
-    args = dict(loss="bce", n_candidates=20, top_m=2, alpha=1.0, beta=1.0, gamma=1.5, teacher="mean",
-                kd_temperature=0.7, kd_weight=10.24, kd_reduction="mean", kd_positive=True, distillation=True,
-                divergence=True, multi_source=True)
-    return SimpleNamespace(**{**args, **changes})
+def batch_loss(positives, drawn=None, **changes):
+    """mdcns_loss with common.py's plumbing (as main wires it) and these settings; drawn: a list that receives
+    every candidate pool drawn."""
+    settings = dict(n_candidates=20, top_m=2, alpha=1.0, beta=1.0, gamma=1.5, teacher="mean", kd_temperature=0.7,
+                    kd_weight=10.24, kd_reduction="mean", kd_positive=True, distillation=True, divergence=True,
+                    multi_source=True)
+
+    def draw(users, n, generator):
+        candidates = uniform_negatives(positives, users, n, generator)
+        if drawn is not None:
+            drawn.append(candidates)
+        return candidates
+    return mdcns.mdcns_loss(draw, score_items, LOSSES["bce"], **{**settings, **changes})
 
 
 @pytest.mark.parametrize("augmented", [False, True])
-def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmented):
+def test_candidates_avoid_the_sequence_and_its_target(small, augmented):
     split, pair = small
     if augmented:
         sequences, targets, users = common.prefix_rows(split.train_user, split.train_item, split.max_len)
         split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
                                     train_sequence_user=users)
     drawn = []
-    monkeypatch.setattr(mdcns, "uniform_negatives",
-                        lambda *a: drawn.append(uniform_negatives(*a)) or drawn[-1])
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    mdcns.mdcns_loss(loss_args(), positives)(pair, batch, torch.Generator().manual_seed(1))
+    batch_loss(positives, drawn)(pair, batch, torch.Generator().manual_seed(1))
     (candidates,) = drawn                                                               # (P, N)
     sequences, targets, _ = batch
     rows, cols = (targets > 0).nonzero(as_tuple=True)                                   # examples' order
@@ -141,16 +147,14 @@ def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmen
         assert candidates[p].min() >= 1
 
 
-def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small, monkeypatch):
+def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small):
     """--exclude-held-out under leave-one-out: the pool also avoids the user's validation and test items."""
     _, pair = small
     data = make_synthetic(0, n_users=120, n_items=80, mean_length=12)
     split = split_dataset(data, "loo", 0, sequential=True, max_len=20)
     drawn = []
-    monkeypatch.setattr(mdcns, "uniform_negatives",
-                        lambda *a: drawn.append(uniform_negatives(*a)) or drawn[-1])
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    loss = mdcns.mdcns_loss(loss_args(n_candidates=40), training_positives(split, "cpu", exclude_held_out=True))
+    loss = batch_loss(training_positives(split, "cpu", exclude_held_out=True), drawn, n_candidates=40)
     loss(pair, batch, torch.Generator().manual_seed(1))
     (candidates,) = drawn                                                               # (P, N)
     _, targets, users = batch
@@ -166,10 +170,8 @@ def test_loss_equals_equations_9_to_13(small):
     split, pair = small
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    args = loss_args(top_m=1)
-    full = mdcns.mdcns_loss(args, positives)(pair, batch, torch.Generator().manual_seed(5))
-    no_cd = mdcns.mdcns_loss(loss_args(top_m=1, distillation=False), positives)(pair, batch,
-                                                                                 torch.Generator().manual_seed(5))
+    full = batch_loss(positives, top_m=1)(pair, batch, torch.Generator().manual_seed(5))
+    no_cd = batch_loss(positives, top_m=1, distillation=False)(pair, batch, torch.Generator().manual_seed(5))
     ex, ex_peer = examples(pair.self_model, batch), examples(pair.peer, batch)
     candidates = uniform_negatives(positives, ex.users, 20, torch.Generator().manual_seed(5))      # (P, N)
     items = torch.cat([ex.positives.unsqueeze(1), candidates], 1)                                  # (P, 1+N)
@@ -199,8 +201,8 @@ def test_all_components_off_is_dns_mn_of_baselines(small):
     dns_pair = mdcns.SelfAndPeer(pair.self_model, None)
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    off = loss_args(distillation=False, divergence=False, multi_source=False, top_m=3)
-    ours = mdcns.mdcns_loss(off, positives)(dns_pair, batch, torch.Generator().manual_seed(7))
+    off = batch_loss(positives, distillation=False, divergence=False, multi_source=False, top_m=3)
+    ours = off(dns_pair, batch, torch.Generator().manual_seed(7))
 
     ex = examples(pair.self_model, batch)
     g = torch.Generator().manual_seed(7)
