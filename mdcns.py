@@ -15,21 +15,32 @@ towards the (detached) teacher's. Only the self model is evaluated; the peer's m
 Commands:
     python mdcns.py                                                  # synthetic data, offline
     python mdcns.py --dataset ml-1m --backbone sasrec
-    python mdcns.py --data-dir ../shared/data --dataset beauty --backbone sasrec --peer mamba4rec \
+    python mdcns.py --dataset beauty --backbone sasrec --peer mamba4rec \
         --gamma 1.0 --kd-temperature 1.0                             # Table 3 Beauty row (published settings)
     python mdcns.py ... --no-distillation                            # Table 6 "w/o CD"
     python mdcns.py ... --no-distillation --no-divergence            # Table 6 "w/o CD-DR"
     python mdcns.py ... --no-distillation --no-divergence --no-multi-source   # "w/o CD-DR-MS" = DNS(M,N), no peer
     python mdcns.py ... --augmented-prefixes                         # the code's prefix rows, 1024 per batch
-Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, one seed 42 run each; MDCNS.md
-1.5): Beauty gamma 1.0 tau 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; LastFM 0.3 / 5.0;
-KuaiRand 0.3 / 2.0 with M=10, N=70.
+Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, one seed 42 run each; the official
+logs MDCNS_Code/TEST_KD/<Dataset>-SASRec-Mamba4Rec_a1.0_b1.0_l<gamma>_dwsb1.0_t0.0_k<M>_N<N>_kdt<tau>_kdg0.01.log,
+KuaiRand's in MDCNS_Code/KuaiRand1/): Beauty gamma 1.0 tau 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7;
+LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with M=10, N=70.
+
+Use MDCNS in your own project: copy the section between `# ---- core` and `# ---- end of core ----` below; it
+needs only torch. `mdcns_loss`'s docstring states what your models, batches, candidate sampler, scorer and loss
+must be (checked at the first batch); a training step is then
+    loss_fn = mdcns_loss(draw_candidates, score, bce)        # your sampler, your scorer, your loss; paper defaults
+    pair = SelfAndPeer(my_sasrec, my_peer)                    # model(seqs, every_position=True) -> (queries, items)
+    optimizer = torch.optim.Adam(pair.parameters(), lr=1e-3)
+    for batch in batches:                                     # (sequences, targets, users), ids 1..I, 0 = padding
+        optimizer.zero_grad(); loss_fn(pair, batch, generator).backward(); optimizer.step()
 
 Protocol (the file's defaults, the paper's): `--split user`: users shuffled by the seed, 70% train (every prefix
 of their sequences is a training example), 20% validation, 10% test; a validation/test user's last item is
 predicted from the rest of the sequence, full ranking over all items, the input items masked (-inf), pessimistic
-ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20 with patience 30 (at most 300
-epochs); test is evaluated once, at the best validation epoch. `--split loo` gives the standard leave-one-out.
+ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20, stopping at the 30th validation
+in a row without improvement as the code (`--patience 29`; at most 300 epochs); test is evaluated once, at the
+best validation epoch. `--split loo` gives the standard leave-one-out.
 The code's LastFM files differ (80/10/10 of the users in file order, every prefix evaluated): `--split user-prefixes`.
 
 Deviations from the paper (P) and the official code (C); the default is what produced the published numbers:
@@ -44,17 +55,25 @@ Deviations from the paper (P) and the official code (C); the default is what pro
  4. Training examples: C trains on explicitly augmented prefixes (one row per prefix, the last 50 items, 1024
     rows per batch). Default: every position of every training sequence in one pass (common.py, as
     baselines.py), ~1024 examples per batch; the prefixes of a sequence then share a dropout mask and a batch,
-    and a sequence longer than 51 items is cut into windows. `--augmented-prefixes` is C step for step, at about
-    (examples / sequences) times the forward cost (~8x on Beauty) and L int64 per example of memory.
+    and a sequence longer than 51 items is cut into windows. This is not the same computation as prefix rows for
+    the default SASRec (and LinRec, FMLP4Rec): those blocks count positions back from a row's last item, so a
+    prefix inside a longer row sees its items at shifted positions. For GRU4Rec, Mamba4Rec and Kang's SASRec it
+    equals prefix rows up to the dropout masks (tests/test_baselines.py checks them in eval mode).
+    `--augmented-prefixes` is C step for step, at about (examples / sequences) times the forward cost (~8x on
+    Beauty) and L int64 per example of memory.
  5. Candidates, Eq. (2): C draws N distinct items (random.sample) outside the input sequence and the target; we
     use common's exact uniform draw with replacement (duplicates are rare: N=100 of ~12k items) outside the
     user's whole training history, a superset of the prefix and its target.
- 6. Backbones are common.py's (SASRec: the original Kang block, xavier init; GRU4Rec, Mamba4Rec), not C's
-    S3-Rec-style ports; right padding instead of C's left padding. Both models share --dim/--layers/--heads/
-    --dropout, as in C (num_hidden_layers 2 for every model).
+ 6. Backbones are common.py's. The default SASRec (`--sasrec-block s3rec`) is C's S3-Rec-style block (post-LN,
+    GELU, N(0, 0.02) init) with positions counted back from the last item, as C's left-padded rows number them;
+    `--sasrec-block kang` is Kang's original block (xavier init, positions from the first item). Rows are
+    right-padded instead of C's left padding, so GRU4Rec and Mamba4Rec never step over padding before the first
+    item (C's do). Both models share --dim/--layers/--heads/--dropout, as in C (num_hidden_layers 2 for every
+    model).
  7. P reports a mean of 3 runs; the logs behind every number are single seed-42 runs. Default seed 42.
  8. Ablations (Table 6): with CD, DR and MS all off no peer is built or trained (it could not influence the
-    self model); the run is DNS(M, N) and draws exactly baselines.py's negatives.
+    self model); the run is DNS(M, N) and draws exactly baselines.py's negatives (its loss unweighted: alpha
+    only has to be positive there).
 """
 from __future__ import annotations
 
@@ -366,8 +385,8 @@ def check_args(args):
             raise RecError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
     if not any(w > 0 for w in view_weights(args.alpha, args.beta, args.gamma, args.multi_source)[0]):
         raise RecError(f"no view has a positive weight (--alpha {args.alpha}" +
-                       (f" --beta {args.beta} --gamma {args.gamma})" if args.multi_source else
-                        ", --no-multi-source)") + ": nothing would train; raise --alpha")
+                       (f" --beta {args.beta} --gamma {args.gamma}): nothing would train; raise one of them"
+                        if args.multi_source else ", --no-multi-source): nothing would train; raise --alpha"))
     if args.peer is None:
         args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
     if args.kd_weight is None:
