@@ -207,7 +207,7 @@ def test_all_components_off_is_dns_mn_of_baselines(small):
     ex = examples(pair.self_model, batch)
     g = torch.Generator().manual_seed(7)
     candidates = uniform_negatives(positives, ex.users, 20, g)
-    theirs = baselines.dns_mn_negatives(ex.queries, ex.item_table, candidates, 3, 1, g)            # (P, 1)
+    theirs = baselines.dns_mn_negatives(score_items(ex.queries, ex.item_table, candidates), candidates, 3, 1, g)
     positive_scores = score_items(ex.queries, ex.item_table, ex.positives.unsqueeze(1))
     assert torch.allclose(ours, LOSSES["bce"](positive_scores, score_items(ex.queries, ex.item_table, theirs)))
 
