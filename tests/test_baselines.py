@@ -2,6 +2,7 @@
 argmax, DNS(M,N)'s uniform pick in the top M, the generator's draw order), the per-position loss of sequential
 backbones, and every sampler x backbone end to end on the synthetic default."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -392,3 +393,44 @@ def test_flag_defaults_per_sampler():
 def test_flag_errors(argv):
     with pytest.raises(RecError):
         main(argv + ["--quiet", "--epochs", "1"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The core in a training loop of someone else's: copied out of the file (torch only), or imported
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["copied section", "import baselines"])
+def test_core_trains_a_loop_of_its_own(source, copied_core):
+    """DNS(M,N) with an MF, a uniform draw and a scorer of the loop's own and BPR: no common.py. The loss falls."""
+    import baselines
+    core = copied_core(baselines.__file__) if source == "copied section" else baselines
+    F = torch.nn.functional
+    U, I, D = 40, 20, 8
+    g = torch.Generator().manual_seed(0)
+    user = torch.arange(U).repeat_interleave(4)                                             # (E,)
+    item = 1 + (user % 2) * 10 + torch.randint(0, 10, (len(user),), generator=g)           # (E,) 1..20
+    seen = torch.zeros(U, I + 1, dtype=torch.bool)
+    seen[user, item] = True
+    seen[:, 0] = True
+
+    def draw_uniform(users, n, generator):
+        return torch.multinomial((~seen[users]).float(), n, replacement=True, generator=generator)
+
+    def score(queries, item_table, items):
+        return (queries.unsqueeze(1) * item_table[items]).sum(-1)
+
+    negatives_fn = core.negative_sampler("dnsmn", draw_uniform, score=score, n_candidates=8, m=2)
+    torch.manual_seed(0)
+    users_table, items_table = torch.nn.Embedding(U, D), torch.nn.Embedding(I + 1, D)
+    optimizer = torch.optim.Adam([*users_table.parameters(), *items_table.parameters()], lr=0.05)
+    losses = []
+    for _ in range(30):
+        ex = SimpleNamespace(queries=users_table(user), item_table=items_table.weight, users=user)
+        negatives = negatives_fn(ex, g)                                                     # (E, 1)
+        positive = (ex.queries * ex.item_table[item]).sum(-1, keepdim=True)                # (E, 1)
+        loss = -F.logsigmoid(positive - score(ex.queries, ex.item_table, negatives)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert not bool(seen[user.unsqueeze(1), negatives].any())

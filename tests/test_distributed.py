@@ -180,7 +180,7 @@ def test_every_batch_loss_accepts_an_empty_shard():
     args = mdcns.build_parser().parse_args(["--peer", "gru4rec", "--dim", "8", "--layers", "1"])
     mdcns.check_args(args)
     pair = mdcns.SelfAndPeer(build_backbone("sasrec", split, args), build_backbone("gru4rec", split, args))
-    mdcns.mdcns_loss(args, common.training_positives(split, "cpu"))(pair, empty, torch.Generator())
+    mdcns.training_loss(args, common.training_positives(split, "cpu"))(pair, empty, torch.Generator())
     sampler = icpns.ICPNSampler(torch.arange(split.n_users) % 3, split.train_user, split.train_item, split.n_items, 3,
                                 0.8)
     assert sampler.sample(empty[2], 1, torch.Generator()).shape == (0, 1)
