@@ -92,6 +92,7 @@ CODE_BATCH = 1024      # examples per batch in the official code (MDCNS_Code/mai
 CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run (MDCNS_Code/run_finetune.bash:26)
 
 
+# The method as tensor functions: Eqs. (4)-(13)
 def teacher_scores(s_self, s_peer, aggregation: str = "mean"):
     """Eq. (4): s_teacher = s_self + s_peer (paper, "sum") or 0.5 (s_self + s_peer) (code, "mean")."""
     if aggregation not in ("mean", "sum"):
@@ -181,6 +182,7 @@ def mdcns_negatives(s_self, s_peer, top_m: int, generator: torch.Generator, teac
         return pick_from_top_m(views, top_m, generator).T                                        # (P, V)
 
 
+# The training loss (Algorithm 1, one batch)
 def position_examples(model, batch, check: bool = False):
     """The examples of a batch, one per position with a target: model(sequences, every_position=True) flattened
     to queries (P, D), the item table (I+1, D), each example's user (P,) and target (P,). check: test the batch
@@ -197,46 +199,6 @@ def position_examples(model, batch, check: bool = False):
     keep = targets > 0                                                                 # (B, L), 0 = no example
     position_users = users.unsqueeze(1).expand_as(targets)[keep]                      # (P,)
     return queries[keep], item_table, position_users, targets[keep]
-
-
-def check_batch(sequences, targets, users):
-    """mdcns_loss's contract for a batch, as one ValueError line: integer (B, L), (B, L), (B,); item ids 1..I with
-    0 only as right padding (items first, then zeros), which is also how 0-based ids show; no target at padding."""
-    B = len(sequences)
-    if sequences.dim() != 2 or targets.shape != sequences.shape or users.shape != (B,):
-        raise ValueError(f"batch shapes {tuple(sequences.shape)}, {tuple(targets.shape)}, {tuple(users.shape)}; "
-                         "expected sequences (B, L), targets (B, L), users (B,)")
-    if any(t.dtype.is_floating_point or t.dtype == torch.bool for t in (sequences, targets, users)):
-        raise ValueError("sequences, targets and users must be integer tensors (item and user ids)")
-    if bool(((sequences < 0) | (targets < 0)).any()):
-        raise ValueError("a negative item id in the batch: item ids run 1..I and 0 is padding")
-    gap = (sequences[:, :-1] == 0) & (sequences[:, 1:] > 0)                            # (B, L-1)
-    if bool(gap.any()):
-        raise ValueError(f"item 0 comes before item {int(sequences[:, 1:][gap][0])} in a sequence: item ids run "
-                         "1..I and 0 is only right padding (shift 0-based ids by 1; pad on the right)")
-    if bool(((targets > 0) & (sequences == 0)).any()):
-        raise ValueError("a target at a padding position: targets[b, t] is the item after sequences[b, t]")
-
-
-def check_output(output, sequences, targets):
-    """mdcns_loss's contract for a model: model(sequences, every_position=True) -> (queries (B, L, D),
-    item_table (I+1, D)), every item id of the batch a row of the table."""
-    shapes = [tuple(t.shape) for t in output] if isinstance(output, (tuple, list)) else type(output).__name__
-    if not (isinstance(output, (tuple, list)) and len(output) == 2 and output[0].dim() == 3 and
-            output[0].shape[:2] == sequences.shape and output[1].dim() == 2 and
-            output[0].shape[2] == output[1].shape[1]):
-        raise ValueError(f"model(sequences {tuple(sequences.shape)}, every_position=True) returned {shapes}; "
-                         "expected (queries (B, L, D), item_table (I+1, D))")
-    check_items(sequences, output[1].shape[0] - 1, "sequences", low=0)
-    check_items(targets, output[1].shape[0] - 1, "targets", low=0)
-
-
-def check_items(items, n_items: int, what: str, low: int = 1):
-    """Every id of `items` in low..n_items (n_items = the item table's rows - 1), or one ValueError line."""
-    bad = (items < low) | (items > n_items)
-    if bool(bad.any()):
-        raise ValueError(f"{what} holds item id {int(items[bad][0])}, outside {low}..{n_items}: item ids run "
-                         "1..I with 0 as padding, and the item table has I+1 rows")
 
 
 def mdcns_loss(draw_candidates, score, loss, *, n_candidates: int = 100, top_m: int = 1, alpha: float = 1.0,
@@ -304,6 +266,48 @@ def mdcns_loss(draw_candidates, score, loss, *, n_candidates: int = 100, top_m: 
         return total
 
     return batch_loss
+
+
+# The contract of a batch and a model, checked once (mdcns_loss)
+def check_batch(sequences, targets, users):
+    """mdcns_loss's contract for a batch, as one ValueError line: integer (B, L), (B, L), (B,); item ids 1..I with
+    0 only as right padding (items first, then zeros), which is also how 0-based ids show; no target at padding."""
+    B = len(sequences)
+    if sequences.dim() != 2 or targets.shape != sequences.shape or users.shape != (B,):
+        raise ValueError(f"batch shapes {tuple(sequences.shape)}, {tuple(targets.shape)}, {tuple(users.shape)}; "
+                         "expected sequences (B, L), targets (B, L), users (B,)")
+    if any(t.dtype.is_floating_point or t.dtype == torch.bool for t in (sequences, targets, users)):
+        raise ValueError("sequences, targets and users must be integer tensors (item and user ids)")
+    if bool(((sequences < 0) | (targets < 0)).any()):
+        raise ValueError("a negative item id in the batch: item ids run 1..I and 0 is padding")
+    gap = (sequences[:, :-1] == 0) & (sequences[:, 1:] > 0)                            # (B, L-1)
+    if bool(gap.any()):
+        raise ValueError(f"item 0 comes before item {int(sequences[:, 1:][gap][0])} in a sequence: item ids run "
+                         "1..I and 0 is only right padding (shift 0-based ids by 1; pad on the right)")
+    if bool(((targets > 0) & (sequences == 0)).any()):
+        raise ValueError("a target at a padding position: targets[b, t] is the item after sequences[b, t]")
+
+
+def check_output(output, sequences, targets):
+    """mdcns_loss's contract for a model: model(sequences, every_position=True) -> (queries (B, L, D),
+    item_table (I+1, D)), every item id of the batch a row of the table."""
+    shapes = [tuple(t.shape) for t in output] if isinstance(output, (tuple, list)) else type(output).__name__
+    if not (isinstance(output, (tuple, list)) and len(output) == 2 and output[0].dim() == 3 and
+            output[0].shape[:2] == sequences.shape and output[1].dim() == 2 and
+            output[0].shape[2] == output[1].shape[1]):
+        raise ValueError(f"model(sequences {tuple(sequences.shape)}, every_position=True) returned {shapes}; "
+                         "expected (queries (B, L, D), item_table (I+1, D))")
+    check_items(sequences, output[1].shape[0] - 1, "sequences", low=0)
+    check_items(targets, output[1].shape[0] - 1, "targets", low=0)
+
+
+def check_items(items, n_items: int, what: str, low: int = 1):
+    """Every id of `items` in low..n_items (n_items = the item table's rows - 1), or one ValueError line."""
+    bad = (items < low) | (items > n_items)
+    if bool(bad.any()):
+        raise ValueError(f"{what} holds item id {int(items[bad][0])}, outside {low}..{n_items}: item ids run "
+                         "1..I with 0 as padding, and the item table has I+1 rows")
+
 # ---- end of core ----
 
 
