@@ -31,11 +31,19 @@ Each of the last five has a docstring with the paper, the official code, the MDC
 of its state, and its deviations from both. Their equations are named after the papers' terms, not numbered:
 the official code was read, the papers' equation numbering could not be checked.
 
-Every sampler is a tensor function or a small class (top of the file), takes an explicit `torch.Generator`, runs
-on the model's device with no loop over users or samples, and states its draw order. RNS, PNS, DNS and DNS(M,N)
-return k negatives per positive; MixGCF, MixGCF+, AdaSIR, GNNO and SRNS one (as MDCNS runs them). The loss is
-BPR or BCE (`--loss`) over each (positive, negatives) example; the L2 penalty of general backbones is LightGCN's
-(MixGCF's for mixgcf).
+Every sampler is a tensor function or a small class, takes an explicit `torch.Generator`, runs on the model's
+device with no loop over users or samples, and states its draw order. RNS, PNS, DNS and DNS(M,N) return k
+negatives per positive; MixGCF, MixGCF+, AdaSIR, GNNO and SRNS one (as MDCNS runs them). The loss is BPR or BCE
+(`--loss`) over each (positive, negatives) example; the L2 penalty of general backbones is LightGCN's (MixGCF's
+for mixgcf).
+
+Use RNS, PNS, DNS or DNS(M,N) in your own project: copy the section between `# ---- core` and
+`# ---- end of core ----` below; it needs only torch. The comment at its top states what your examples, draws and
+scorer must be (checked at the first call); then, per training step,
+    negatives_fn = negative_sampler("dnsmn", draw_uniform, score=score, n_candidates=100, m=5)   # once
+    negatives = negatives_fn(ex, generator)        # ex.queries (P, D), ex.item_table (I+1, D), ex.users (P,)
+    loss = bpr(scores of the positives, score(ex.queries, ex.item_table, negatives))
+The five MDCNS baselines keep per-user state built from common.py's split and stay outside that section.
 
 Commands (the dataset names need common.py's data registry):
     python baselines.py --sampler rns --dataset ml-1m --backbone sasrec
@@ -43,20 +51,24 @@ Commands (the dataset names need common.py's data registry):
     # ICPNS's baselines (LightGCN, RecBole ratio split, rating >= 3, 10-core, batch 4096):
     python baselines.py --sampler pns --dataset ml-1m --backbone lightgcn --split ratio --min-rating 3 \
         --k-core 10 --batch-size 4096
-    # MDCNS's baselines (SASRec 2 heads, d 64, dropout 0.5, L 50, BCE, user split, NDCG@20, patience 30):
-    python baselines.py --sampler dnsmn --dataset beauty --backbone sasrec --split user --loss bce --dim 64 \
-        --heads 2 --dropout 0.5 --max-len 50 --batch-size 1024 --valid-metric ndcg@20 --patience 30 --epochs 300
-    python baselines.py --sampler srns --dataset beauty --backbone sasrec --split user --loss bce --dim 64 \
-        --heads 2 --dropout 0.5 --max-len 50 --valid-metric ndcg@20 --patience 30    # N = 500 (--candidates)
+    # MDCNS's Table 3 baselines as run_all.sh runs them (SASRec's defaults: 2 heads, D 64, dropout 0.5, L 50;
+    # ~1024 examples per batch as the code; stop at the 50th validation without improvement, <= 500 epochs, as
+    # Baselines/Neg_samples_DNS+/run_finetune_full.py:54,161 @4fe2f72):
+    python baselines.py --sampler dnsmn --dataset beauty --backbone sasrec --split user --loss bce \
+        --valid-metric ndcg@20 --ks 5,10,20 --examples-per-batch 1024 --epochs 500 --patience 49 --candidates 100
+    python baselines.py --sampler srns --dataset beauty --backbone sasrec --split user --loss bce \
+        --valid-metric ndcg@20 --ks 5,10,20 --examples-per-batch 1024 --epochs 500 --patience 49   # N = 500
     python baselines.py --sampler mixgcf --dataset ml-100k --backbone lightgcn --split ratio   # hop mixing
 
 Protocol (common.py): `--split loo` (default; leave-one-out by time), `ratio` (RecBole/ICPNS 8:1:1) or `user`
 (MDCNS 70/20/10 of the users); full ranking over all items, training items masked for general backbones and
 the input sequence for sequential ones (`--no-mask-history` for RecBole's sequential evaluation), pessimistic
 ties; early stopping on the validation `--valid-metric`, test evaluated once. MF and LightGCN iterate the
-training interactions uniformly (RecBole's convention, not LightGCN's user sampling); for SASRec and GRU4Rec
-every position of a training sequence is a (prefix -> next item) example with its own negatives, which equals
-prefix augmentation for a causal model (tests/test_baselines.py checks it).
+training interactions uniformly (RecBole's convention, not LightGCN's user sampling); for sequential backbones
+every position of a training sequence is a (prefix -> next item) example with its own negatives. That equals
+prefix augmentation, up to the dropout masks, for GRU4Rec, Mamba4Rec and Kang's SASRec (tests/test_baselines.py
+checks them in eval mode), not for the default SASRec, LinRec and FMLP4Rec, whose positions count back from a
+row's last item (`--augmented-prefixes` trains one row per prefix).
 
 Deviations of RNS, PNS, DNS and DNS(M,N) (each MDCNS baseline lists its own):
 - DNS and DNS(M,N) draw their N candidates with replacement (RecBole's DNS does too; MDCNS's DNSDataset draws
@@ -74,6 +86,7 @@ Deviations of RNS, PNS, DNS and DNS(M,N) (each MDCNS baseline lists its own):
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import torch
 
@@ -85,10 +98,16 @@ SAMPLERS = ("rns", "pns", "dns", "dnsmn")                           # make_sampl
 MDCNS_SAMPLERS = ("mixgcf", "mixgcfmn", "adasir", "gnno", "srns")   # make_batch_loss: their own loss or state
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Samplers: pure tensor functions. RNS is common.uniform_negatives(positives, users, k, generator): exact
-# inverse-CDF over each user's non-positives, no rejection.
-# ----------------------------------------------------------------------------------------------------------
+# ---- core: copy this section into your project; it needs only torch ----
+# RNS, PNS, DNS and DNS(M,N) as functions of tensors: nothing here reads argv, globals, files or common.py; what
+# they need from the plumbing (the uniform and the weighted draw over a user's non-positive items, the scorer) is
+# passed in. Errors are ValueErrors. The contract, checked at the first call (`negative_sampler`):
+#   ex     an object with queries (P, D), item_table (I+1, D) and users (P,): one training example per row (common.py's
+#          `Examples`); row i of the item table is item i, item ids run 1..I and 0 is padding.
+#   draw_uniform(users (P,), n, generator) -> (P, n) items uniform over each user's non-positives (RNS itself).
+#   draw_weighted(users (P,), n, generator) -> (P, n) items with p(i) ∝ popularity_weights over each user's
+#          non-positives (PNS).
+#   score(queries (P, D), item_table (I+1, D), items (P, n)) -> (P, n) dot products (DNS, DNS(M,N)).
 def popularity_weights(train_item: torch.Tensor, n_items: int, alpha: float) -> torch.Tensor:
     """PNS's one distribution: weights (1, I+1), count(i)^α with count over the TRAINING interactions only,
     0 for the padding item and for items without a training interaction."""
@@ -98,79 +117,105 @@ def popularity_weights(train_item: torch.Tensor, n_items: int, alpha: float) -> 
     return weights.unsqueeze(0)                                                          # (1, I+1)
 
 
+def pick_from_top_m(scores, m: int, generator: torch.Generator):
+    """Uniform among the top M (DNS(M,N), MDCNS Eqs. (7)-(8)): H = Top-M of each row of `scores`, pick ~ Uniform(H).
+    scores (..., N) -> (...,) positions in 0..N-1; M is capped at N. Draws torch.randint(0, M, scores.shape[:-1])
+    after the top-M, and nothing else (also for M = 1)."""
+    top = scores.topk(min(m, scores.shape[-1]), dim=-1).indices                               # (..., M)
+    choice = torch.randint(0, top.shape[-1], top.shape[:-1], generator=generator, device=scores.device)  # (...,)
+    return top.gather(-1, choice.unsqueeze(-1)).squeeze(-1)                                   # (...,)
+
+
+def dns_negatives(scores, candidates, k: int = 1):
+    """DNS (Zhang et al. 2013): the highest-scored of each pool of N candidates (ties: the first in the pool).
+    scores, candidates (P, k·N) = k pools of N consecutive items -> (P, k)."""
+    P, N = len(candidates), candidates.shape[1] // k
+    best = scores.view(P, k, N).argmax(-1, keepdim=True)                                   # (P, k, 1)
+    return candidates.view(P, k, N).gather(-1, best).squeeze(-1)                          # (P, k)
+
+
+def dns_mn_negatives(scores, candidates, m: int, k: int, generator: torch.Generator):
+    """DNS(M,N) (Shi et al. 2023), MDCNS's DNS+: one item uniformly among the M highest-scored of each pool of
+    N candidates. scores, candidates (P, k·N) -> (P, k). Draws `pick_from_top_m`'s torch.randint(0, M, (P, k))."""
+    P, N = len(candidates), candidates.shape[1] // k
+    if not 1 <= m <= N:
+        raise ValueError(f"DNS(M,N) needs 1 <= M <= N, got M={m}, N={N}")
+    # MDCNS Eq. (7)-(8) with the model's own scores: H = Top-M(scores), v- ~ Uniform(H)
+    chosen = pick_from_top_m(scores.view(P, k, N), m, generator)                          # (P, k) in the pool
+    return candidates.view(P, k, N).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)          # (P, k)
+
+
+def check_items(items, n_items: int, what: str):
+    """Every id of `items` in 1..n_items (n_items = the item table's rows - 1), or one ValueError line."""
+    bad = (items < 1) | (items > n_items)
+    if bool(bad.any()):
+        raise ValueError(f"{what} returned item id {int(items[bad][0])}, outside 1..{n_items}: item ids run 1..I "
+                         "with 0 as padding, and the item table has I+1 rows")
+
+
+def negative_sampler(name: str, draw_uniform=None, draw_weighted=None, score=None, *, k: int = 1,
+                     n_candidates: int = 10, m: int = 5):
+    """negatives_fn(ex, generator) -> (P, k) item ids, k negatives per example, for a BPR or BCE loss over
+    (positive, negatives): rns (draw_uniform), pns (draw_weighted), dns and dnsmn (draw_uniform, score).
+    n_candidates: N, the pool DNS and DNS(M,N) score (DNS's default 10 is ICPNS's HNS; MDCNS's DNS+ uses 100);
+    m: M of DNS(M,N). DNS and DNS(M,N) score k independent pools of N, without gradient.
+    Draw order (mdcns.py reproduces it): draw_uniform(users, k·N), then pick_from_top_m's randint."""
+    needs = {"rns": (draw_uniform,), "pns": (draw_weighted,), "dns": (draw_uniform, score),
+             "dnsmn": (draw_uniform, score)}
+    if name not in needs or any(f is None for f in needs[name]):
+        raise ValueError(f"negative_sampler({name!r}): rns needs draw_uniform, pns draw_weighted, dns and dnsmn "
+                         "draw_uniform and score")
+    if k < 1 or (name in ("dns", "dnsmn") and n_candidates < 1) or (name == "dnsmn" and not 1 <= m <= n_candidates):
+        raise ValueError(f"{name} needs k >= 1 (and 1 <= m <= n_candidates for its pools), got k={k}, m={m}, "
+                         f"n_candidates={n_candidates}")
+    unchecked = True
+
+    def negatives(ex, generator):
+        nonlocal unchecked
+        if name in ("rns", "pns"):
+            drawn = (draw_uniform if name == "rns" else draw_weighted)(ex.users, k, generator)    # (P, k)
+        else:
+            # MDCNS Eq. (2): C_N uniform over the user's non-interacted items
+            candidates = draw_uniform(ex.users, k * n_candidates, generator)                      # (P, k·N)
+            with torch.no_grad():
+                scores = score(ex.queries.detach(), ex.item_table.detach(), candidates)           # (P, k·N)
+            drawn = dns_negatives(scores, candidates, k) if name == "dns" else \
+                dns_mn_negatives(scores, candidates, m, k, generator)                              # (P, k)
+        if unchecked:
+            check_items(drawn, ex.item_table.shape[0] - 1, f"the {name} sampler's draw")
+            unchecked = len(drawn) == 0
+        return drawn
+
+    return negatives
+# ---- end of core ----
+
+
 def pns_negatives(weights: torch.Tensor, table: AliasTable, positives: PositiveSets, users, k: int,
                   generator: torch.Generator):
-    """PNS: k items per user from p(i) ∝ weights[0, i] over the user's non-positives, exactly (alias-table draws
-    with the positives rejected, finished by a masked multinomial; common.weighted_negatives with one group).
-    A user whose positives hold every weighted item falls back to uniform over its non-positives.
+    """PNS's draw: k items per user from p(i) ∝ weights[0, i] over the user's non-positives, exactly (alias-table
+    draws with the positives rejected, finished by a masked multinomial; common.weighted_negatives with one
+    group). A user whose positives hold every weighted item falls back to uniform over its non-positives.
     users (B,) -> (B, k)."""
     one_group = torch.zeros(positives.n_users, dtype=torch.long, device=users.device)     # (U,) all group 0
     return weighted_negatives(weights, table, one_group, positives, users, k, generator)
 
 
-def candidate_scores(queries, item_table, candidates, block: int = 2 ** 11):
-    """common.score_items over blocks of about `block` candidates, with identical values: the (rows, N, D)
-    gather of a block stays in cache instead of one (P, N, D) gather going through memory.
-    queries (P, D), candidates (P, N) -> (P, N)."""
-    rows = max(1, block // candidates.shape[1])
-    return torch.cat([score_items(q, item_table, c)                                       # (rows, N) each
-                      for q, c in zip(queries.split(rows), candidates.split(rows))])
-
-
-@torch.no_grad()
-def dns_negatives(queries, item_table, candidates, k: int):
-    """DNS (Zhang et al. 2013): the highest-scored of each pool of N candidates (ties: the first in the pool).
-    queries (P, D), item_table (I+1, D), candidates (P, k·N) = k pools of N consecutive items -> (P, k)."""
-    P, N = len(candidates), candidates.shape[1] // k
-    pools = candidates.view(P, k, N)                                                       # (P, k, N)
-    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, N)  # (P,k,N)
-    best = scores.argmax(-1, keepdim=True)                                                 # (P, k, 1)
-    return pools.gather(-1, best).squeeze(-1)                                              # (P, k)
-
-
-@torch.no_grad()
-def dns_mn_negatives(queries, item_table, candidates, m: int, k: int, generator: torch.Generator):
-    """DNS(M,N) (Shi et al. 2023), MDCNS's DNS+: one item uniformly among the M highest-scored of each pool of
-    N candidates. queries (P, D), item_table (I+1, D), candidates (P, k·N) -> (P, k).
-
-    Draw order (mdcns.py reproduces it): the caller draws the candidates first,
-    `uniform_negatives(positives, users, k·N, generator)`, then this function draws the uniform pick,
-    `torch.randint(0, M, (P, k), generator=generator)`, and nothing else."""
-    P, N = len(candidates), candidates.shape[1] // k
-    pools = candidates.view(P, k, N)                                                       # (P, k, N)
-    if not 1 <= m <= N:
-        raise RecError(f"DNS(M,N) needs 1 <= M <= N, got M={m}, N={N}")
-    scores = candidate_scores(queries.detach(), item_table.detach(), candidates).view(P, k, N)  # (P,k,N)
-    # MDCNS Eq. (7)-(8) with the model's own scores: H = Top-M(scores), v- ~ Uniform(H)
-    top = scores.topk(m, dim=-1).indices                                                   # (P, k, M) in pool
-    pick = torch.randint(0, m, (P, k), generator=generator, device=candidates.device)      # (P, k) in [0, M)
-    chosen = top.gather(-1, pick.unsqueeze(-1))                                            # (P, k, 1)
-    return pools.gather(-1, chosen).squeeze(-1)                                            # (P, k)
-
-
 def make_sampler(name: str, positives: PositiveSets, k: int, train_item=None, alpha: float = 0.1,
                  n_candidates: int = 10, m: int = 5):
-    """A `negatives_fn(examples, generator) -> (P, k)` for common.standard_loss. train_item: the training
-    interactions' items (PNS's counts); n_candidates: N (dns, dnsmn); m: M (dnsmn)."""
-    if name == "rns":
-        return lambda ex, generator: uniform_negatives(positives, ex.users, k, generator)
+    """`negative_sampler` with common.py's plumbing, a `negatives_fn(examples, generator) -> (P, k)` for
+    common.standard_loss: RNS is common.uniform_negatives (exact inverse-CDF over each user's non-positives, no
+    rejection), PNS `pns_negatives`, scores common.score_items. train_item: the training interactions' items
+    (PNS's counts); alpha: PNS's α; n_candidates: N (dns, dnsmn); m: M (dnsmn)."""
+    if name not in SAMPLERS:
+        raise RecError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    draw_weighted = None
     if name == "pns":
         weights = popularity_weights(train_item, positives.n_items, alpha)
         table = AliasTable(weights).to(positives.key.device)
         weights = weights.to(positives.key.device)
-        return lambda ex, generator: pns_negatives(weights, table, positives, ex.users, k, generator)
-    if name == "dns":
-        def dns(ex, generator):
-            candidates = uniform_negatives(positives, ex.users, k * n_candidates, generator)   # (P, k·N)
-            return dns_negatives(ex.queries, ex.item_table, candidates, k)
-        return dns
-    if name == "dnsmn":
-        def dns_mn(ex, generator):
-            # MDCNS Eq. (2): C_N uniform over the user's non-interacted items
-            candidates = uniform_negatives(positives, ex.users, k * n_candidates, generator)   # (P, k·N)
-            return dns_mn_negatives(ex.queries, ex.item_table, candidates, m, k, generator)
-        return dns_mn
-    raise RecError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+        draw_weighted = partial(pns_negatives, weights, table, positives)
+    return negative_sampler(name, partial(uniform_negatives, positives), draw_weighted, score_items, k=k,
+                            n_candidates=n_candidates, m=m)
 
 
 class UniformWarmUp:
@@ -254,7 +299,10 @@ def active_users(split: SplitData) -> torch.Tensor:
 def user_queries(model, split: SplitData, users, batch_size: int):
     """Each of `users`' (R,) query under the current weights, in eval mode (no dropout): the user's embedding for
     general backbones; for sequential ones the hidden state at the last position of the user's last training
-    window, i.e. the query of its last training target. Returns (R, D) and a copy of the item table (I+1, D)."""
+    window, i.e. the query of its last training target. Returns (R, D) and a copy of the item table (I+1, D).
+    Note: icpns.user_representations takes the state after the whole training sequence instead (a community
+    describes the user as the model would recommend for it); here the pools and memories hold negatives for
+    training targets, so the query is a training position's. Both are model(users) for general backbones."""
     was_training = model.training
     model.eval()
     if model.sequential:
@@ -286,14 +334,11 @@ def hop_mixing_choice(queries, item_layers, candidates, m: int, generator: torch
     """MixGCF's hop mixing: for each layer l the candidate whose mixed embedding e'_n^(l) = α_l e_p^(l) +
     (1 - α_l) e_n^(l) scores highest against the pooled query, <e_u, e'_n^(l)> = α_l <e_u, e_p^(l)> +
     (1 - α_l) <e_u, e_n^(l)>. α_l is shared by the row's candidates and 1 - α_l > 0, so this is the candidate of
-    highest <e_u, e_n^(l)>: the choice needs no mixed embedding. MixGCF+ (m > 1): uniformly among the top m.
-    queries (P, D), item_layers (L+1, I+1, D), candidates (P, N) -> chosen items (P, L+1).
+    highest <e_u, e_n^(l)>: the choice needs no mixed embedding. MixGCF+ (m > 1): uniformly among the top m
+    (`pick_from_top_m`). queries (P, D), item_layers (L+1, I+1, D), candidates (P, N) -> chosen items (P, L+1).
     Draws torch.randint(0, m, (P, L+1)) and nothing else (also for m = 1)."""
-    P = len(candidates)
-    scores = torch.stack([candidate_scores(queries, table, candidates) for table in item_layers], 1)  # (P,L+1,N)
-    top = scores.topk(m, dim=-1).indices                                                 # (P, L+1, m)
-    pick = torch.randint(0, m, (P, len(item_layers)), generator=generator, device=candidates.device)
-    best = top.gather(-1, pick.unsqueeze(-1)).squeeze(-1)                                # (P, L+1) in the pool
+    scores = torch.stack([score_items(queries, table, candidates) for table in item_layers], 1)  # (P, L+1, N)
+    best = pick_from_top_m(scores, m, generator)                                         # (P, L+1) in the pool
     return candidates.gather(1, best)                                                    # (P, L+1)
 
 
@@ -363,7 +408,7 @@ def importance_resample(queries, item_table, proposals, pool_size: int, generato
     """AdaSIR's importance resampling: from proposals j_1..j_N ~ Q, pool_size draws with replacement with
     probability w_n ∝ exp(s_{u,j_n}) / Q(j_n). Q is uniform over the user's non-positive items, so w = softmax(s).
     queries (R, D), proposals (R, N) -> (R, pool_size). Draws torch.multinomial(w, pool_size) only."""
-    weights = torch.softmax(candidate_scores(queries, item_table, proposals), dim=1)      # (R, N), Σ = 1
+    weights = torch.softmax(score_items(queries, item_table, proposals), dim=1)           # (R, N), Σ = 1
     index = torch.multinomial(weights, pool_size, replacement=True, generator=generator)   # (R, S)
     return proposals.gather(1, index)                                                       # (R, S)
 
@@ -536,7 +581,9 @@ class GNNOSampler:
         hard = gnno_negatives(self.jaccard, self.positives, ex.users, ex.positives, self.hardness, GNNO_NEGATIVES,
                               generator)                                                   # (P, G)
         pool = torch.cat([uniform, hard], 1)                                               # (P, N)
-        return dns_mn_negatives(ex.queries, ex.item_table, pool, self.m, 1, generator)     # (P, 1)
+        with torch.no_grad():
+            scores = score_items(ex.queries.detach(), ex.item_table.detach(), pool)       # (P, N)
+        return dns_mn_negatives(scores, pool, self.m, 1, generator)                        # (P, 1)
 
 
 # --- SRNS ---------------------------------------------------------------------------------------------------
@@ -548,7 +595,7 @@ def srns_criterion(queries, item_table, items, targets, history, users, alpha_t:
     (I+1, D)); 0 with one snapshot). False negatives score high with a steady, low variance; hard true
     negatives fluctuate. queries (P, D), items (P, S1), targets (P,), users (P,) -> (P, S1)."""
     def likelihood(q, table):
-        s_items = candidate_scores(q, table, items)                                        # (P, S1)
+        s_items = score_items(q, table, items)                                             # (P, S1)
         s_positive = (q * table[targets]).sum(-1, keepdim=True)                            # (P, 1)
         return torch.sigmoid(s_items - s_positive)                                         # (P, S1)
 
@@ -636,7 +683,7 @@ class SRNSMemory:
         memory = self.memory[users]                                                         # (R, S1)
         fresh = fresh_positions(memory, self.variance_sets.shape[1], SRNS_MEMORY, generator)  # (R, S2)
         positions = torch.cat([memory, fresh], 1)                                           # (R, S1 + S2)
-        scores = candidate_scores(queries[last], item_table, self.variance_sets[users].gather(1, positions))
+        scores = score_items(queries[last], item_table, self.variance_sets[users].gather(1, positions))
         self.memory[users] = positions.gather(1, scores.topk(SRNS_MEMORY, dim=1).indices)  # top S1 by score now
         return negatives
 

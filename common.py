@@ -2027,6 +2027,12 @@ class PositiveSets:
 
     def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
         user, item = torch.as_tensor(user).cpu(), torch.as_tensor(item).cpu()
+        if len(item) and not (1 <= int(item.min()) and int(item.max()) <= n_items):
+            raise RecError(f"item id {int(item.min()) if int(item.min()) < 1 else int(item.max())} is outside "
+                           f"1..{n_items}: item ids run 1..n_items and 0 is padding (shift 0-based ids by 1)")
+        if len(user) and not (0 <= int(user.min()) and int(user.max()) < n_users):
+            raise RecError(f"user id {int(user.min()) if int(user.min()) < 0 else int(user.max())} is outside "
+                           f"0..{n_users - 1}")
         self.n_users, self.n_items = n_users, n_items
         key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
         users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
@@ -2194,7 +2200,9 @@ LOSSES = {"bpr": bpr_loss, "bce": bce_loss}
 @dataclass
 class Examples:
     """A training batch flattened to examples: one per (user, positive) pair for general backbones, one per
-    position of each sequence for sequential ones (the efficient equivalent of prefix augmentation)."""
+    position of each sequence with a target (> 0; 0 is padding) for sequential ones. That equals prefix
+    augmentation, up to dropout, only where a position's output ignores where its row ends (Kang's SASRec,
+    GRU4Rec, Mamba4Rec); the s3rec-family blocks count positions back from a row's last item (PositionalBackbone)."""
 
     queries: torch.Tensor      # (P, D)
     item_table: torch.Tensor   # (I+1, D)

@@ -29,6 +29,14 @@ the per-user renormalized distribution, and finish the draws of users whose posi
 community's mass by an exact masked draw instead of looping (`common.weighted_negatives`; tests/test_icpns.py
 proves the equality by chi-square against the literal per-user construction).
 
+Use ICPNS in your own project: copy the section between `# ---- core` and `# ---- end of core ----` below; it
+needs only torch. With communities from any clustering of your users' representations (community (U,)):
+    counts = in_community_popularity(community, train_user, train_item, K, n_items)        # c, (K, I+1)
+    weights = smoothed_weights(counts, alpha=0.8)                                             # (c + ε)^α
+    negatives = icpns_negatives(weights, community, users, 1, generator, draw=my_draw)       # (B, 1), for BPR
+where my_draw(weights, group_of_user, users, k, generator) draws k items from p(j | u) ∝ weights[group_of_user[u],
+j] over u's non-positive items (e.g. torch.multinomial on those rows with u's items and item 0 zeroed).
+
 Defaults: the official config of the backbone (OFFICIAL_DEFAULTS; Uli-Chen/ICPNS recbole_gnn/properties/model/).
 Both configs: seed 2026, Adam at `--lr` 1e-3 for pre-training (learning_rate) and a fresh Adam at `--finetune-lr`
 1e-3 for fine-tuning (finetune_lr), at most 1000 pre-training epochs, validation NDCG@10 after every epoch of both
@@ -92,8 +100,54 @@ from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, ba
                     training_positives, weighted_negatives)
 
 
+# ---- core: copy this section into your project; it needs only torch ----
+# ICPNS's stages 3-4 as functions of tensors: nothing here reads argv, globals, files or common.py; the exact
+# weighted draw over a user's non-positive items is passed in. Errors are ValueErrors. The contract: users are
+# 0..U-1, item ids 1..I (0 is padding, column 0 of every weight row), community (U,) holds each user's community
+# 0..K-1, or -1 for a user without training interactions (never sampled). Stage 2's communities come from any
+# clustering of the users' representations (the runs: `community_of_user`, scikit-learn's k-means).
+def in_community_popularity(community, train_user, train_item, n_communities: int, n_items: int):
+    """Stage 3: c[k, i] = number of members of community k who interacted with item i in training.
+    community (U,) long; train_user, train_item (E,) -> float (K, I+1); column 0 (padding) is 0.
+    A pair seen twice counts once (Deviation 6)."""
+    device = community.device
+    train_user, train_item = torch.as_tensor(train_user, device=device), torch.as_tensor(train_item, device=device)
+    if len(train_item) and not (1 <= int(train_item.min()) and int(train_item.max()) <= n_items):
+        raise ValueError(f"a training item id outside 1..{n_items}: item ids run 1..I and 0 is padding")
+    if len(train_user) and not (0 <= int(train_user.min()) and int(train_user.max()) < len(community)):
+        raise ValueError(f"a training user id outside 0..{len(community) - 1} (community has one entry per user)")
+    pairs = torch.unique(train_user * (n_items + 1) + train_item)                      # distinct (u, i)
+    users, items = pairs // (n_items + 1), pairs % (n_items + 1)
+    counts = torch.zeros(n_communities, n_items + 1, dtype=torch.float64, device=device)
+    counts.index_put_((community[users], items), torch.ones(len(pairs), dtype=torch.float64, device=device),
+                      accumulate=True)
+    return counts                                                                        # (K, I+1)
+
+
+def smoothed_weights(counts, alpha: float, epsilon: float = 0.0):
+    """w[k, i] = (c[k, i] + ε)^α, the unnormalized sampling weights; padding column 0 is set to 0.
+    With ε = 0 (official), items of count 0 get weight 0 when α > 0 and are never drawn, while α = 0 gives
+    0^0 = 1 for every item: uniform sampling (torch.pow follows numpy here)."""
+    weights = (counts + epsilon).pow(alpha)                                              # (K, I+1)
+    weights[:, 0] = 0.0
+    return weights
+
+
+def icpns_negatives(weights, community, users, k: int, generator: torch.Generator, *, draw):
+    """Stage 4's negatives: p(j | u) = w[k(u), j] / sum_{j' not in I_u^+} w[k(u), j'] for j not in I_u^+, uniform
+    over the user's non-positives when w vanishes on all of them (the official fallback); k independent draws.
+    weights (K, I+1) (`smoothed_weights`), community (U,), users (B,) -> (B, k).
+    draw(weights, group_of_user, users, k, generator) -> (B, k) draws exactly that law, p(j | u) ∝
+    weights[group_of_user[u], j] over u's non-positives: in the runs common.py's `weighted_negatives` (alias
+    tables, the positives rejected, an exact masked finish); a masked torch.multinomial is the same law."""
+    if bool((community[users] < 0).any()):
+        raise ValueError("ICPNS was asked for a negative of a user without training interactions")
+    return draw(weights, community, users, k, generator)
+# ---- end of core ----
+
+
 # ----------------------------------------------------------------------------------------------------------
-# The method: communities, in-community popularity, the sampler
+# Stage 2 (k-means) and the sampler as the runs use it
 # ----------------------------------------------------------------------------------------------------------
 def community_of_user(representations, n_communities: int, seed: int, cluster_padding_user: bool = True):
     """Stage 2: the community of each user, k-means on the users' representations (N, D) -> labels (N,) on their
@@ -113,35 +167,10 @@ def community_of_user(representations, n_communities: int, seed: int, cluster_pa
     return labels[:len(representations)].to(representations.device)
 
 
-def in_community_popularity(community, train_user, train_item, n_communities: int, n_items: int):
-    """Stage 3: c[k, i] = number of members of community k who interacted with item i in training.
-    community (U,) long; train_user, train_item (E,) -> float (K, I+1); column 0 (padding) is 0.
-    A pair seen twice counts once (Deviation 6)."""
-    device = community.device
-    pairs = torch.unique(torch.as_tensor(train_user, device=device) * (n_items + 1)
-                         + torch.as_tensor(train_item, device=device))                   # distinct (u, i)
-    users, items = pairs // (n_items + 1), pairs % (n_items + 1)
-    counts = torch.zeros(n_communities, n_items + 1, dtype=torch.float64, device=device)
-    counts.index_put_((community[users], items), torch.ones(len(pairs), dtype=torch.float64, device=device),
-                      accumulate=True)
-    return counts                                                                        # (K, I+1)
-
-
-def smoothed_weights(counts, alpha: float, epsilon: float = 0.0):
-    """w[k, i] = (c[k, i] + ε)^α, the unnormalized sampling weights; padding column 0 is set to 0.
-    With ε = 0 (official), items of count 0 get weight 0 when α > 0 and are never drawn, while α = 0 gives
-    0^0 = 1 for every item: uniform sampling (torch.pow follows numpy here)."""
-    weights = (counts + epsilon).pow(alpha)                                              # (K, I+1)
-    weights[:, 0] = 0.0
-    return weights
-
-
 class ICPNSampler:
-    """Stage 4's negatives: p(j | u) = w[k(u), j] / sum_{j' not in I_u^+} w[k(u), j'] for j not in I_u^+, with
-    w = (c + ε)^α, uniform over the user's non-positives when w vanishes on all of them (the official fallback).
-
-    One alias table per community, the user's positives rejected, unfinished draws completed by an exact masked
-    draw (`common.weighted_negatives`): the same law as the official per-user tables in O(K x I) memory.
+    """Stage 4's sampler as the runs use it: `icpns_negatives` with common.py's exact draw. One alias table per
+    community, the user's positives rejected, unfinished draws completed by an exact masked draw
+    (`common.weighted_negatives`): the same law as the official per-user tables in O(K x I) memory.
 
     community: (U,) long on the sampling device, -1 for users without training interactions (never sampled).
     positives: the items no negative may be (default: the training items; `training_positives(split, device,
@@ -163,11 +192,13 @@ class ICPNSampler:
         self.weights[empty, 1:] = 1.0
         self.table = AliasTable(self.weights).to(device)
 
+    def draw(self, weights, group_of_user, users, k: int, generator: torch.Generator):
+        """icpns_negatives' `draw`: common.weighted_negatives over this sampler's alias tables (of `weights`)."""
+        return weighted_negatives(weights, self.table, group_of_user, self.positives, users, k, generator)
+
     def sample(self, users, k: int, generator: torch.Generator):
         """users (B,) on the sampler's device -> (B, k) negatives, independent draws."""
-        if bool((self.community[users] < 0).any()):
-            raise RecError("ICPNS was asked for a negative of a user without training interactions")
-        return weighted_negatives(self.weights, self.table, self.community, self.positives, users, k, generator)
+        return icpns_negatives(self.weights, self.community, users, k, generator, draw=self.draw)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -176,7 +207,14 @@ class ICPNSampler:
 @torch.no_grad()
 def user_representations(model, split, device, batch_size: int = 1024):
     """The backbone's query for each user with training interactions (Deviation 7), in eval mode.
-    Returns (users (N,), representations (N, D)) on `device`."""
+    Returns (users (N,), representations (N, D)) on `device`.
+
+    Note: for sequential backbones this is the state after the user's whole training sequence (its last L
+    items), the query the model would recommend the user's next item from: a community groups users by where
+    they are. baselines.user_queries differs on purpose: AdaSIR's and SRNS's per-user state scores negatives
+    for training targets, so it takes the query of the user's last training target (the items before it). The
+    two coincide for MF, LightGCN and NGCF (model(users)); merging them would move ICPNS's or those baselines'
+    numbers."""
     was_training = model.training
     model.eval()
     length = torch.bincount(split.train_user, minlength=split.n_users)                 # (U,)

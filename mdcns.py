@@ -15,21 +15,32 @@ towards the (detached) teacher's. Only the self model is evaluated; the peer's m
 Commands:
     python mdcns.py                                                  # synthetic data, offline
     python mdcns.py --dataset ml-1m --backbone sasrec
-    python mdcns.py --data-dir ../shared/data --dataset beauty --backbone sasrec --peer mamba4rec \
+    python mdcns.py --dataset beauty --backbone sasrec --peer mamba4rec \
         --gamma 1.0 --kd-temperature 1.0                             # Table 3 Beauty row (published settings)
     python mdcns.py ... --no-distillation                            # Table 6 "w/o CD"
     python mdcns.py ... --no-distillation --no-divergence            # Table 6 "w/o CD-DR"
     python mdcns.py ... --no-distillation --no-divergence --no-multi-source   # "w/o CD-DR-MS" = DNS(M,N), no peer
     python mdcns.py ... --augmented-prefixes                         # the code's prefix rows, 1024 per batch
-Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, one seed 42 run each; MDCNS.md
-1.5): Beauty gamma 1.0 tau 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; LastFM 0.3 / 5.0;
-KuaiRand 0.3 / 2.0 with M=10, N=70.
+Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, one seed 42 run each; the official
+logs MDCNS_Code/TEST_KD/<Dataset>-SASRec-Mamba4Rec_a1.0_b1.0_l<gamma>_dwsb1.0_t0.0_k<M>_N<N>_kdt<tau>_kdg0.01.log,
+KuaiRand's in MDCNS_Code/KuaiRand1/): Beauty gamma 1.0 tau 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7;
+LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with M=10, N=70.
+
+Use MDCNS in your own project: copy the section between `# ---- core` and `# ---- end of core ----` below; it
+needs only torch. `mdcns_loss`'s docstring states what your models, batches, candidate sampler, scorer and loss
+must be (checked at the first batch); a training step is then
+    loss_fn = mdcns_loss(draw_candidates, score, bce)        # your sampler, your scorer, your loss; paper defaults
+    pair = SelfAndPeer(my_sasrec, my_peer)                    # model(seqs, every_position=True) -> (queries, items)
+    optimizer = torch.optim.Adam(pair.parameters(), lr=1e-3)
+    for batch in batches:                                     # (sequences, targets, users), ids 1..I, 0 = padding
+        optimizer.zero_grad(); loss_fn(pair, batch, generator).backward(); optimizer.step()
 
 Protocol (the file's defaults, the paper's): `--split user`: users shuffled by the seed, 70% train (every prefix
 of their sequences is a training example), 20% validation, 10% test; a validation/test user's last item is
 predicted from the rest of the sequence, full ranking over all items, the input items masked (-inf), pessimistic
-ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20 with patience 30 (at most 300
-epochs); test is evaluated once, at the best validation epoch. `--split loo` gives the standard leave-one-out.
+ties (common.py). Recall and NDCG at 5/10/20; early stopping on validation NDCG@20, stopping at the 30th validation
+in a row without improvement as the code (`--patience 29`; at most 300 epochs); test is evaluated once, at the
+best validation epoch. `--split loo` gives the standard leave-one-out.
 The code's LastFM files differ (80/10/10 of the users in file order, every prefix evaluated): `--split user-prefixes`.
 
 Deviations from the paper (P) and the official code (C); the default is what produced the published numbers:
@@ -44,41 +55,48 @@ Deviations from the paper (P) and the official code (C); the default is what pro
  4. Training examples: C trains on explicitly augmented prefixes (one row per prefix, the last 50 items, 1024
     rows per batch). Default: every position of every training sequence in one pass (common.py, as
     baselines.py), ~1024 examples per batch; the prefixes of a sequence then share a dropout mask and a batch,
-    and a sequence longer than 51 items is cut into windows. `--augmented-prefixes` is C step for step, at about
-    (examples / sequences) times the forward cost (~8x on Beauty) and L int64 per example of memory.
+    and a sequence longer than 51 items is cut into windows. This is not the same computation as prefix rows for
+    the default SASRec (and LinRec, FMLP4Rec): those blocks count positions back from a row's last item, so a
+    prefix inside a longer row sees its items at shifted positions. For GRU4Rec, Mamba4Rec and Kang's SASRec it
+    equals prefix rows up to the dropout masks (tests/test_baselines.py checks them in eval mode).
+    `--augmented-prefixes` is C step for step, at about (examples / sequences) times the forward cost (~8x on
+    Beauty) and L int64 per example of memory.
  5. Candidates, Eq. (2): C draws N distinct items (random.sample) outside the input sequence and the target; we
     use common's exact uniform draw with replacement (duplicates are rare: N=100 of ~12k items) outside the
     user's whole training history, a superset of the prefix and its target.
- 6. Backbones are common.py's (SASRec: the original Kang block, xavier init; GRU4Rec, Mamba4Rec), not C's
-    S3-Rec-style ports; right padding instead of C's left padding. Both models share --dim/--layers/--heads/
-    --dropout, as in C (num_hidden_layers 2 for every model).
+ 6. Backbones are common.py's. The default SASRec (`--sasrec-block s3rec`) is C's S3-Rec-style block (post-LN,
+    GELU, N(0, 0.02) init) with positions counted back from the last item, as C's left-padded rows number them;
+    `--sasrec-block kang` is Kang's original block (xavier init, positions from the first item). Rows are
+    right-padded instead of C's left padding, so GRU4Rec and Mamba4Rec never step over padding before the first
+    item (C's do). Both models share --dim/--layers/--heads/--dropout, as in C (num_hidden_layers 2 for every
+    model).
  7. P reports a mean of 3 runs; the logs behind every number are single seed-42 runs. Default seed 42.
  8. Ablations (Table 6): with CD, DR and MS all off no peer is built or trained (it could not influence the
-    self model); the run is DNS(M, N) and draws exactly baselines.py's negatives.
+    self model); the run is DNS(M, N) and draws exactly baselines.py's negatives (its loss unweighted: alpha
+    only has to be positive there).
 """
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from common import (LOSSES, SEQUENTIAL_BACKBONES, PositiveSets, RecError, base_parser, build_backbone, evaluate,
-                    evaluate_saved, examples, finish, fit, parser_action, prepare, run_cli, score_items,
-                    synthetic_defaults, training_positives, uniform_negatives, world_size)
+                    evaluate_saved, finish, fit, parser_action, prepare, run_cli, score_items, synthetic_defaults,
+                    training_positives, uniform_negatives, world_size)
 
-CODE_BATCH = 1024      # examples per batch in the official code
-CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run
+# ---- core: copy this section into your project; it needs only torch ----
+# MDCNS as functions of tensors: nothing here reads argv, globals, files or common.py. Errors are ValueErrors.
+CODE_BATCH = 1024      # examples per batch in the official code (MDCNS_Code/main.py:67, --batch_size)
+CODE_KD_WEIGHT = 0.01  # kd_gamma of every released run (MDCNS_Code/run_finetune.bash:26)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The method as pure tensor functions
-# ----------------------------------------------------------------------------------------------------------
+# The method as tensor functions: Eqs. (4)-(13)
 def teacher_scores(s_self, s_peer, aggregation: str = "mean"):
     """Eq. (4): s_teacher = s_self + s_peer (paper, "sum") or 0.5 (s_self + s_peer) (code, "mean")."""
     if aggregation not in ("mean", "sum"):
-        raise RecError(f"unknown teacher aggregation {aggregation!r}; choose mean or sum")
+        raise ValueError(f"unknown teacher aggregation {aggregation!r}; choose mean or sum")
     total = s_self + s_peer
     return 0.5 * total if aggregation == "mean" else total
 
@@ -107,8 +125,8 @@ def consensus_distillation(student, teacher, temperature: float, reduction: str 
     """Eqs. (11)-(12): tau^2 KL(p_teacher || p_student), p = softmax(s / tau) over each row's support; the teacher
     is detached (no gradient flows into it). student, teacher (P, K) -> scalar, the mean over the P examples
     ("mean") or their sum (the code's F.kl_div(..., reduction='sum'))."""
-    log_p_teacher = F.log_softmax(teacher.detach() / temperature, dim=-1)                     # (P, K)
-    log_p_student = F.log_softmax(student / temperature, dim=-1)                              # (P, K)
+    log_p_teacher = torch.nn.functional.log_softmax(teacher.detach() / temperature, dim=-1)   # (P, K)
+    log_p_student = torch.nn.functional.log_softmax(student / temperature, dim=-1)            # (P, K)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)                      # (P,)
     kl = temperature ** 2 * kl
     return kl.sum() if reduction == "sum" else kl.mean()
@@ -129,14 +147,20 @@ def view_weights(alpha: float, beta: float, gamma: float, multi_source: bool = T
     return (alpha, 0.0), (0.0, alpha)
 
 
-class SelfAndPeer(nn.Module):
-    """M_self and M_peer in one module, so common's `fit` moves both to the device, switches both to train mode
-    and checkpoints/restores both at the self model's best validation epoch. forward is the self model's: only
-    M_self recommends (evaluate(pair) = evaluate(self)). peer is None for the DNS(M, N) reduction."""
+def default_kd_weight(kd_reduction: str = "mean") -> float:
+    """mu of Eq. (13) that keeps the code's balance: its 0.01 on a KL summed over 1024-example batches is
+    0.01 x 1024 = 10.24 on a per-example mean ("mean"), and 0.01 on a sum ("sum", the code literally)."""
+    return CODE_KD_WEIGHT * (CODE_BATCH if kd_reduction == "mean" else 1)
+
+
+class SelfAndPeer(torch.nn.Module):
+    """M_self and M_peer in one module, so one optimizer (and common.py's `fit`) moves both to the device,
+    switches both to train mode and checkpoints/restores both together. forward is the self model's: only M_self
+    recommends. peer is None for the DNS(M, N) reduction. `sequential` is for common.py's `fit`."""
 
     sequential = True
 
-    def __init__(self, self_model: nn.Module, peer: nn.Module | None):
+    def __init__(self, self_model: torch.nn.Module, peer: torch.nn.Module | None):
         super().__init__()
         self.self_model, self.peer = self_model, peer
 
@@ -144,9 +168,6 @@ class SelfAndPeer(nn.Module):
         return self.self_model(sequences, every_position)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The training loss (Algorithm 1, one batch)
-# ----------------------------------------------------------------------------------------------------------
 def mdcns_negatives(s_self, s_peer, top_m: int, generator: torch.Generator, teacher: str = "mean",
                     divergence: bool = True, multi_source: bool = True):
     """Eqs. (4)-(8): positions (P, V) in the candidate pool of the negatives of the views (self, peer[, teacher]),
@@ -161,43 +182,133 @@ def mdcns_negatives(s_self, s_peer, top_m: int, generator: torch.Generator, teac
         return pick_from_top_m(views, top_m, generator).T                                        # (P, V)
 
 
-def mdcns_loss(args, positives: PositiveSets):
-    """batch_loss(pair, batch, generator) for common's `fit`: Algorithm 1 on one batch, both models at once.
-    L = L_rec(self) + L_rec(peer) + mu (L_kd(self) + L_kd(peer)), as the code's single backward."""
-    loss_fn = LOSSES[args.loss]
-    self_weights, peer_weights = view_weights(args.alpha, args.beta, args.gamma, args.multi_source)
+# The training loss (Algorithm 1, one batch)
+def position_examples(model, batch, check: bool = False):
+    """The examples of a batch, one per position with a target: model(sequences, every_position=True) flattened
+    to queries (P, D), the item table (I+1, D), each example's user (P,) and target (P,). check: test the batch
+    and the model's output against mdcns_loss's contract first (one ValueError line)."""
+    if check and len(batch) != 3:
+        raise ValueError(f"a batch is (sequences (B, L), targets (B, L), users (B,)), not {len(batch)} tensors")
+    sequences, targets, users = batch
+    if check:
+        check_batch(sequences, targets, users)
+    output = model(sequences, every_position=True)                                    # (B, L, D), (I+1, D)
+    if check:
+        check_output(output, sequences, targets)
+    queries, item_table = output
+    keep = targets > 0                                                                 # (B, L), 0 = no example
+    position_users = users.unsqueeze(1).expand_as(targets)[keep]                      # (P,)
+    return queries[keep], item_table, position_users, targets[keep]
+
+
+def mdcns_loss(draw_candidates, score, loss, *, n_candidates: int = 100, top_m: int = 1, alpha: float = 1.0,
+               beta: float = 1.0, gamma: float = 1.0, teacher: str = "mean", kd_temperature: float = 1.0,
+               kd_weight: float | None = None, kd_reduction: str = "mean", kd_positive: bool = True,
+               distillation: bool = True, divergence: bool = True, multi_source: bool = True):
+    """Algorithm 1 on one batch, both models at once, as batch_loss(pair, batch, generator) -> scalar:
+    L = L_rec(self) + L_rec(peer) + mu (L_kd(self) + L_kd(peer)), the code's single backward.
+
+    The contract (checked at the first batch, one ValueError line):
+      batch      (sequences (B, L), targets (B, L), users (B,)), integer, on the models' device. Item ids 1..I,
+                 0 = padding, rows right-padded; targets[b, t] is the item after sequences[b, t] (0: no example).
+      pair       SelfAndPeer(self_model, peer); each model(sequences, every_position=True) -> (queries (B, L, D),
+                 item_table (I+1, D)), row i the embedding of item i. peer None: DNS(M, N).
+      draw_candidates(users (P,), n, generator) -> (P, n) items 1..I: Eq. (2)'s pool, outside each user's items.
+      score(queries (P, D), item_table (I+1, D), items (P, n)) -> (P, n): Eq. (3), the dot product.
+      loss(positive_scores (P, 1), negative_scores (P, 1)) -> scalar: BCE in the published runs, or BPR.
+    Keywords: the paper's symbols; every default is the published runs' (Beauty: gamma 1, tau 1). kd_weight None
+    is `default_kd_weight(kd_reduction)`."""
+    if n_candidates < 1 or not 1 <= top_m <= n_candidates:
+        raise ValueError(f"need 1 <= top_m <= n_candidates, got top_m {top_m}, n_candidates {n_candidates}")
+    if kd_temperature <= 0 or min(alpha, beta, gamma) < 0 or (kd_weight is not None and kd_weight < 0):
+        raise ValueError("kd_temperature must be positive; alpha, beta, gamma and kd_weight at least 0")
+    if teacher not in ("mean", "sum") or kd_reduction not in ("mean", "sum"):
+        raise ValueError(f"teacher and kd_reduction are mean or sum, got {teacher!r}, {kd_reduction!r}")
+    self_weights, peer_weights = view_weights(alpha, beta, gamma, multi_source)
+    if not any(w > 0 for w in self_weights):
+        raise ValueError(f"no view has a positive weight (alpha {alpha}, beta {beta}, gamma {gamma}, multi_source "
+                         f"{multi_source}): nothing would train")
+    kd_weight = default_kd_weight(kd_reduction) if kd_weight is None else kd_weight
+    unchecked = True
 
     def batch_loss(pair, batch, generator):
-        ex = examples(pair.self_model, batch)                       # queries (P, D), item_table (I+1, D)
+        nonlocal unchecked
+        queries, item_table, users, positives = position_examples(pair.self_model, batch, unchecked)  # (P, D)..
         # Eq. (2): N candidates per example, uniform over the items the user has not interacted with in training;
         # one pool shared by both models and all views.
-        candidates = uniform_negatives(positives, ex.users, args.n_candidates, generator)        # (P, N)
+        candidates = draw_candidates(users, n_candidates, generator)                              # (P, N)
+        if unchecked:
+            check_items(candidates, item_table.shape[0] - 1, "draw_candidates' pool")
         # Eq. (3): dot-product scores; each model scores with its own item table
-        s_self = score_items(ex.queries, ex.item_table, candidates)                               # (P, N)
-        pos_self = score_items(ex.queries, ex.item_table, ex.positives.unsqueeze(1))              # (P, 1)
+        s_self = score(queries, item_table, candidates)                                           # (P, N)
+        pos_self = score(queries, item_table, positives.unsqueeze(1))                             # (P, 1)
         if pair.peer is None:                                        # Table 6 "w/o CD-DR-MS": DNS(M, N)
-            picks = mdcns_negatives(s_self, None, args.top_m, generator)                          # (P, 1)
-            return loss_fn(pos_self, s_self.gather(1, picks))                                    # (P, 1) gather
-        ex_peer = examples(pair.peer, batch)                         # the same examples in the same order
-        s_peer = score_items(ex_peer.queries, ex_peer.item_table, candidates)                     # (P, N)
-        pos_peer = score_items(ex_peer.queries, ex_peer.item_table, ex.positives.unsqueeze(1))    # (P, 1)
+            unchecked = unchecked and len(positives) == 0
+            picks = mdcns_negatives(s_self, None, top_m, generator)                               # (P, 1)
+            return loss(pos_self, s_self.gather(1, picks))                                       # (P, 1) gather
+        queries_peer, item_table_peer, _, _ = position_examples(pair.peer, batch, unchecked)  # the same examples
+        unchecked = unchecked and len(positives) == 0
+        s_peer = score(queries_peer, item_table_peer, candidates)                                 # (P, N)
+        pos_peer = score(queries_peer, item_table_peer, positives.unsqueeze(1))                   # (P, 1)
         # Eqs. (4)-(8): one negative per view
-        picks = mdcns_negatives(s_self, s_peer, args.top_m, generator, args.teacher, args.divergence,
-                                args.multi_source)                                                # (P, V)
+        picks = mdcns_negatives(s_self, s_peer, top_m, generator, teacher, divergence, multi_source)  # (P, V)
         # Eqs. (9)-(10), each model scoring the shared negatives with its own logits
-        loss = weighted_rec_loss(loss_fn, pos_self, s_self.gather(1, picks), self_weights) + \
-            weighted_rec_loss(loss_fn, pos_peer, s_peer.gather(1, picks), peer_weights)           # (P, V) gathers
-        if args.distillation:
+        total = weighted_rec_loss(loss, pos_self, s_self.gather(1, picks), self_weights) + \
+            weighted_rec_loss(loss, pos_peer, s_peer.gather(1, picks), peer_weights)              # (P, V) gathers
+        if distillation:
             # Eqs. (11)-(13) on raw scores. Note: the positive joins the support by default (code), not in the paper
-            support_self = torch.cat([pos_self, s_self], 1) if args.kd_positive else s_self        # (P, N+1)
-            support_peer = torch.cat([pos_peer, s_peer], 1) if args.kd_positive else s_peer        # (P, N+1)
-            teacher = teacher_scores(support_self, support_peer, args.teacher)                     # (P, N+1)
-            loss = loss + args.kd_weight * (
-                consensus_distillation(support_self, teacher, args.kd_temperature, args.kd_reduction) +
-                consensus_distillation(support_peer, teacher, args.kd_temperature, args.kd_reduction))
-        return loss
+            support_self = torch.cat([pos_self, s_self], 1) if kd_positive else s_self             # (P, N+1)
+            support_peer = torch.cat([pos_peer, s_peer], 1) if kd_positive else s_peer             # (P, N+1)
+            s_teacher = teacher_scores(support_self, support_peer, teacher)                        # (P, N+1)
+            total = total + kd_weight * (
+                consensus_distillation(support_self, s_teacher, kd_temperature, kd_reduction) +
+                consensus_distillation(support_peer, s_teacher, kd_temperature, kd_reduction))
+        return total
 
     return batch_loss
+
+
+# The contract of a batch and a model, checked once (mdcns_loss)
+def check_batch(sequences, targets, users):
+    """mdcns_loss's contract for a batch, as one ValueError line: integer (B, L), (B, L), (B,); item ids 1..I with
+    0 only as right padding (items first, then zeros), which is also how 0-based ids show; no target at padding."""
+    B = len(sequences)
+    if sequences.dim() != 2 or targets.shape != sequences.shape or users.shape != (B,):
+        raise ValueError(f"batch shapes {tuple(sequences.shape)}, {tuple(targets.shape)}, {tuple(users.shape)}; "
+                         "expected sequences (B, L), targets (B, L), users (B,)")
+    if any(t.dtype.is_floating_point or t.dtype == torch.bool for t in (sequences, targets, users)):
+        raise ValueError("sequences, targets and users must be integer tensors (item and user ids)")
+    if bool(((sequences < 0) | (targets < 0)).any()):
+        raise ValueError("a negative item id in the batch: item ids run 1..I and 0 is padding")
+    gap = (sequences[:, :-1] == 0) & (sequences[:, 1:] > 0)                            # (B, L-1)
+    if bool(gap.any()):
+        raise ValueError(f"item 0 comes before item {int(sequences[:, 1:][gap][0])} in a sequence: item ids run "
+                         "1..I and 0 is only right padding (shift 0-based ids by 1; pad on the right)")
+    if bool(((targets > 0) & (sequences == 0)).any()):
+        raise ValueError("a target at a padding position: targets[b, t] is the item after sequences[b, t]")
+
+
+def check_output(output, sequences, targets):
+    """mdcns_loss's contract for a model: model(sequences, every_position=True) -> (queries (B, L, D),
+    item_table (I+1, D)), every item id of the batch a row of the table."""
+    shapes = [tuple(t.shape) for t in output] if isinstance(output, (tuple, list)) else type(output).__name__
+    if not (isinstance(output, (tuple, list)) and len(output) == 2 and output[0].dim() == 3 and
+            output[0].shape[:2] == sequences.shape and output[1].dim() == 2 and
+            output[0].shape[2] == output[1].shape[1]):
+        raise ValueError(f"model(sequences {tuple(sequences.shape)}, every_position=True) returned {shapes}; "
+                         "expected (queries (B, L, D), item_table (I+1, D))")
+    check_items(sequences, output[1].shape[0] - 1, "sequences", low=0)
+    check_items(targets, output[1].shape[0] - 1, "targets", low=0)
+
+
+def check_items(items, n_items: int, what: str, low: int = 1):
+    """Every id of `items` in low..n_items (n_items = the item table's rows - 1), or one ValueError line."""
+    bad = (items < low) | (items > n_items)
+    if bool(bad.any()):
+        raise ValueError(f"{what} holds item id {int(items[bad][0])}, outside {low}..{n_items}: item ids run "
+                         "1..I with 0 as padding, and the item table has I+1 rows")
+
+# ---- end of core ----
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -210,9 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.epilog = ("Published settings (SASRec self, Mamba4Rec peer, BCE, N=100, M=1, alpha=beta=1, seed 42): "
                      "Beauty --gamma 1.0 --kd-temperature 1.0; Toys 3.0 / 0.7; Sports 3.0 / 1.0; Health 3.5 / 0.7; "
                      "LastFM 0.3 / 5.0; KuaiRand 0.3 / 2.0 with --top-m 10 --n-candidates 70.")
-    # The official code's settings (MDCNS.md 1.3-1.5) and the paper's protocol.
+    # The official code's settings (Lyz103/SIGIR26-MDCNS @bc6870e, MDCNS_Code/main.py:34-71, run_finetune.bash:36)
+    # and its protocol: validation NDCG@20 (main.py:159-161); it stops at the 30th validation in a row without
+    # improvement (main.py:150 EarlyStopping(patience=30), utils.py:152-156 counter >= patience), i.e.
+    # --patience 29 here, where P stops at the (P+1)-th (RecBole's rule).
     parser.set_defaults(backbone="sasrec", split="user", loss="bce", dim=64, layers=2, heads=2, dropout=0.5,
-                        max_len=50, epochs=300, patience=30, valid_metric="ndcg@20", ks="5,10,20", seed=42,
+                        max_len=50, epochs=300, patience=29, valid_metric="ndcg@20", ks="5,10,20", seed=42,
                         examples_per_batch=CODE_BATCH)
     synthetic_defaults(parser, epochs=4)   # two models, one of them the plain-PyTorch Mamba scan: ~2 s an epoch
     parser_action(parser, "batch_size").help = (
@@ -273,15 +387,29 @@ def check_args(args):
     for name in ("alpha", "beta", "gamma", "kd_weight"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             raise RecError(f"--{name.replace('_', '-')} must be at least 0, got {getattr(args, name)}")
+    if not any(w > 0 for w in view_weights(args.alpha, args.beta, args.gamma, args.multi_source)[0]):
+        raise RecError(f"no view has a positive weight (--alpha {args.alpha}" +
+                       (f" --beta {args.beta} --gamma {args.gamma}): nothing would train; raise one of them"
+                        if args.multi_source else ", --no-multi-source): nothing would train; raise --alpha"))
     if args.peer is None:
         args.peer = "sasrec" if args.backbone == "mamba4rec" else "mamba4rec"
     if args.kd_weight is None:
-        args.kd_weight = CODE_KD_WEIGHT * (CODE_BATCH if args.kd_reduction == "mean" else 1)
+        args.kd_weight = default_kd_weight(args.kd_reduction)
     if args.kd_reduction == "sum" and world_size() > 1:   # common.train_step weighs means over examples
         raise RecError("--kd-reduction sum sums the KL over a whole batch, which torchrun splits between processes; "
                        "use --kd-reduction mean (the default: the code's balance) or one process")
     if args.peer == "sasrec" and args.dim is not None and args.heads is not None and args.dim % args.heads:
         raise RecError(f"--heads {args.heads} must divide --dim {args.dim}: the sasrec peer shares them")
+
+
+def training_loss(args, positives: PositiveSets):
+    """`mdcns_loss` with the flags' settings and common.py's plumbing: candidates uniform over each user's
+    non-positives (`uniform_negatives`, Deviation 5), dot-product scores (`score_items`), --loss."""
+    return mdcns_loss(partial(uniform_negatives, positives), score_items, LOSSES[args.loss],
+                      n_candidates=args.n_candidates, top_m=args.top_m, alpha=args.alpha, beta=args.beta,
+                      gamma=args.gamma, teacher=args.teacher, kd_temperature=args.kd_temperature,
+                      kd_weight=args.kd_weight, kd_reduction=args.kd_reduction, kd_positive=args.kd_positive,
+                      distillation=args.distillation, divergence=args.divergence, multi_source=args.multi_source)
 
 
 def main(argv=None):
@@ -303,7 +431,7 @@ def main(argv=None):
     # Note: the code steps two Adams, one per model. Adam is per-parameter, so fit's single Adam over both
     # parameter sets (same lr, betas, no weight decay) takes exactly the same steps.
     record = evaluate_saved(args, split, pair) if args.eval_only else \
-        fit(args, split, pair, mdcns_loss(args, positives))
+        fit(args, split, pair, training_loss(args, positives))
     extra = {}
     if peer is not None:   # the peer as restored at the self model's best validation epoch
         extra["peer"] = {"backbone": args.peer,

@@ -1,5 +1,9 @@
+import builtins
+import dis
 import os
 import sys
+import types
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,3 +19,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+CORE_START = "# ---- core: copy this section into your project; it needs only torch ----"
+CORE_END = "# ---- end of core ----"
+
+
+def _global_loads(code) -> set:
+    """The global names a code object and the functions and classes inside it read."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_loads(const)
+    return names
+
+
+@pytest.fixture
+def copied_core():
+    """copied_core(path): a method file's core section, the lines between its two marker lines, as a user would
+    copy it: run in a namespace that holds only torch, after checking that it reads no other global name.
+    Returns the namespace (its functions and classes as attributes)."""
+    def copy(path: str) -> SimpleNamespace:
+        lines = open(path).read().splitlines()
+        assert lines.count(CORE_START) == 1 and lines.count(CORE_END) == 1, f"{path}: one marked core section"
+        code = compile("\n".join(lines[lines.index(CORE_START):lines.index(CORE_END)]), path, "exec")
+        namespace = {"torch": torch}
+        exec(code, namespace)
+        unknown = _global_loads(code) - set(namespace) - set(dir(builtins))
+        assert not unknown, f"{path}: the core section reads {sorted(unknown)}, which it does not define"
+        return SimpleNamespace(**namespace)
+    return copy

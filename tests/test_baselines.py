@@ -2,28 +2,20 @@
 argmax, DNS(M,N)'s uniform pick in the top M, the generator's draw order), the per-position loss of sequential
 backbones, and every sampler x backbone end to end on the synthetic default."""
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import chisquare
 
-from baselines import (MDCNS_SAMPLERS, SAMPLERS, build_parser, candidate_scores, dns_mn_negatives, dns_negatives,
-                       UniformWarmUp, main, make_sampler, pns_negatives, popularity_weights, resolve_sampler_args)
-from common import (GRU4Rec, AliasTable, Examples, KangSASRec, PositiveSets, RecError, make_synthetic, pad_right,
-                    score_items, split_dataset, standard_loss, training_positives, training_windows,
+from baselines import (MDCNS_SAMPLERS, SAMPLERS, build_parser, dns_mn_negatives, dns_negatives, UniformWarmUp, main,
+                       make_sampler, negative_sampler, pns_negatives, popularity_weights, resolve_sampler_args)
+from common import (GRU4Rec, AliasTable, Examples, KangSASRec, Mamba4Rec, PositiveSets, RecError, make_synthetic,
+                    pad_right, score_items, split_dataset, standard_loss, training_positives, training_windows,
                     uniform_negatives)
 
 P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The machine is shared: one intra-op thread is faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def skewed_problem(n_users=240, n_items=40, seed=0):
@@ -237,7 +229,7 @@ def test_dns_is_the_argmax_of_each_pool():
         for j in range(k):
             pool = candidates[p, j * N:(j + 1) * N].tolist()
             expected[p, j] = max(pool, key=lambda item: float(queries[p] @ table[item]))
-    assert torch.equal(dns_negatives(queries, table, candidates, k), expected)
+    assert torch.equal(dns_negatives(score_items(queries, table, candidates), candidates, k), expected)
 
 
 def test_dns_mn_picks_uniformly_within_the_top_m_only():
@@ -247,7 +239,7 @@ def test_dns_mn_picks_uniformly_within_the_top_m_only():
     table = torch.randn(n_items + 1, 4, generator=g).double()
     candidates = torch.stack([torch.randperm(n_items, generator=g)[:k * N] + 1 for _ in range(rows)])
     candidates = candidates.repeat(repeats, 1)                                            # (P, k·N), distinct
-    chosen = dns_mn_negatives(queries, table, candidates, M, k, g)                        # (P, k)
+    chosen = dns_mn_negatives(score_items(queries, table, candidates), candidates, M, k, g)   # (P, k)
     scores = (queries[:rows] @ table.T).tolist()                                         # (rows, I+1)
     ranks = np.zeros(N, dtype=np.int64)   # how often the pick is the pool's best, second best, ...
     for p, picks in enumerate(chosen.tolist()):
@@ -300,35 +292,43 @@ def test_uniform_warm_up_draws_uniform_negatives_then_the_sampler():
                            uniform_negatives(positives, users, 2, torch.Generator().manual_seed(1)))
 
 
-def test_candidate_scores_are_score_items_exactly():
-    """Blocked scoring must not change a bit: mdcns.py's DNS+ reduction compares negatives for equality."""
-    g = torch.Generator().manual_seed(3)
-    for D, N in ((50, 100), (64, 7)):
-        queries, table = torch.randn(3000, D, generator=g), torch.randn(500, D, generator=g)
-        candidates = torch.randint(0, 500, (3000, N), generator=g)
-        assert torch.equal(candidate_scores(queries, table, candidates, block=1000),
-                           score_items(queries, table, candidates))
+@pytest.mark.parametrize("name", ["dns", "dnsmn"])
+def test_dns_scores_its_pools_without_gradient(name):
+    """The pools are scored on detached tensors with autograd off: choosing a negative adds nothing to the graph."""
+    seen = []
+
+    def score(queries, item_table, items):
+        seen.append((torch.is_grad_enabled(), queries.requires_grad, item_table.requires_grad))
+        return score_items(queries, item_table, items)
+    ex = Examples(torch.randn(5, 3, requires_grad=True), torch.randn(9, 3, requires_grad=True),
+                  torch.arange(5), torch.ones(5, dtype=torch.long))
+    draw = lambda users, n, generator: torch.randint(1, 9, (len(users), n), generator=generator)  # noqa: E731
+    negative_sampler(name, draw, score=score, n_candidates=4, m=2)(ex, torch.Generator().manual_seed(0))
+    assert seen == [(False, False, False)]
 
 
-def test_dns_scores_without_gradient():
-    queries = torch.randn(5, 3, requires_grad=True)
-    table = torch.randn(9, 3, requires_grad=True)
-    candidates = torch.randint(1, 9, (5, 4))
-    assert not dns_negatives(queries, table, candidates, 1).requires_grad
-    assert queries.grad is None
+def test_a_draw_outside_the_item_table_is_an_error():
+    """The contract, checked at the first call: item ids 1..I (0 is padding, I + 1 rows in the item table)."""
+    ex = Examples(torch.randn(4, 3), torch.randn(7, 3), torch.arange(4), torch.ones(4, dtype=torch.long))
+    for bad in (0, 7):
+        draw = lambda users, n, generator: torch.full((len(users), n), bad)   # noqa: E731
+        with pytest.raises(ValueError, match=f"item id {bad}, outside 1..6"):
+            negative_sampler("rns", draw)(ex, torch.Generator())
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Sequential backbones: every position is a (prefix -> next item) example
 # ---------------------------------------------------------------------------------------------------------
-# (the s3rec SASRec numbers positions back from a row's last item, so one pass equals explicit prefixes only for
-# positions counted from the first item: Kang's block, GRU4Rec; tests/test_common.py covers the s3rec rows)
-@pytest.mark.parametrize("backbone", ["kang", "gru4rec"])
+# (the s3rec SASRec, LinRec and FMLP4Rec number positions back from a row's last item, so one pass equals explicit
+# prefixes only where a position ignores where its row ends: Kang's block, GRU4Rec, Mamba4Rec)
+@pytest.mark.parametrize("backbone", ["kang", "gru4rec", "mamba4rec"])
 @pytest.mark.parametrize("loss", ["bpr", "bce"])
 def test_per_position_loss_equals_explicit_prefixes(backbone, loss):
     torch.manual_seed(0)
     n_items, L = 12, 8
-    model = KangSASRec(n_items, 8, L, n_layers=2, n_heads=2) if backbone == "kang" else GRU4Rec(n_items, 8, L)
+    model = {"kang": lambda: KangSASRec(n_items, 8, L, n_layers=2, n_heads=2),
+             "gru4rec": lambda: GRU4Rec(n_items, 8, L),
+             "mamba4rec": lambda: Mamba4Rec(n_items, 8, L, n_layers=2)}[backbone]()
     model.eval()
     sequence = np.array([3, 5, 2, 7, 1, 9, 4])
     inputs, targets, users = training_windows(np.zeros(len(sequence), dtype=np.int64), sequence, L)
@@ -393,3 +393,44 @@ def test_flag_defaults_per_sampler():
 def test_flag_errors(argv):
     with pytest.raises(RecError):
         main(argv + ["--quiet", "--epochs", "1"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The core in a training loop of someone else's: copied out of the file (torch only), or imported
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["copied section", "import baselines"])
+def test_core_trains_a_loop_of_its_own(source, copied_core):
+    """DNS(M,N) with an MF, a uniform draw and a scorer of the loop's own and BPR: no common.py. The loss falls."""
+    import baselines
+    core = copied_core(baselines.__file__) if source == "copied section" else baselines
+    F = torch.nn.functional
+    U, I, D = 40, 20, 8
+    g = torch.Generator().manual_seed(0)
+    user = torch.arange(U).repeat_interleave(4)                                             # (E,)
+    item = 1 + (user % 2) * 10 + torch.randint(0, 10, (len(user),), generator=g)           # (E,) 1..20
+    seen = torch.zeros(U, I + 1, dtype=torch.bool)
+    seen[user, item] = True
+    seen[:, 0] = True
+
+    def draw_uniform(users, n, generator):
+        return torch.multinomial((~seen[users]).float(), n, replacement=True, generator=generator)
+
+    def score(queries, item_table, items):
+        return (queries.unsqueeze(1) * item_table[items]).sum(-1)
+
+    negatives_fn = core.negative_sampler("dnsmn", draw_uniform, score=score, n_candidates=8, m=2)
+    torch.manual_seed(0)
+    users_table, items_table = torch.nn.Embedding(U, D), torch.nn.Embedding(I + 1, D)
+    optimizer = torch.optim.Adam([*users_table.parameters(), *items_table.parameters()], lr=0.05)
+    losses = []
+    for _ in range(30):
+        ex = SimpleNamespace(queries=users_table(user), item_table=items_table.weight, users=user)
+        negatives = negatives_fn(ex, g)                                                     # (E, 1)
+        positive = (ex.queries * ex.item_table[item]).sum(-1, keepdim=True)                # (E, 1)
+        loss = -F.logsigmoid(positive - score(ex.queries, ex.item_table, negatives)).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert not bool(seen[user.unsqueeze(1), negatives].any())

@@ -180,7 +180,7 @@ def test_every_batch_loss_accepts_an_empty_shard():
     args = mdcns.build_parser().parse_args(["--peer", "gru4rec", "--dim", "8", "--layers", "1"])
     mdcns.check_args(args)
     pair = mdcns.SelfAndPeer(build_backbone("sasrec", split, args), build_backbone("gru4rec", split, args))
-    mdcns.mdcns_loss(args, common.training_positives(split, "cpu"))(pair, empty, torch.Generator())
+    mdcns.training_loss(args, common.training_positives(split, "cpu"))(pair, empty, torch.Generator())
     sampler = icpns.ICPNSampler(torch.arange(split.n_users) % 3, split.train_user, split.train_item, split.n_items, 3,
                                 0.8)
     assert sampler.sample(empty[2], 1, torch.Generator()).shape == (0, 1)
@@ -249,7 +249,7 @@ def test_a_signal_to_one_rank_stops_every_rank_and_the_resumed_run_equals_the_wh
         whole = [(h["epoch"], h["loss"], h["valid"]) for h in outcome["whole"]["history"]]
         assert [(h["epoch"], h["loss"], h["valid"]) for h in outcome["resumed"]["history"]] == whole
         assert outcome["resumed"]["test"] == outcome["whole"]["test"] == outcomes[0]["whole"]["test"]
-    assert sorted(os.listdir(spawned / "cut")) == ["model.pt", "results.json"]
+    assert sorted(os.listdir(spawned / "cut")) == ["model.pt", "results.json", "test_rows.npz"]
     saved = json.loads((spawned / "cut" / "results.json").read_text())
     assert saved["config"]["world_size"] == WORLD and saved["test"] == outcomes[0]["whole"]["test"]
 
@@ -275,7 +275,8 @@ def test_torchrun_runs_every_method_file_and_writes_one_results_json(tmp_path):
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         files = sorted(os.listdir(tmp_path / script))
-        assert files == sorted(["model.pt", "results.json"] + (["pretrained.pt"] if script == "icpns" else []))
+        assert files == sorted(["model.pt", "results.json", "test_rows.npz"] +
+                               (["pretrained.pt"] if script == "icpns" else []))
         result = json.loads((tmp_path / script / "results.json").read_text())
         assert result["config"]["world_size"] == WORLD
         assert stdout.count("best epoch") == 1 and stdout.count("wrote ") == 1 + (script == "icpns")  # rank 0 only

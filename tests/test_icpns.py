@@ -227,3 +227,56 @@ def test_end_to_end(tmp_path, backbone, flags):
         assert json.load(f)["method"] == "icpns"
     if "--recluster-every" in flags:
         assert [r["before_epoch"] for r in result["reclusterings"]] == [2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The core in a training loop of someone else's: copied out of the file (torch only), or imported
+# ---------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("source", ["copied section", "import icpns"])
+def test_core_trains_a_loop_of_its_own(source, copied_core):
+    """Two communities with their own favourite items, an MF of the loop's own, the loop's own exact draw (a
+    masked multinomial) and BPR: no common.py. The loss falls."""
+    core = copied_core(icpns.__file__) if source == "copied section" else icpns
+    F = torch.nn.functional
+    U, I, D = 40, 20, 8
+    g = torch.Generator().manual_seed(0)
+    community = torch.arange(U) % 2                                                         # (U,)
+    user = torch.arange(U).repeat_interleave(4)                                             # (E,)
+    item = 1 + community[user] * 10 + torch.randint(0, 10, (len(user),), generator=g)      # 1..10 or 11..20
+    seen = torch.zeros(U, I + 1, dtype=torch.bool)
+    seen[user, item] = True
+    seen[:, 0] = True
+
+    def draw(weights, group_of_user, users, k, generator):       # p ∝ weights over the unseen items, exactly
+        rows = weights[group_of_user[users]] * ~seen[users]                                 # (B, I+1)
+        rows = torch.where(rows.sum(1, keepdim=True) > 0, rows, (~seen[users]).double())   # the fallback
+        return torch.multinomial(rows, k, replacement=True, generator=generator)
+
+    weights = core.smoothed_weights(core.in_community_popularity(community, user, item, 2, I), 0.8)
+    torch.manual_seed(0)
+    users_table, items_table = torch.nn.Embedding(U, D), torch.nn.Embedding(I + 1, D)
+    optimizer = torch.optim.Adam([*users_table.parameters(), *items_table.parameters()], lr=0.05)
+    losses = []
+    for _ in range(30):
+        negatives = core.icpns_negatives(weights, community, user, 1, g, draw=draw)         # (E, 1)
+        queries = users_table(user)                                                         # (E, D)
+        positive = (queries * items_table(item)).sum(-1, keepdim=True)                     # (E, 1)
+        negative = (queries.unsqueeze(1) * items_table(negatives)).sum(-1)                 # (E, 1)
+        loss = -F.logsigmoid(positive - negative).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+    assert not bool(seen[user.unsqueeze(1), negatives].any())
+
+
+def test_core_rejects_ids_outside_the_contract():
+    community = torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match="outside 1..4"):
+        in_community_popularity(community, torch.tensor([0, 1]), torch.tensor([0, 2]), 1, 4)   # 0-based items
+    with pytest.raises(ValueError, match="outside 0..2"):
+        in_community_popularity(community, torch.tensor([0, 3]), torch.tensor([1, 2]), 1, 4)
+    with pytest.raises(ValueError, match="without training interactions"):
+        icpns.icpns_negatives(torch.ones(1, 5), torch.tensor([0, -1, 0]), torch.tensor([1]), 1, torch.Generator(),
+                              draw=None)

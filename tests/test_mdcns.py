@@ -111,26 +111,32 @@ def small():
     return split, pair
 
 
-def loss_args(**changes):
-    args = dict(loss="bce", n_candidates=20, top_m=2, alpha=1.0, beta=1.0, gamma=1.5, teacher="mean",
-                kd_temperature=0.7, kd_weight=10.24, kd_reduction="mean", kd_positive=True, distillation=True,
-                divergence=True, multi_source=True)
-    return SimpleNamespace(**{**args, **changes})
+def batch_loss(positives, drawn=None, **changes):
+    """mdcns_loss with common.py's plumbing (as main wires it) and these settings; drawn: a list that receives
+    every candidate pool drawn."""
+    settings = dict(n_candidates=20, top_m=2, alpha=1.0, beta=1.0, gamma=1.5, teacher="mean", kd_temperature=0.7,
+                    kd_weight=10.24, kd_reduction="mean", kd_positive=True, distillation=True, divergence=True,
+                    multi_source=True)
+
+    def draw(users, n, generator):
+        candidates = uniform_negatives(positives, users, n, generator)
+        if drawn is not None:
+            drawn.append(candidates)
+        return candidates
+    return mdcns.mdcns_loss(draw, score_items, LOSSES["bce"], **{**settings, **changes})
 
 
 @pytest.mark.parametrize("augmented", [False, True])
-def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmented):
+def test_candidates_avoid_the_sequence_and_its_target(small, augmented):
     split, pair = small
     if augmented:
         sequences, targets, users = common.prefix_rows(split.train_user, split.train_item, split.max_len)
         split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
                                     train_sequence_user=users)
     drawn = []
-    monkeypatch.setattr(mdcns, "uniform_negatives",
-                        lambda *a: drawn.append(uniform_negatives(*a)) or drawn[-1])
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    mdcns.mdcns_loss(loss_args(), positives)(pair, batch, torch.Generator().manual_seed(1))
+    batch_loss(positives, drawn)(pair, batch, torch.Generator().manual_seed(1))
     (candidates,) = drawn                                                               # (P, N)
     sequences, targets, _ = batch
     rows, cols = (targets > 0).nonzero(as_tuple=True)                                   # examples' order
@@ -141,16 +147,14 @@ def test_candidates_avoid_the_sequence_and_its_target(small, monkeypatch, augmen
         assert candidates[p].min() >= 1
 
 
-def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small, monkeypatch):
+def test_exclude_held_out_candidates_avoid_each_users_last_two_items(small):
     """--exclude-held-out under leave-one-out: the pool also avoids the user's validation and test items."""
     _, pair = small
     data = make_synthetic(0, n_users=120, n_items=80, mean_length=12)
     split = split_dataset(data, "loo", 0, sequential=True, max_len=20)
     drawn = []
-    monkeypatch.setattr(mdcns, "uniform_negatives",
-                        lambda *a: drawn.append(uniform_negatives(*a)) or drawn[-1])
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    loss = mdcns.mdcns_loss(loss_args(n_candidates=40), training_positives(split, "cpu", exclude_held_out=True))
+    loss = batch_loss(training_positives(split, "cpu", exclude_held_out=True), drawn, n_candidates=40)
     loss(pair, batch, torch.Generator().manual_seed(1))
     (candidates,) = drawn                                                               # (P, N)
     _, targets, users = batch
@@ -167,9 +171,8 @@ def test_loss_equals_equations_9_to_13(small):
     split, pair = small
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    args = loss_args(top_m=1, alpha=0.6, beta=1.7)
-    full = mdcns.mdcns_loss(args, positives)(pair, batch, torch.Generator().manual_seed(5))
-    no_cd = mdcns.mdcns_loss(loss_args(top_m=1, alpha=0.6, beta=1.7, distillation=False), positives)(
+    full = batch_loss(positives, top_m=1, alpha=0.6, beta=1.7)(pair, batch, torch.Generator().manual_seed(5))
+    no_cd = batch_loss(positives, top_m=1, alpha=0.6, beta=1.7, distillation=False)(
         pair, batch, torch.Generator().manual_seed(5))
     ex, ex_peer = examples(pair.self_model, batch), examples(pair.peer, batch)
     candidates = uniform_negatives(positives, ex.users, 20, torch.Generator().manual_seed(5))      # (P, N)
@@ -202,13 +205,13 @@ def test_all_components_off_is_dns_mn_of_baselines(small):
     dns_pair = mdcns.SelfAndPeer(pair.self_model, None)
     positives = training_positives(split, "cpu")
     batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
-    off = loss_args(distillation=False, divergence=False, multi_source=False, top_m=3)
-    ours = mdcns.mdcns_loss(off, positives)(dns_pair, batch, torch.Generator().manual_seed(7))
+    off = batch_loss(positives, distillation=False, divergence=False, multi_source=False, top_m=3)
+    ours = off(dns_pair, batch, torch.Generator().manual_seed(7))
 
     ex = examples(pair.self_model, batch)
     g = torch.Generator().manual_seed(7)
     candidates = uniform_negatives(positives, ex.users, 20, g)
-    theirs = baselines.dns_mn_negatives(ex.queries, ex.item_table, candidates, 3, 1, g)            # (P, 1)
+    theirs = baselines.dns_mn_negatives(score_items(ex.queries, ex.item_table, candidates), candidates, 3, 1, g)
     positive_scores = score_items(ex.queries, ex.item_table, ex.positives.unsqueeze(1))
     assert torch.allclose(ours, LOSSES["bce"](positive_scores, score_items(ex.queries, ex.item_table, theirs)))
 
@@ -256,3 +259,134 @@ def test_short_run(tmp_path, backbone, peer, flags):
         assert "peer" not in saved and saved["config"]["peer"] is None
     else:
         assert saved["peer"]["backbone"] == peer and 0 <= saved["peer"]["test"]["recall@20"] <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The core in a training loop of someone else's: copied out of the file (torch only), or imported
+# ---------------------------------------------------------------------------------------------------------
+I, U, L, D = 20, 24, 8, 16   # a toy catalogue where item i + 1 always follows item i (I follows by 1)
+
+
+class Markov(torch.nn.Module):
+    """A model of the loop's own: the query at a position reads that position's item only."""
+
+    def __init__(self):
+        super().__init__()
+        self.items, self.step = torch.nn.Embedding(I + 1, D), torch.nn.Linear(D, D)
+
+    def forward(self, sequences, every_position=False):
+        return self.step(self.items(sequences)), self.items.weight
+
+
+class Average(Markov):
+    """The peer: the mean of the embeddings up to each position."""
+
+    def forward(self, sequences, every_position=False):
+        running = self.items(sequences).cumsum(1) / torch.arange(1, sequences.shape[1] + 1).unsqueeze(1)
+        return self.step(running), self.items.weight
+
+
+def toy_batch():
+    walks = (torch.arange(U).unsqueeze(1) + torch.arange(L + 1)) % I + 1                 # (U, L+1)
+    seen = torch.zeros(U, I + 1, dtype=torch.bool)
+    seen[torch.arange(U).unsqueeze(1), walks] = True
+    seen[:, 0] = True
+
+    def draw(users, n, generator):                       # uniform over each user's unseen items
+        return torch.multinomial((~seen[users]).float(), n, replacement=True, generator=generator)
+    return (walks[:, :-1], walks[:, 1:], torch.arange(U)), draw
+
+
+def own_score(queries, item_table, items):
+    return (queries.unsqueeze(1) * item_table[items]).sum(-1)
+
+
+def own_bce(positive_scores, negative_scores):
+    F = torch.nn.functional
+    return -(F.logsigmoid(positive_scores).mean() + F.logsigmoid(-negative_scores).mean())
+
+
+@pytest.mark.parametrize("source", ["copied section", "import mdcns"])
+def test_core_trains_a_loop_of_its_own(source, copied_core):
+    """The copy-into-your-project promise: the core section alone (or the module's public names), two models and
+    a sampler of the loop's own (no `sequential` attribute, no common.py), the published defaults; the loss falls."""
+    core = copied_core(mdcns.__file__) if source == "copied section" else mdcns
+    batch, draw = toy_batch()
+    torch.manual_seed(0)
+    pair = core.SelfAndPeer(Markov(), Average())
+    loss_fn = core.mdcns_loss(draw, own_score, own_bce, n_candidates=10)
+    optimizer = torch.optim.Adam(pair.parameters(), lr=0.03)
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss = loss_fn(pair, batch, generator)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses
+
+
+def test_defaults_without_the_parser_are_the_published_settings():
+    """mdcns_loss needs no argparse namespace: kd_weight left out is the code's balance, 10.24 on a mean."""
+    batch, draw = toy_batch()
+    torch.manual_seed(0)
+    pair = mdcns.SelfAndPeer(Markov(), Average())
+    default = mdcns.mdcns_loss(draw, own_score, own_bce)(pair, batch, torch.Generator().manual_seed(3))
+    explicit = mdcns.mdcns_loss(draw, own_score, own_bce, n_candidates=100, top_m=1, alpha=1.0, beta=1.0, gamma=1.0,
+                                teacher="mean", kd_temperature=1.0, kd_weight=10.24, kd_reduction="mean",
+                                kd_positive=True)(pair, batch, torch.Generator().manual_seed(3))
+    assert torch.equal(default, explicit)
+    assert mdcns.default_kd_weight("sum") == 0.01
+    parsed = mdcns.build_parser().parse_args([])
+    assert (parsed.n_candidates, parsed.top_m, parsed.alpha, parsed.beta, parsed.gamma, parsed.teacher,
+            parsed.kd_temperature, parsed.kd_reduction) == (100, 1, 1.0, 1.0, 1.0, "mean", 1.0, "mean")
+
+
+def contract_error(batch=None, model=None, draw=None):
+    """The ValueError line mdcns_loss raises at its first batch, or None."""
+    good_batch, good_draw = toy_batch()
+    torch.manual_seed(0)
+    pair = mdcns.SelfAndPeer(model or Markov(), Average())
+    try:
+        mdcns.mdcns_loss(draw or good_draw, own_score, own_bce, n_candidates=5)(pair, batch or good_batch,
+                                                                               torch.Generator())
+    except ValueError as error:
+        assert "\n" not in str(error)
+        return str(error)
+
+
+def test_the_contract_is_checked_at_the_first_batch():
+    (sequences, targets, users), _ = toy_batch()
+    assert contract_error() is None
+    zero_based = sequences - 1                                          # item 0 is a real item now
+    assert "item 0 comes before item" in contract_error((zero_based, targets - 1, users))
+    assert "target at a padding position" in contract_error((sequences * 0, targets, users))
+    assert "outside 0..20" in contract_error((sequences, targets.clamp(max=21) + (targets == 20), users))
+    assert "batch shapes" in contract_error((sequences, targets[:, :-1], users))
+
+    class Flat(Markov):                                                 # forgets every_position
+        def forward(self, sequences, every_position=False):
+            return super().forward(sequences)[0][:, -1], self.items.weight
+    assert "expected (queries (B, L, D), item_table (I+1, D))" in contract_error(model=Flat())
+    for bad in (0, I + 1):
+        assert f"item id {bad}, outside 1..{I}" in contract_error(
+            draw=lambda users, n, generator: torch.full((len(users), n), bad))
+
+
+def test_zero_based_ids_are_an_error_in_common_positive_sets():
+    """The plumbing main wires in: 0-based or too large item ids never reach a draw."""
+    for item in ([0, 1, 2], [1, 2, 4]):
+        with pytest.raises(common.RecError, match="outside 1..3"):
+            common.PositiveSets(torch.tensor([0, 0, 1]), torch.tensor(item), 2, 3)
+
+
+@pytest.mark.parametrize("flags", [["--alpha", "0", "--no-multi-source", "--no-distillation"],
+                                   ["--alpha", "0", "--no-multi-source"],
+                                   ["--alpha", "0", "--beta", "0", "--gamma", "0"]])
+def test_no_view_with_a_positive_weight_is_refused_before_training(flags, tmp_path, capsys):
+    with pytest.raises(common.RecError, match="no view has a positive weight"):
+        mdcns.main([*flags, "--quiet", "--out-dir", str(tmp_path)])
+    assert not os.listdir(tmp_path) and "training rows" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no view has a positive weight"):
+        mdcns.mdcns_loss(None, None, None, alpha=0.0, beta=0.0, gamma=0.0)

@@ -79,19 +79,21 @@ def test_mdcns_defaults_are_the_published_settings_its_docstring_states():
     assert stated(doc, r"Default seed (\d+)\.") == (str(s.seed),)
     # the protocol
     (split,) = stated(doc, r"Protocol \(the file's defaults, the paper's\): `--split ([\w-]+)`")
-    ks, metric, patience, epochs = stated(
-        doc, r"Recall and NDCG at ([\d/]+); early stopping on validation (\w+@\d+) with patience (\d+) \(at most "
-             r"(\d+) epochs\)")
+    ks, metric, nth, patience, epochs = stated(
+        doc, r"Recall and NDCG at ([\d/]+); early stopping on validation (\w+@\d+), stopping at the (\d+)th validation "
+             r"in a row without improvement as the code \(`--patience (\d+)`; at most (\d+) epochs\)")
     assert (s.split, s.ks, s.valid_metric) == (split, ks.replace("/", ","), metric.lower())
-    assert (s.patience, s.epochs) == (int(patience), int(epochs))
+    assert (s.patience, s.epochs) == (int(patience), int(epochs)) and int(nth) == s.patience + 1   # RecBole's rule
     (layers,) = stated(doc, r"\(num_hidden_layers (\d+) for every model\)")
     assert s.layers == int(layers)
     # the same protocol as baselines.py states for MDCNS's baselines
-    heads, dim, dropout, max_len, loss, split, metric, patience = stated(
-        baselines.__doc__, r"MDCNS's baselines \(SASRec (\d+) heads, d (\d+), dropout ([\d.]+), L (\d+), (\w+), "
-                           r"(\w+) split, (\w+@\d+), patience (\d+)\)")
+    heads, dim, dropout, max_len = stated(
+        baselines.__doc__, r"MDCNS's Table 3 baselines as run_all.sh runs them \(SASRec's defaults: (\d+) heads, D (\d+), "
+                           r"dropout ([\d.]+), L (\d+);")
     assert (s.heads, s.dim, s.dropout, s.max_len) == (int(heads), int(dim), float(dropout), int(max_len))
-    assert (s.loss, s.split, s.valid_metric, s.patience) == (loss.lower(), split, metric.lower(), int(patience))
+    split, loss, metric = stated(baselines.__doc__, r"--dataset beauty --backbone sasrec --split (\w+) --loss (\w+) "
+                                                    r"--valid-metric (\w+@\d+)")
+    assert (s.loss, s.split, s.valid_metric) == (loss.lower(), split, metric.lower())
 
 
 def test_mdcns_deviation_defaults_are_the_ones_its_docstring_states():

@@ -17,7 +17,8 @@ from baselines import (MDCNS_SAMPLERS, SRNS_HISTORY, SRNS_MEMORY, AdaSIRPools, G
                        merge_pools, mixgcf_loss, positive_mixing, resolve_sampler_args, srns_criterion,
                        steps_per_epoch, transition_jaccard, user_queries)
 from common import (MF, SASRec, Examples, LightGCN, PositiveSets, RecError, bpr_loss, make_synthetic, pad_right,
-                    split_dataset, training_batches, training_positives, training_rows, uniform_negatives)
+                    score_items, split_dataset, training_batches, training_positives, training_rows,
+                    uniform_negatives)
 
 P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
 
@@ -329,7 +330,8 @@ def test_gnno_sampler_pools_uniform_and_gnno_candidates_then_dns_mn():
     uniform = uniform_negatives(positives, users, 16 - baselines.GNNO_NEGATIVES, g)
     hard = gnno_negatives(sampler.jaccard, positives, users, ex.positives, sampler.hardness,
                           baselines.GNNO_NEGATIVES, g)
-    expected = dns_mn_negatives(ex.queries, ex.item_table, torch.cat([uniform, hard], 1), 3, 1, g)
+    pool = torch.cat([uniform, hard], 1)                                                     # (P, N)
+    expected = dns_mn_negatives(score_items(ex.queries, ex.item_table, pool), pool, 3, 1, g)
     assert torch.equal(negatives, expected)
     assert torch.equal(used.get_state(), g.get_state())                                     # nothing else drawn
     assert not bool(positives.contains(users.unsqueeze(1), negatives).any())
