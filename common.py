@@ -35,6 +35,7 @@ import math
 import os
 import platform
 import random
+import re
 import shlex
 import signal
 import subprocess
@@ -2469,6 +2470,11 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="auto = cuda when available")
     train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
+    train.add_argument("--time-budget", default=None, metavar="DURATION",
+                       help="wall time the command may take, e.g. 2h, 90m, 1h30m: training stops at the last "
+                            "validation that fits, the best state is restored and evaluated, results.json says "
+                            "stopped_by \"time-budget\"; counted from the start of this command (a --resume gets its "
+                            "own)")
     train.add_argument("--patience", type=int, default=10,
                        help="P: stop once --valid-metric has not improved for more than P validations in a row "
                             "(RecBole's stopping_step; P = 10 stops at the 11th)")
@@ -2483,8 +2489,8 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
                             "flags (the interrupted run prints the command); ends with exactly the uninterrupted "
                             "run's results")
     train.add_argument("--eval-only", default=None, metavar="PATH",
-                       help="no training: evaluate a saved model.pt, rebuilt from its own settings, on their split "
-                            "and write results.json")
+                       help="no training: evaluate a saved model.pt, or the best state so far in a run's "
+                            "checkpoint.pt, rebuilt from its own settings, on their split and write results.json")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--exclude-held-out", action="store_true",
                        help="negatives and candidate pools also avoid each user's validation and test items: a leak "
@@ -2495,14 +2501,14 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
 
 
 # Settings that do not change a run's results: --resume accepts them changed, --eval-only keeps the command line's.
-WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only")
+WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only", "time_budget", "cache_dir", "no_cache")
 
 
 def run_config(args) -> dict:
     """The settings of a run: every flag, resolved, and `world_size`, the number of processes that trained it
     (results.json's `config`)."""
     return {k: v for k, v in vars(args).items()
-            if k not in ("method", "command", "resume", "data_file", "data_sha256")}
+            if k not in ("method", "command", "resume", "data_file", "data_sha256", "deadline", "run_file")}
 
 
 def resolve_args(args, method: str):
@@ -2510,6 +2516,7 @@ def resolve_args(args, method: str):
     any data is read. Every problem is a RecError (one line, exit 2). Under torchrun, joins the process group
     (`init_distributed`) once the flags are known to be good. Returns args (modified)."""
     args.world_size = world_size()
+    start = time.perf_counter()
     if args.resume and args.eval_only:
         raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
     if args.eval_only:
@@ -2537,6 +2544,10 @@ def resolve_args(args, method: str):
         name = os.path.basename(args.dataset).replace(".", "_")
         args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
     from_main(check_out_dir, args)
+    args.deadline = start + duration_seconds(args.time_budget) if args.time_budget else None
+    # a fresh run's run.json: its command and settings as given, written with its first checkpoint (TrainingRun.save)
+    args.run_file = None if args.resume or args.eval_only else \
+        {"command": args.command, "method": method, "config": run_config(args)}
     return args
 
 
@@ -2578,13 +2589,15 @@ def check_flags(args):
         raise RecError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.seed <= 2 ** 32 - 1:
         raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
+    if args.time_budget is not None and not duration_seconds(args.time_budget) > 0:
+        raise RecError(f"--time-budget must be more than 0, got {args.time_budget}")
 
 
 def check_out_dir(args):
-    """Create --out-dir and write a file in it now, not after hours of training; then what it holds must fit the
-    command: --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must
-    not overwrite one. A fresh run writes run.json, its command and settings. (Under torchrun rank 0 alone runs
-    this: `resolve_args`.)"""
+    """Check that --out-dir can be created and written now, not after hours of training (the folders this creates
+    go again: a run writes nothing before it trains, `TrainingRun.save`); then what it holds must fit the command:
+    --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must not
+    overwrite one. (Under torchrun rank 0 alone runs this: `resolve_args`.)"""
     out = args.out_dir
     if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
         raise RecError("--resume needs --out-dir, the folder of the interrupted run")
@@ -2592,6 +2605,9 @@ def check_out_dir(args):
         raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
     if os.path.exists(out) and not os.path.isdir(out):
         raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
+    created, folder = [], os.path.abspath(out)   # the folders missing now, deepest first
+    while not os.path.exists(folder):
+        created, folder = created + [folder], os.path.dirname(folder)
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
@@ -2599,6 +2615,10 @@ def check_out_dir(args):
     except OSError as error:
         raise RecError(f"--out-dir {out} cannot be created or written ({error.strerror or error}); choose a "
                        f"writable folder") from None
+    finally:
+        for folder in created:
+            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
+                os.rmdir(folder)
     checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
     if args.resume:
         if not os.path.isfile(checkpoint):
@@ -2627,9 +2647,6 @@ def check_out_dir(args):
         if os.path.exists(checkpoint):
             raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
                            f"choose another --out-dir")
-        with open(run_file + ".tmp", "w") as f:
-            json.dump({"command": args.command, "config": run_config(args)}, f, indent=1)
-        os.replace(run_file + ".tmp", run_file)
 
 
 def seed_everything(seed: int):
@@ -2885,7 +2902,9 @@ def checkpoint_path(args) -> str:
 
 
 def save_atomically(obj, path: str):
-    """torch.save into a temporary file of the same folder, then a rename: a reader never sees half a file."""
+    """torch.save into a temporary file of the same folder (made if needed), then a rename: a reader never sees half
+    a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
@@ -2894,6 +2913,14 @@ def save_atomically(obj, path: str):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def save_json(obj, path: str):
+    """json.dump into a temporary file beside `path` (its folder made if needed), then a rename."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 PER_RANK = ("sample_generator", "rng", "keep")   # what each process of a torchrun keeps for itself in a checkpoint
@@ -3008,121 +3035,310 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train",
-        keep: dict | None = None, epochs_after: int = 0) -> dict:
-    """Train `model` with Adam, validating every `--eval-every` epochs; stop once `--valid-metric` has not improved
-    for more than `--patience` validations, restore the best state. The test set is not touched here.
+def duration_seconds(text: str) -> float:
+    """The seconds of a duration as --time-budget takes it: 2h, 90m, 45s, 1h30m, 1.5h."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or match is None:
+        raise RecError(f"--time-budget must be a duration such as 2h, 90m or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    return 3600 * hours + 60 * minutes + seconds
 
-    batch_loss(model, batch, generator) -> scalar loss, for a batch of `training_batches`.
-    parameters: what Adam updates (default: the model's); a fresh optimizer every call.
+
+def device_words(device) -> str:
+    """Where a run computes, in words: 'this CPU (2 threads)', the GPU's name; under torchrun, how many processes."""
+    device = torch.device(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"this CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+    return where + (f", {world_size()} processes" if world_size() > 1 else "")
+
+
+PACE_BATCHES = 30   # training batches timed before the pace line
+
+
+class Pace:
+    """The clock of a training stage, timed in this process only (the batches a resumed run trained before its
+    interruption were timed by another): training seconds per batch and the seconds after each epoch's batches
+    (validation, checkpoint) over the latest 5 epochs. It says the cost once, after the first PACE_BATCHES batches
+    (or the first epoch when it is shorter), gives each epoch line its ETA, and tells --time-budget whether the
+    next validation still fits."""
+
+    def __init__(self, n_batches: int, deadline: float | None):
+        self.n_batches, self.deadline, self.said, self.started, self.trained = n_batches, deadline, False, None, None
+        self.epochs = []   # [batches, training seconds, seconds after the batches] of the latest epochs timed here
+
+    def start_epoch(self):
+        self.started = time.perf_counter()
+        self.epochs = (self.epochs + [[0, 0.0, None]])[-5:]
+
+    def batch_done(self) -> bool:
+        """Count a batch; True when the pace line is due (once)."""
+        self.epochs[-1][0] += 1
+        self.epochs[-1][1] = time.perf_counter() - self.started
+        return not self.said and sum(e[0] for e in self.epochs) >= PACE_BATCHES
+
+    def end_epoch(self) -> bool:
+        """The epoch's batches are done; True when the pace line is due (an epoch shorter than PACE_BATCHES)."""
+        self.trained = time.perf_counter()
+        return not self.said and self.epochs[-1][0] > 0
+
+    def per_epoch(self) -> float | None:
+        """The seconds of a whole epoch at the latest pace: n_batches batches, and the mean seconds after them
+        (None before a batch was timed here)."""
+        batches, seconds = sum(e[0] for e in self.epochs), sum(e[1] for e in self.epochs)
+        after = [e[2] for e in self.epochs if e[2] is not None]
+        if not batches:
+            return None
+        return seconds / batches * self.n_batches + (sum(after) / len(after) if after else 0.0)
+
+    def eta(self, left: int) -> str:
+        """The epoch is over (validated, saved): `left` more epochs at the latest pace."""
+        self.epochs[-1][2] = time.perf_counter() - self.trained
+        per_epoch = self.per_epoch()
+        return f"  ETA ≤ {duration(left * per_epoch)}" if left and per_epoch is not None else ""
+
+    def fits(self, epochs: int) -> bool:
+        """Whether `epochs` more epochs, their validation and the test evaluation (about one validation more) end
+        within --time-budget; True while nothing is timed here."""
+        per_epoch = self.per_epoch()
+        return per_epoch is None or time.perf_counter() + epochs * per_epoch + self.epochs[-1][2] <= self.deadline
+
+    def line(self, args, stage: str, epochs_left: int, epochs_after: int) -> str:
+        """The cost of the run before the wait: the measured pace, the budget, the worst case here, what to do."""
+        per_epoch, timed = self.per_epoch(), sum(e[0] for e in self.epochs)
+        worst = epochs_left * per_epoch
+        line = (f"{stage} pace: {duration(per_epoch) if per_epoch >= 10 else f'{per_epoch:.1f}s'} per epoch of "
+                f"{self.n_batches:,} batch{'es' if self.n_batches > 1 else ''} ({timed} timed); "
+                f"at most {epochs_left} more epoch{'s' if epochs_left > 1 else ''} (--epochs {args.epochs}"
+                + (f", then {epochs_after} of the next stage" if epochs_after else "")
+                + f"; --patience {args.patience} may stop it sooner): up to {duration(worst)} of training on "
+                  f"{device_words(args.device)}")
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            return line + (f", within --time-budget {args.time_budget}" if worst <= left else
+                           f"; --time-budget {args.time_budget} stops it at the last validation that fits, in about "
+                           f"{duration(max(left, 0))}")
+        if worst > 3600:
+            line += (f". Over an hour: for a first look try --epochs 5 (~{duration(5 * per_epoch)}), or a GPU "
+                     f"(--device cuda), or several processes (torchrun), or --time-budget")
+        return line
+
+
+class TrainingRun:
+    """What `fit` needs besides its loop, none of which changes a number: Adam and the random generators, the
+    checkpoint and --resume, signals, torchrun's shared decisions, the clock (`Pace`) and why the loop stops.
+
+    stage: the name of this call of `fit` in the run's output and checkpoints (ICPNS: "pretrain", "finetune").
     keep: the method's own state (a dict of tensors and records that it keeps current, e.g. ICPNS's communities),
         saved with every checkpoint for the method to rebuild itself on --resume (`read_checkpoint(args)["keep"]`).
-    epochs_after: epochs of the run's later stages, counted in the ETA.
-    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds.
+    epochs_after: epochs of the run's later stages, counted in the pace line and the ETA.
 
     Checkpoints. After every validation, <out-dir>/checkpoint.pt receives (atomically) all the rest of the run
-    depends on: the model, the optimizer, where the loop is (epochs done, batches done of the next), the history,
-    the best state and the early-stopping count, every random state (python, numpy, torch, the batch-order and
-    sampler generators), `keep` and the stage. SIGINT or SIGTERM finishes the current step, writes the checkpoint
-    and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the checkpoint
-    and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and compares).
+    depends on: the model, the optimizer, where the loop is (`Loop`), the best state, every random state (python,
+    numpy, torch, the batch-order and sampler generators), `keep` and the stage; the first one also writes run.json,
+    the run's command and settings (`check_out_dir`). SIGINT or SIGTERM finishes the current step, writes the
+    checkpoint and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the
+    checkpoint and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and
+    compares).
 
     Under torchrun (see "more than one process" above): the ranks start from rank 0's weights, each step is
     `train_step` on this rank's share of the global batch, its samplers draw from its own generator
-    (`rank_seed(seed + 1)`), rank 0 decides early stopping, a signal to any rank stops all of them after the same step, and
-    the checkpoint holds every rank's random states and `keep` (`save_checkpoint`); batch_loss is called on every
-    rank at every step. batch_loss must be a mean over its batch's examples (`train_step`).
-    """
-    device = torch.device(args.device)
-    model.to(device)
-    broadcast_parameters(model)
-    optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
-    order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU (every rank's)
-    # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
-    sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
-    n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user)) // args.batch_size)
-    # where the loop is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds)
-    loop = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "epoch_seconds": [],
-            "best_score": -1.0, "best_epoch": 0, "best_valid": None, "stale": 0}
-    best_state, epoch_order = None, order_generator.get_state()   # epoch_order: the order generator as it began
-    checkpoint = read_checkpoint(args, missing_ok=True) if args.resume else None
-    if checkpoint is not None:
-        if checkpoint["stage"] == stage:
-            if checkpoint["data_sha256"] != args.data_sha256:
-                raise RecError(f"the data file changed since {checkpoint_path(args)} was written (sha256 "
-                               f"{checkpoint['data_sha256']}, now {args.data_sha256}); the run cannot continue")
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            loop, best_state, epoch_order = checkpoint["loop"], checkpoint["best_state"], checkpoint["epoch_order"]
-            sample_generator.set_state(checkpoint["sample_generator"])
-            set_rng_states(checkpoint["rng"])
-            print(f"resumed {stage} from {checkpoint_path(args)}: {loop['epoch']} epochs and {loop['step']} "
-                  f"batches done")
+    (`rank_seed(seed + 1)`), rank 0 decides early stopping and --time-budget, a signal to any rank stops all of them
+    after the same step, and the checkpoint holds every rank's random states and `keep` (`save_checkpoint`)."""
 
-    def save():
-        save_checkpoint({"stage": stage, "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "best_state": best_state, "epoch_order": epoch_order, "data_sha256": args.data_sha256},
-                        {"sample_generator": sample_generator.get_state(), "rng": rng_states(), "keep": keep},
+    def __init__(self, args, split: SplitData, model: nn.Module, stage: str, keep: dict | None, epochs_after: int):
+        self.args, self.model, self.stage, self.keep, self.epochs_after = args, model, stage, keep, epochs_after
+        self.split = split
+        device = torch.device(args.device)
+        model.to(device)
+        broadcast_parameters(model)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.order_generator = torch.Generator().manual_seed(args.seed)   # batch order, on the CPU (every rank's)
+        # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
+        self.sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
+        rows = len(split.train_sequences) if split.sequential else len(split.train_user)
+        self.pace = Pace(-(-rows // args.batch_size), args.deadline)
+        self.loop, self.best_state, self.stopped_by, self.bar = Loop(), None, None, None
+        self.epoch_order = self.order_generator.get_state()   # the order generator as the current epoch began
+        if args.resume:
+            self.resume()
+
+    def resume(self):
+        """Continue from the checkpoint of this stage, if there is one (a run stopped in an earlier stage has none)."""
+        checkpoint = read_checkpoint(self.args, missing_ok=True)
+        if checkpoint is None or checkpoint["stage"] != self.stage:
+            return
+        if checkpoint["data_sha256"] != self.args.data_sha256:
+            raise RecError(f"the data file changed since {checkpoint_path(self.args)} was written (sha256 "
+                           f"{checkpoint['data_sha256']}, now {self.args.data_sha256}); the run cannot continue")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.loop, self.best_state = Loop(**checkpoint["loop"]), checkpoint["best_state"]
+        self.epoch_order = checkpoint["epoch_order"]
+        self.sample_generator.set_state(checkpoint["sample_generator"])
+        set_rng_states(checkpoint["rng"])
+        print(f"resumed {self.stage} from {checkpoint_path(self.args)}: {self.loop.epoch} epochs and "
+              f"{self.loop.step} batches done")
+
+    def save(self):
+        args = self.args
+        if is_main() and args.run_file:   # a fresh run's run.json, with its first checkpoint
+            save_json(args.run_file, os.path.join(args.out_dir, "run.json"))
+        save_checkpoint({"stage": self.stage, "loop": dataclasses.asdict(self.loop),
+                         "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "best_state": self.best_state, "epoch_order": self.epoch_order,
+                         "data_sha256": args.data_sha256},
+                        {"sample_generator": self.sample_generator.get_state(), "rng": rng_states(),
+                         "keep": self.keep},
                         checkpoint_path(args))
 
-    def stop():
-        save()
-        signum = received[0] if received else signal.SIGTERM   # under torchrun another rank may have received it
-        return Interrupted(f"{signal.Signals(signum).name}: {stage} stopped after {loop['epoch']} epochs and "
-                           f"{loop['step']} batches, saved to {checkpoint_path(args)}; resume with: "
-                           f"{resume_command(args.command, args.out_dir)}", signum)
+    def epoch_batches(self, epoch: int):
+        """This epoch's batches (from the checkpoint's next one on a resumed run), with its progress bar; starts its
+        clock."""
+        self.pace.start_epoch()
+        self.order_generator.set_state(self.epoch_order)
+        args = self.args
+        self.bar = tqdm(training_batches(self.split, args.batch_size, self.order_generator, args.device,
+                                         first=self.loop.step),
+                        total=self.pace.n_batches, initial=self.loop.step, desc=f"{self.stage} epoch {epoch}",
+                        leave=False, disable=args.quiet or not is_main())
+        return self.bar
 
-    recent = []   # wall seconds of the latest epochs (training and validation), for the ETA
+    def diverged(self, loss: float, epoch: int) -> RecError:
+        error = RecError(f"the loss became {loss} at epoch {epoch}; lower --lr or check the data")
+        error.said_by_rank_0 = True   # the loss of the whole batch: every rank raises this
+        return error
+
+    def batch_done(self):
+        if self.pace.batch_done():
+            self.say_pace()
+
+    def say_pace(self):
+        left = self.args.epochs - self.loop.epoch + self.epochs_after
+        self.pace.said = True
+        if left:   # (a one-epoch run has nothing left to announce once its batches are done)
+            tqdm.write(self.pace.line(self.args, self.stage, left, self.epochs_after))
+            sys.stdout.flush()
+
+    def end_epoch(self, epoch: int) -> float:
+        """The epoch's batches are done: its seconds and mean loss; the loop moves to the next epoch."""
+        loop = self.loop
+        loop.epoch_seconds.append(loop.seconds + time.perf_counter() - self.pace.started)
+        mean_loss = loop.loss_sum / max(loop.step, 1)
+        loop.epoch, loop.step, loop.loss_sum, loop.seconds = epoch, 0, 0.0, 0.0
+        self.epoch_order, self.bar = self.order_generator.get_state(), None
+        if self.pace.end_epoch():
+            self.say_pace()
+        return mean_loss
+
+    def eta(self, epoch: int) -> str:
+        """The ETA of the epoch line: the epochs left (this stage's, then the later ones') at the latest pace; an
+        upper bound, as early stopping may come first."""
+        return self.pace.eta(self.args.epochs - epoch + self.epochs_after)
+
+    def interrupted(self, received: list) -> Interrupted:
+        """A signal stopped the run (on any rank): save the checkpoint, say how to resume."""
+        if self.bar is not None:   # within an epoch: its seconds so far count when it is resumed
+            self.loop.seconds += time.perf_counter() - self.pace.started
+            self.bar.close()
+        self.save()
+        signum = received[0] if received else signal.SIGTERM   # under torchrun another rank may have received it
+        return Interrupted(f"{signal.Signals(signum).name}: {self.stage} stopped after {self.loop.epoch} epochs and "
+                           f"{self.loop.step} batches, saved to {checkpoint_path(self.args)}; resume with: "
+                           f"{resume_command(self.args.command, self.args.out_dir)}", signum)
+
+    def stop_reason(self) -> str | None:
+        """Why the loop stops before the next epoch (kept in `stopped_by`): "patience", "epochs", "time-budget" when
+        the epoch just validated is the last whose next validation still fits, or None to go on."""
+        args, loop = self.args, self.loop
+        if loop.stale > args.patience:
+            self.stopped_by = "patience"
+        elif loop.epoch >= args.epochs:
+            self.stopped_by = "epochs"
+        elif self.pace.deadline is not None and loop.history and loop.history[-1]["epoch"] == loop.epoch:
+            next_validation = min(-(-(loop.epoch + 1) // args.eval_every) * args.eval_every, args.epochs)
+            if not from_main(self.pace.fits, next_validation - loop.epoch):   # decided by rank 0, under torchrun
+                self.stopped_by = "time-budget"
+        return self.stopped_by
+
+    def finished(self) -> dict:
+        """Say why the loop stopped, restore the best state; the record of the run."""
+        args, loop = self.args, self.loop
+        if self.stopped_by == "patience":
+            print(f"early stop: {args.valid_metric} has not improved for {loop.stale} validations, more than the "
+                  f"patience {args.patience}")
+        elif self.stopped_by == "time-budget":
+            print(f"time budget: {self.stage} stopped after epoch {loop.epoch}, as the next validation would end "
+                  f"after --time-budget {args.time_budget}; the best state (epoch {loop.best_epoch}) is restored")
+        self.model.load_state_dict(self.best_state)
+        return {"history": loop.history, "best_epoch": loop.best_epoch, "valid": loop.best_valid,
+                "epoch_seconds": loop.epoch_seconds, "stopped_by": self.stopped_by}
+
+
+@dataclass
+class Loop:
+    """Where `fit` is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds); the
+    validations so far, the best one and the number since it (`stale`). A checkpoint keeps it as a dict."""
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_valid: dict | None = None
+    stale: int = 0
+
+
+def fit(args, split: SplitData, model: nn.Module, batch_loss, stage: str = "train", keep: dict | None = None,
+        epochs_after: int = 0, on_epoch_start=None) -> dict:
+    """Train `model` with Adam, validating every --eval-every epochs, until --epochs, until --valid-metric has not
+    improved for more than --patience validations, or at the last validation that fits --time-budget; restore the
+    best state. The test set is not touched here. A fresh optimizer every call.
+
+    batch_loss(model, batch, generator) -> scalar loss: a mean over the examples of a batch of `training_batches`.
+    on_epoch_start(model, epoch, generator): before the first batch of every epoch (1-based; not when a resumed run
+        goes on with an epoch it had begun), with the samplers' generator.
+    stage, keep, epochs_after: checkpoints, --resume, torchrun, the pace and the ETA: `TrainingRun`.
+    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds, stopped_by.
+    """
+    run = TrainingRun(args, split, model, stage, keep, epochs_after)
+    loop = run.loop
     with deferred_signals() as received:
-        while loop["epoch"] < args.epochs and loop["stale"] <= args.patience:
-            epoch, start = loop["epoch"] + 1, time.perf_counter()
+        while run.stop_reason() is None:
+            epoch = loop.epoch + 1
             model.train()
-            order_generator.set_state(epoch_order)
-            bar = tqdm(training_batches(split, args.batch_size, order_generator, device, first=loop["step"]),
-                       total=n_batches, initial=loop["step"], desc=f"{stage} epoch {epoch}", leave=False,
-                       disable=args.quiet or not is_main())
-            for batch in bar:
-                loss, stop_now = train_step(model, optimizer, batch_loss, batch, sample_generator, split.sequential,
-                                            received)
+            batches = run.epoch_batches(epoch)
+            if on_epoch_start is not None and loop.step == 0:
+                on_epoch_start(model, epoch, run.sample_generator)
+            for batch in batches:
+                loss, stop_now = train_step(model, run.optimizer, batch_loss, batch, run.sample_generator,
+                                            split.sequential, received)
                 if not math.isfinite(loss):
-                    error = RecError(f"the loss became {loss} at epoch {epoch}; lower --lr or check the data")
-                    error.said_by_rank_0 = True   # the loss of the whole batch: every rank raises this
-                    raise error
-                loop["loss_sum"], loop["step"] = loop["loss_sum"] + loss, loop["step"] + 1
+                    raise run.diverged(loss, epoch)
+                loop.loss_sum, loop.step = loop.loss_sum + loss, loop.step + 1
+                run.batch_done()
                 if stop_now:
-                    loop["seconds"] += time.perf_counter() - start
-                    bar.close()
-                    raise stop()
-            loop["epoch_seconds"].append(loop["seconds"] + time.perf_counter() - start)
-            mean_loss = loop["loss_sum"] / max(loop["step"], 1)
-            loop.update(epoch=epoch, step=0, loss_sum=0.0, seconds=0.0)
-            epoch_order = order_generator.get_state()
-            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop['epoch_seconds'][-1]:.1f}s"
+                    raise run.interrupted(received)
+            mean_loss = run.end_epoch(epoch)
+            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop.epoch_seconds[-1]:.1f}s"
             if epoch % args.eval_every == 0 or epoch == args.epochs:
                 valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
-                loop["history"].append({"stage": stage, "epoch": epoch, "loss": mean_loss,
-                                        "seconds": sum(loop["epoch_seconds"]), "valid": valid})
-                score = valid[args.valid_metric]
+                loop.history.append({"stage": stage, "epoch": epoch, "loss": mean_loss,
+                                     "seconds": sum(loop.epoch_seconds), "valid": valid})
                 line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
                                                for k in args.ks)
-                if from_main(lambda: score > loop["best_score"]):   # decided once, by rank 0, under torchrun
-                    loop.update(best_score=score, best_epoch=epoch, best_valid=valid, stale=0)
-                    best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+                if from_main(lambda: valid[args.valid_metric] > loop.best_score):   # rank 0 decides (torchrun)
+                    loop.best_score, loop.best_epoch, loop.best_valid = valid[args.valid_metric], epoch, valid
+                    loop.stale, run.best_state = 0, {k: v.detach().clone() for k, v in model.state_dict().items()}
                     line += "  *"
                 else:
-                    loop["stale"] += 1
-                save()
-            recent = (recent + [time.perf_counter() - start])[-5:]
-            left = args.epochs - epoch + epochs_after        # an upper bound: early stopping may come first
-            print(line + (f"  ETA ≤ {duration(left * sum(recent) / len(recent))}" if left else ""), flush=True)
+                    loop.stale += 1
+                run.save()
+            print(line + run.eta(epoch), flush=True)
             if stop_requested(received):
-                raise stop()
-    if loop["stale"] > args.patience:
-        print(f"early stop: {args.valid_metric} has not improved for {loop['stale']} validations, more than the "
-              f"patience {args.patience}")
-    model.load_state_dict(best_state)
-    return {"history": loop["history"], "best_epoch": loop["best_epoch"], "valid": loop["best_valid"],
-            "epoch_seconds": loop["epoch_seconds"]}
+                raise run.interrupted(received)
+    return run.finished()
 
 
 def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
@@ -3198,11 +3414,10 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
     if is_main():
         if not args.eval_only:
             save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
-                             "valid": record["valid"], "state_dict": model.state_dict()},
+                             "valid": record["valid"], "state_dict": model.state_dict(),
+                             "script": os.path.basename(args.command[0]), "stopped_by": record["stopped_by"]},
                             os.path.join(args.out_dir, "model.pt"))
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
+        save_json(result, path)
         for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
             if os.path.exists(finished) and not args.eval_only:
                 os.remove(finished)
@@ -3246,16 +3461,42 @@ def git_commit() -> str | None:
 
 
 def read_model_file(path: str) -> dict:
-    """A model.pt as `finish` writes it: method, config, best_epoch, valid, state_dict."""
+    """What --eval-only evaluates, as `finish` writes a model.pt: method, config, best_epoch, valid, state_dict,
+    script, stopped_by (the last two absent from older files). A run's checkpoint.pt (stopped, or still running)
+    gives the best state it holds so far, with the settings of the run.json beside it (`checkpoint_as_model`)."""
     if not os.path.isfile(path):
         raise RecError(f"--eval-only {path}: no such file")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:   # unpickling errors come in many types; all mean "not our model file"
         raise RecError(f"--eval-only {path} is not a readable model.pt ({type(error).__name__}: {error})") from None
+    if isinstance(saved, dict) and {"stage", "loop", "best_state"} <= saved.keys():
+        return checkpoint_as_model(path, saved)
     if not isinstance(saved, dict) or not {"method", "config", "state_dict"} <= saved.keys():
         raise RecError(f"--eval-only {path} is not a model.pt of this project (no method, config, state_dict)")
     return saved
+
+
+def checkpoint_as_model(path: str, checkpoint: dict) -> dict:
+    """A checkpoint.pt read as a model.pt: its best state so far (`fit`'s, of the stage it was in), with the method,
+    settings and script of the run.json that `TrainingRun.save` writes beside it. Adds `stage` and `epochs_done`."""
+    run_file = os.path.join(os.path.dirname(path), "run.json")
+    try:
+        with open(run_file) as f:
+            run = json.load(f)
+    except (OSError, ValueError) as error:
+        raise RecError(f"--eval-only {path} is a checkpoint.pt: its run's settings are in the run.json beside it, "
+                       f"which cannot be read ({error})") from None
+    if "method" not in run:
+        raise RecError(f"--eval-only {path}: its run.json predates --eval-only on checkpoints (it names no method); "
+                       f"let the run finish and evaluate its model.pt")
+    loop = checkpoint["loop"]
+    if checkpoint["best_state"] is None:
+        raise RecError(f"--eval-only {path}: the run was stopped before its first validation, so it holds no best "
+                       f"state yet; resume it (--resume) past one validation")
+    return {"method": run["method"], "config": run["config"], "script": os.path.basename(run["command"][0]),
+            "state_dict": checkpoint["best_state"], "best_epoch": loop["best_epoch"], "valid": loop["best_valid"],
+            "stage": checkpoint["stage"], "epochs_done": loop["epoch"]}
 
 
 def adopt_saved_settings(args) -> str:
@@ -3264,8 +3505,10 @@ def adopt_saved_settings(args) -> str:
     saved = read_model_file(args.eval_only)
     foreign = saved["config"].keys() - vars(args).keys()
     if foreign:
-        raise RecError(f"--eval-only {args.eval_only} was written by another script (its settings include "
-                       f"{', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script")
+        script = saved.get("script")
+        raise RecError(f"--eval-only {args.eval_only} was written by another script" + (
+            f", {script}: evaluate it with python {script} --eval-only {args.eval_only}" if script else
+            f" (its settings include {', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script"))
     for name, value in saved["config"].items():
         if name not in WHERE_AND_HOW + ("device", "eval_batch_size", "world_size"):
             setattr(args, name, value)
@@ -3273,8 +3516,9 @@ def adopt_saved_settings(args) -> str:
 
 
 def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
-    """--eval-only: load the state of model.pt into `model` (built from the same settings) and validate it.
-    Returns the record `finish` takes, with no training history."""
+    """--eval-only: load the saved state (model.pt, or a checkpoint.pt's best so far) into `model`, built from the
+    same settings, and validate it. Returns the record `finish` takes, with no training history; `stopped_by` is
+    the saved run's (None for a checkpoint: the run has not stopped)."""
     saved = read_model_file(args.eval_only)
     try:
         model.load_state_dict(saved["state_dict"])
@@ -3282,9 +3526,14 @@ def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
         raise RecError(f"--eval-only {args.eval_only} does not fit the model its settings build: "
                        f"{' '.join(str(error).split())}") from None
     model.to(args.device)
-    print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
+    if "stage" in saved:
+        print(f"loaded {args.eval_only}: the best state so far of an unfinished run, {saved['stage']} epoch "
+              f"{saved['best_epoch']} ({saved['epochs_done']} epochs of {saved['stage']} done)")
+    else:
+        print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
     return {"history": [], "best_epoch": saved["best_epoch"], "epoch_seconds": [],
-            "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size)}
+            "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size),
+            "stopped_by": saved.get("stopped_by")}
 
 
 def _terminated(signum, frame):

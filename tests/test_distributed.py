@@ -192,7 +192,7 @@ def test_every_batch_loss_accepts_an_empty_shard():
             for name, value in common.BACKBONE_DEFAULTS[backbone].items():
                 setattr(args, name, 8 if name == "dim" else value)
             model = build_backbone(backbone, split, args)
-            batch_loss = baselines.make_batch_loss(args, split, common.training_positives(split, "cpu"))
+            batch_loss, _ = baselines.make_batch_loss(args, split, common.training_positives(split, "cpu"))
             batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
             generator = torch.Generator().manual_seed(0)
             batch_loss(model, batch, generator)
