@@ -2752,6 +2752,15 @@ def init_distributed(args):
     args.world_size = world_size()
 
 
+def leave_process_group():
+    """Under torchrun, destroy the process group once every rank is done with it (`run_cli`). Left to the exit, the
+    gloo worker threads may still hold the last collective's tensors while Python finalizes; freeing them then
+    takes the GIL, the interpreter ends that thread, and the process aborts: `terminate called without an active
+    exception`, SIGABRT, a finished run reported failed (pytorch/pytorch#190489; tests/test_distributed.py)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def owns(users) -> torch.Tensor:
     """Bool mask of the users this rank owns, user % world_size == rank: its rows of every training batch and the
     users of its samplers' per-user state (all of them in one process)."""
@@ -3549,6 +3558,7 @@ def run_cli(main):
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
+        leave_process_group()   # every rank has finished
     except (Exception, KeyboardInterrupt) as error:
         if os.environ.get("NEGSAMPLING_DEBUG") == "1":
             raise
@@ -3565,4 +3575,6 @@ def run_cli(main):
         shared = isinstance(error, Interrupted) or not dist.is_initialized() or getattr(error, "said_by_rank_0", False)
         if rank() == 0 or not shared:
             print(("" if rank() == 0 else f"[rank {rank()}] ") + " ".join(line.split()), file=sys.stderr)
+        if shared:   # every rank stops here (a rank's own failure leaves the others in a collective: none waits)
+            leave_process_group()
         sys.exit(code)
