@@ -24,6 +24,7 @@ import ast
 import contextlib
 import csv
 import datetime
+import difflib
 import glob
 import gzip
 import hashlib
@@ -176,8 +177,10 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # `load_dataset(name)` looks in <data_dir>/<name>/ and its immediate subfolders for the accepted files, in this
 # priority: the official raw file, the official archive, a RecBole atomic `*.inter`, then the community's
 # preprocessed files. When none is there it downloads the official file (checksum verified when one is
-# published) or, for Yelp data, says where to get it. `load_dataset("path/to/file.csv")` reads a custom
-# `user,item[,rating[,timestamp]]` file. The same table, with terms of use, is in the README.
+# published) or says where the data comes from (Yelp's licence, the papers' Health and KuaiRand).
+# `load_dataset("path/to/file.csv")` reads a custom `user,item[,rating[,timestamp]]` file. Each load prints the
+# statistics the papers publish for the dataset (`DatasetSpec.published`) beside what it read. The same table,
+# with terms of use, is in the README.
 #
 # name         official file (auto download)          community files            default on raw files  follows
 # ml-100k      ml-100k.zip (GroupLens md5)             RecBole ml-100k.inter      rating >= 3, 10-core  ICPNS
@@ -193,6 +196,8 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # steam        steam_reviews.json.gz (UCSD)            SASRec Steam.txt           all, 5-core           SASRec
 # yelp2018     by hand (Yelp licence)                  LightGCN train/test.txt    as published          NGCF, LightGCN
 # amazon-book  LightGCN train/test.txt (GitHub)        (the same)                 as published          NGCF, LightGCN
+# health       by hand (release not named by MDCNS)    Health.txt (MDCNS code)    all, 5-core           MDCNS
+# kuairand     by hand (kuairand.com)                  KuaiRand.txt (MDCNS code)  all, 5-core           MDCNS
 #
 # Preprocessing, in RecBole's order (`Dataset._data_filtering`): each user's rows sorted by time (stable: equal
 # timestamps, and files without time, keep file order); the time window (yelp: 2019); duplicates: the first
@@ -201,10 +206,12 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # default: no rating, no further k-core, only the duplicate rule (S3-Rec's Yelp.txt loses its 11,830 repeats);
 # an explicit --k-core filters them too. LightGCN's train and test files are concatenated (train lines, then
 # test lines, in file order) and their split is not kept: the project re-splits. Ids are numbered by first
-# appearance in the file. The result is cached in <data_dir>/<name>/processed/<name>-<key>.npz, or, when the
-# data folder is not writable or has no write permission bits (a shared read-only copy), in
-# $XDG_CACHE_HOME/negsampling/<name>/ (default ~/.cache/negsampling/<name>/). The key hashes each source file's
-# path, size and modification time with every preprocessing setting.
+# appearance in the file. The result is cached in one folder, printed on every load (`cache_folder`): --cache-dir
+# when given, else processed/ beside the data (<data_dir>/<name>/processed/, or beside a custom file), or, when
+# that folder is not writable or has no write permission bits (a shared read-only copy), the user's cache
+# $XDG_CACHE_HOME/negsampling/<name>/ (default ~/.cache/negsampling/<name>/); --no-cache neither reads nor writes
+# it. A cache file is <name>-<key>.npz, the key hashing each source file's path, size and modification time with
+# every preprocessing setting.
 
 
 @dataclass
@@ -237,6 +244,7 @@ class DatasetSpec:
     follows: str = ""       # the paper whose preprocessing the defaults reproduce
     terms: str = ""         # the owner's terms of use, printed before a download
     manual: str = ""        # where to get the files by hand when there is no download
+    published: tuple = ()   # (users, items, interactions, source): the statistics a paper reports for it
 
 
 # ---------------------------------------------------------------- readers: file -> _Columns (file order)
@@ -512,11 +520,20 @@ _SNAP_AMAZON = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles
 _LIGHTGCN_DATA = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data/"
 
 
-def _amazon(category: str, community: str, follows: str, title: str) -> DatasetSpec:
+_MDCNS_TABLE_2 = "MDCNS (Li et al., SIGIR 2026), Table 2"
+_LIGHTGCN_TABLE_1 = "LightGCN (He et al., SIGIR 2020), Table 1"
+def _mdcns_files(file_name: str) -> str:
+    return (f"Put a RecBole atomic .inter file of it (what the official MDCNS code's MDCNS_Code/data/data_process.py "
+            f"reads) or its `user item item ...` lines, one per user in time order (what that script writes), as "
+            f"{file_name}")
+
+
+def _amazon(category: str, community: str, follows: str, title: str, published: tuple = ()) -> DatasetSpec:
     archive = f"reviews_{category}_5.json.gz"
     return DatasetSpec(
         title, files=(((archive,), _AMAZON, None), (("*.inter",), _RECBOLE, None), ((community,), _SEQUENCES, None)),
-        downloads=((_SNAP_AMAZON + archive, archive, None, None),), k_core=5, follows=follows, terms=_AMAZON_TERMS)
+        downloads=((_SNAP_AMAZON + archive, archive, None, None),), k_core=5, follows=follows, terms=_AMAZON_TERMS,
+        published=published)
 
 
 DATASETS = {
@@ -537,11 +554,13 @@ DATASETS = {
         min_rating=3, k_core=10, terms=_GROUPLENS_TERMS,
         follows="ICPNS (RecBole: 6,034 users, 3,124 items, 834,449 interactions); SASRec's ml-1m.txt "
                 "(all ratings, items >= 5) as published"),
-    "beauty": _amazon("Beauty", "Beauty.txt", "S3-Rec / MDCNS (all ratings, iterative 5-core)", "Amazon Beauty 2014"),
+    "beauty": _amazon("Beauty", "Beauty.txt", "S3-Rec / MDCNS (all ratings, iterative 5-core)", "Amazon Beauty 2014",
+                      (22363, 12101, 198502, _MDCNS_TABLE_2)),
     "sports": _amazon("Sports_and_Outdoors", "Sports_and_Outdoors.txt", "S3-Rec / MDCNS (all ratings, 5-core)",
-                      "Amazon Sports and Outdoors 2014"),
+                      "Amazon Sports and Outdoors 2014", (35598, 18357, 296337, _MDCNS_TABLE_2)),
     "toys": _amazon("Toys_and_Games", "Toys_and_Games.txt", "S3-Rec / MDCNS (all ratings, 5-core)",
-                    "Amazon Toys and Games 2014"),
+                    "Amazon Toys and Games 2014", (19412, 11924, 167597, _MDCNS_TABLE_2)),
+    # Note: ICPNS uses ml-100k, ml-1m, yelp and beauty (its RecBole configs) and publishes no statistics of them.
     # Note: SASRec's Video.txt was built from the full review file with a single-pass 5 filter; from the official
     # 5-core file we apply S3-Rec's recipe (iterative 5-core), so the raw-file statistics differ from SASRec's.
     "video-games": _amazon("Video_Games", "Video.txt", "S3-Rec's recipe on the 5-core file (SASRec's Video.txt "
@@ -566,7 +585,8 @@ DATASETS = {
                     # pinned by third-party projects (omnirec and others), not published by GroupLens
                     "6738f48195667ff03caaab4d32ca9a3133d8cc026b7c3cdaf6ce1010e913c59c", None),),
         k_core=5, follows="S3-Rec / MDCNS (first tagging time of each user-artist pair, iterative 5-core)",
-        terms="HetRec 2011: non-commercial use; cite Cantador, Brusilovsky & Kuflik, HetRec 2011, and Last.fm"),
+        terms="HetRec 2011: non-commercial use; cite Cantador, Brusilovsky & Kuflik, HetRec 2011, and Last.fm",
+        published=(1090, 3646, 52551, _MDCNS_TABLE_2)),
     "gowalla": DatasetSpec(
         "Gowalla check-ins (SNAP)",
         files=((("loc-gowalla_totalCheckins.txt.gz",), _GOWALLA, None), (("*.inter",), _RECBOLE, None),
@@ -574,7 +594,8 @@ DATASETS = {
         downloads=(("https://snap.stanford.edu/data/loc-gowalla_totalCheckins.txt.gz",
                     "loc-gowalla_totalCheckins.txt.gz", None, None),),
         k_core=10, follows="NGCF / LightGCN (10-core; their split: 29,858 users, 40,981 items, 1,027,370)",
-        terms="SNAP: research use; cite Cho, Myers & Leskovec, KDD 2011 (and NGCF/LightGCN for the split)"),
+        terms="SNAP: research use; cite Cho, Myers & Leskovec, KDD 2011 (and NGCF/LightGCN for the split)",
+        published=(29858, 40981, 1027370, _LIGHTGCN_TABLE_1)),
     "steam": DatasetSpec(
         "Steam reviews (UCSD, SASRec)",
         files=((("steam_reviews.json.gz",), _STEAM, None), (("*.inter",), _RECBOLE, None),
@@ -586,12 +607,34 @@ DATASETS = {
         "Yelp2018 (NGCF / LightGCN split)", files=((("train.txt", "test.txt"), _LIGHTGCN, None),),
         follows="NGCF / LightGCN (10-core upstream; 31,668 users, 38,048 items, 1,561,406)", terms=_YELP_TERMS,
         manual="this Yelp derivative is distributed only inside github.com/kuandeng/LightGCN (Data/yelp2018/) under "
-               "Yelp's Dataset License: after accepting it, save train.txt and test.txt"),
+               "Yelp's Dataset License: after accepting it, save train.txt and test.txt",
+        published=(31668, 38048, 1561406, _LIGHTGCN_TABLE_1)),
     "amazon-book": DatasetSpec(
         "Amazon-Book (NGCF / LightGCN split)", files=((("train.txt", "test.txt"), _LIGHTGCN, None),),
         downloads=((_LIGHTGCN_DATA + "amazon-book/train.txt", "train.txt", None, None),
                    (_LIGHTGCN_DATA + "amazon-book/test.txt", "test.txt", None, None)),
-        follows="NGCF / LightGCN (10-core upstream; 52,643 users, 91,599 items, 2,984,108)", terms=_AMAZON_TERMS),
+        follows="NGCF / LightGCN (10-core upstream; 52,643 users, 91,599 items, 2,984,108)", terms=_AMAZON_TERMS,
+        published=(52643, 91599, 2984108, _LIGHTGCN_TABLE_1)),
+    "health": DatasetSpec(
+        "Amazon Health and Personal Care (MDCNS)",
+        files=((("Health.txt",), _SEQUENCES, None), (("*.inter",), _RECBOLE, None)),
+        k_core=5, follows="MDCNS (iterative 5-core on users and items)",
+        terms="Amazon review data (McAuley lab, UCSD): research use only, do not redistribute",
+        manual="MDCNS's Health is Amazon's Health and Personal Care reviews, 5-core (Li et al., SIGIR 2026, Table 2: "
+               "66,519 users, 28,237 items, 485,163 interactions); the paper does not name the Amazon release and "
+               "its official code (github.com/Lyz103/SIGIR26-MDCNS) ships no Health file. "
+               + _mdcns_files("Health.txt"),
+        published=(66519, 28237, 485163, _MDCNS_TABLE_2)),
+    "kuairand": DatasetSpec(
+        "KuaiRand (MDCNS)",
+        files=((("KuaiRand.txt",), _SEQUENCES, None), (("*.inter",), _RECBOLE, None)),
+        k_core=5, follows="MDCNS (randomly exposed videos, iterative 5-core on users and items)",
+        terms="see https://kuairand.com; cite Gao et al., KuaiRand, CIKM 2022",
+        manual="MDCNS's KuaiRand is the log of randomly exposed videos of KuaiRand (Gao et al., CIKM 2022, "
+               "https://kuairand.com), 5-core (Li et al., SIGIR 2026, Table 2: 18,642 users, 7,566 items, 231,471 "
+               "interactions); the official MDCNS code (github.com/Lyz103/SIGIR26-MDCNS) ships no KuaiRand file. "
+               + _mdcns_files("KuaiRand.txt"),
+        published=(18642, 7566, 231471, _MDCNS_TABLE_2)),
 }
 
 
@@ -696,53 +739,61 @@ def _find_files(spec: DatasetSpec, folder: str):
     return None
 
 
-def _cache_folders(folder: str, name: str) -> list:
-    """<folder>/processed when the data folder is writable and not marked read-only (root may write anywhere,
-    but a shared data folder without write bits stays untouched), then the user's cache."""
+def cache_folder(folder: str, name: str, cache_dir: str | None = None) -> str:
+    """The one folder of a dataset's processed cache: `cache_dir` (--cache-dir) when given; else processed/ in the
+    data's folder when it is writable and not marked read-only (root may write anywhere, but a shared data folder
+    without write bits stays untouched); else the user's cache folder."""
+    if cache_dir:
+        return cache_dir
+    writable = os.path.isdir(folder) and os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user_cache = os.path.join(base, "negsampling", name)
-    writable = os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222
-    return ([os.path.join(folder, "processed")] if writable else []) + [user_cache]
+    return os.path.join(folder, "processed") if writable else os.path.join(base, "negsampling", name)
 
 
-def _save_cache(folders: list, file_name: str, data: Interactions, summary: str) -> str | None:
-    """Atomic write (temporary file, then rename) into the first writable folder; None when none is."""
-    for folder in folders:
-        temporary = None
-        try:
-            os.makedirs(folder, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, user=data.user, item=data.item, n_users=data.n_users, n_items=data.n_items,
-                         source=data.source, summary=summary, data_sha256=data.data_sha256 or "")
-            os.replace(temporary, os.path.join(folder, file_name))
-            return os.path.join(folder, file_name)
-        except OSError:  # read-only data folder: try the next one
-            if temporary is not None and os.path.exists(temporary):
-                os.remove(temporary)
-    return None
+def _save_cache(folder: str, file_name: str, data: Interactions, summary: str) -> str:
+    """Atomic write (temporary file, then rename) into `folder`; what the load line says about it."""
+    temporary = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, user=data.user, item=data.item, n_users=data.n_users, n_items=data.n_items,
+                     source=data.source, summary=summary, data_sha256=data.data_sha256 or "")
+        os.replace(temporary, os.path.join(folder, file_name))
+        return "cached to " + os.path.join(folder, file_name)
+    except OSError as error:   # the data was read all the same: say so and go on
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+        return f"not cached: {folder} cannot be written ({error.strerror or error}); choose another --cache-dir"
 
 
-def _load_cache(folders: list, file_name: str, name: str):
-    for folder in folders:
-        path = os.path.join(folder, file_name)
-        if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as z:
-                user = z["user"]
-                data = Interactions(user, z["item"], positions_within_users(user), int(z["n_users"]),
-                                    int(z["n_items"]), name, str(z["source"]),
-                                    data_sha256=str(z["data_sha256"]) if "data_sha256" in z.files else "")
-                return data, str(z["summary"]), path
-    return None
+def _load_cache(path: str, name: str):
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        user = z["user"]
+        data = Interactions(user, z["item"], positions_within_users(user), int(z["n_users"]), int(z["n_items"]), name,
+                            str(z["source"]), data_sha256=str(z["data_sha256"]) if "data_sha256" in z.files else "")
+        return data, str(z["summary"])
+
+
+def unknown_dataset(name: str) -> RecError:
+    """The error for a --dataset that is neither registered nor a file, with the closest registered name."""
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1)
+    return RecError(f"unknown dataset {name!r} and no such file" + (f"; did you mean {close[0]!r}?" if close else "")
+                    + f" Known datasets: {', '.join(DATASETS)}; or give the path of a user,item[,rating[,timestamp]] "
+                      f"CSV/TSV file")
 
 
 def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | None = None,
-                 k_core: int | None = None, use_cache: bool = True) -> Interactions:
+                 k_core: int | None = None, use_cache: bool = True, cache_dir: str | None = None) -> Interactions:
     """Load a registered dataset (see DATASETS and the table above) or a custom file, preprocessed and cached.
 
     min_rating / k_core: None = the dataset's default for the file found (the table above); an explicit
-    min_rating on a file without ratings is an error. use_cache=False neither reads nor writes the cache.
-    Prints one line: the file and its format, what each preprocessing step removed, and the cache used.
+    min_rating on a file without ratings is an error. use_cache=False (--no-cache) neither reads nor writes the
+    cache; cache_dir (--cache-dir): its folder (default: `cache_folder`).
+    Prints one line: the file and its format, what each preprocessing step removed, the cache used, and the
+    statistics the papers publish for the dataset.
     """
     if os.path.isfile(name_or_path):
         name = os.path.splitext(os.path.basename(name_or_path))[0]
@@ -754,8 +805,7 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
         folder = os.path.join(data_dir, name)
         found = _find_files(spec, folder) or _fetch(spec, name, folder)
     else:
-        raise RecError(f"unknown dataset {name_or_path!r} and no such file; known datasets: {', '.join(DATASETS)}; "
-                       f"or give the path of a user,item[,rating[,timestamp]] CSV/TSV file")
+        raise unknown_dataset(name_or_path)
     paths, fmt, member = found
     data_file = " + ".join(paths)   # results.json's provenance, as given: no machine's absolute prefix
     if fmt.published and min_rating is not None:
@@ -769,13 +819,14 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     cache_name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     where = " + ".join(_where(p, member) for p in paths)
 
-    folders = _cache_folders(folder, name)
-    cached = _load_cache(folders, cache_name, name) if use_cache else None
+    cache_path = os.path.join(cache_folder(folder, name, cache_dir), cache_name)
+    paper = "; {:,} users, {:,} items, {:,} interactions in {}".format(*spec.published) if spec.published else ""
+    cached = _load_cache(cache_path, name) if use_cache else None
     if cached is not None:
-        data, summary, cache_path = cached
+        data, summary = cached
         data.data_file = data_file
         data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
-        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}")
+        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}{paper}")
         return data
     try:
         columns = fmt.read([(p, member) for p in paths])
@@ -792,9 +843,9 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
                                 settings["k_core"], settings["time_window"])
     data.source = f"{where} ({fmt.description})"
     data.data_file, data.data_sha256 = data_file, files_sha256(paths)
-    cache_path = _save_cache(folders, cache_name, data, summary) if use_cache else None
-    print(f"[data] {name}: {where} ({fmt.description}); {summary}; "
-          f"{'cached to ' + cache_path if cache_path else 'not cached'}")
+    cached = _save_cache(os.path.dirname(cache_path), cache_name, data, summary) if use_cache else \
+        "not cached (--no-cache)"
+    print(f"[data] {name}: {where} ({fmt.description}); {summary}; {cached}{paper}")
     return data
 
 
@@ -844,6 +895,11 @@ def add_data_arguments(parser) -> None:
                              "is left. Default on official raw files: " + defaults + ". Community preprocessed "
                              "files (SASRec, S3-Rec, LightGCN) are used as published unless this is set; "
                              "0 disables it")
+    parser.add_argument("--cache-dir", default=None, metavar="FOLDER",
+                        help="where the preprocessed dataset is cached (printed on every load); by default a "
+                             "processed/ folder beside the data, or the user's cache folder (~/.cache/negsampling) "
+                             "when the data folder is read-only")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the preprocessed cache")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -2358,6 +2414,14 @@ class CommandLine(argparse.ArgumentParser):
             print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def _check_value(self, action, value):
+        """A value outside a flag's choices (--backbone, --sampler, ...): the error names the closest one."""
+        if action.choices is not None and value not in action.choices:
+            choices = [str(choice) for choice in action.choices]
+            close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+            self.error(f"argument {'/'.join(action.option_strings)}: invalid choice {value!r}"
+                       + (f"; did you mean {close[0]!r}?" if close else "") + f" (choose from {', '.join(choices)})")
+
     def parse_args(self, args=None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)
         parsed = super().parse_args(argv, namespace)
@@ -2544,6 +2608,8 @@ def resolve_args(args, method: str):
         name = os.path.basename(args.dataset).replace(".", "_")
         args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
     from_main(check_out_dir, args)
+    if args.cache_dir and not args.no_cache and args.dataset != "synthetic":
+        from_main(check_writable, args.cache_dir, "--cache-dir")
     args.deadline = start + duration_seconds(args.time_budget) if args.time_budget else None
     # a fresh run's run.json: its command and settings as given, written with its first checkpoint (TrainingRun.save)
     args.run_file = None if args.resume or args.eval_only else \
@@ -2557,6 +2623,8 @@ def _flag(name: str) -> str:
 
 def check_flags(args):
     """The ranges of the shared flags (a method file checks its own flags the same way before `prepare`)."""
+    if args.dataset != "synthetic" and args.dataset not in DATASETS and not os.path.isfile(args.dataset):
+        raise unknown_dataset(args.dataset)
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise RecError(f"{_flag(name)} must be a finite number, got {value}")
@@ -2593,6 +2661,24 @@ def check_flags(args):
         raise RecError(f"--time-budget must be more than 0, got {args.time_budget}")
 
 
+def check_writable(folder: str, flag: str):
+    """Raise a RecError unless `folder` can be created and written now; the folders this creates go again."""
+    created, missing = [], os.path.abspath(folder)   # the folders missing now, deepest first
+    while not os.path.exists(missing):
+        created, missing = created + [missing], os.path.dirname(missing)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise RecError(f"{flag} {folder} cannot be created or written ({error.strerror or error}); choose a "
+                       f"writable folder") from None
+    finally:
+        for made in created:
+            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
+                os.rmdir(made)
+
+
 def check_out_dir(args):
     """Check that --out-dir can be created and written now, not after hours of training (the folders this creates
     go again: a run writes nothing before it trains, `TrainingRun.save`); then what it holds must fit the command:
@@ -2605,20 +2691,7 @@ def check_out_dir(args):
         raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
     if os.path.exists(out) and not os.path.isdir(out):
         raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
-    created, folder = [], os.path.abspath(out)   # the folders missing now, deepest first
-    while not os.path.exists(folder):
-        created, folder = created + [folder], os.path.dirname(folder)
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise RecError(f"--out-dir {out} cannot be created or written ({error.strerror or error}); choose a "
-                       f"writable folder") from None
-    finally:
-        for folder in created:
-            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
-                os.rmdir(folder)
+    check_writable(out, "--out-dir")
     checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
     if args.resume:
         if not os.path.isfile(checkpoint):
@@ -2666,7 +2739,8 @@ def prepare(args, method: str):
         data = make_synthetic(args.seed)
     else:
         with machine_leader_first():   # one download and one cache write per machine
-            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
+            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core,
+                                use_cache=not args.no_cache, cache_dir=args.cache_dir)
     args.data_file, args.data_sha256 = data.data_file, data.data_sha256
     print(data.describe())
     split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,

@@ -376,7 +376,8 @@ def test_time_budget_stops_at_the_last_validation_that_fits(tmp_path, monkeypatc
     assert evaluated["valid"] == result["history"][result["best_epoch"] - 1]["valid"]
     assert evaluated["stopped_by"] == "time-budget"
     # with room for every epoch, the run ends at --epochs; a budget is a setting a resumed run may change
-    assert baselines.main(SASREC + ["--time-budget", "1h", "--out-dir", str(tmp_path / "all")])["stopped_by"] == "epochs"
+    ample = baselines.main(SASREC + ["--time-budget", "1h", "--out-dir", str(tmp_path / "all")])
+    assert ample["stopped_by"] == "epochs"
     assert "time_budget" in common.WHERE_AND_HOW
 
 
@@ -406,7 +407,8 @@ def test_eval_only_on_a_checkpoint_evaluates_the_best_state_so_far(tmp_path, mon
         capsys.readouterr().out
     assert evaluated["best_epoch"] == best["epoch"] and evaluated["valid"] == best["valid"]
     assert evaluated["stopped_by"] is None and evaluated["config"]["eval_only"] == checkpoint
-    assert all(evaluated["config"][k] == whole["config"][k] for k in ("sampler", "candidates", "dim", "max_len", "seed"))
+    assert all(evaluated["config"][k] == whole["config"][k] for k in ("sampler", "candidates", "dim", "max_len",
+                                                                      "seed"))
     assert os.path.isfile(checkpoint)                                        # the run can still be resumed
     with pytest.raises(common.RecError, match=f"written by another script, baselines.py: evaluate it with python "
                                               f"baselines.py --eval-only {re.escape(checkpoint)}"):
