@@ -3218,7 +3218,7 @@ class TrainingRun:
     Checkpoints. After every validation, <out-dir>/checkpoint.pt receives (atomically) all the rest of the run
     depends on: the model, the optimizer, where the loop is (`Loop`), the best state, every random state (python,
     numpy, torch, the batch-order and sampler generators), `keep` and the stage; the first one also writes run.json,
-    the run's command and settings (`check_out_dir`). SIGINT or SIGTERM finishes the current step, writes the
+    the run's command and settings as `resolve_args` recorded them (`args.run_file`). SIGINT or SIGTERM finishes the current step, writes the
     checkpoint and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the
     checkpoint and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and
     compares).
@@ -3240,7 +3240,7 @@ class TrainingRun:
         self.sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
         rows = len(split.train_sequences) if split.sequential else len(split.train_user)
         self.pace = Pace(-(-rows // args.batch_size), args.deadline)
-        self.loop, self.best_state, self.stopped_by, self.bar = Loop(), None, None, None
+        self.loop, self.best_state, self.stopped_by, self.bar, self.saved = Loop(), None, None, None, False
         self.epoch_order = self.order_generator.get_state()   # the order generator as the current epoch began
         if args.resume:
             self.resume()
@@ -3264,8 +3264,9 @@ class TrainingRun:
 
     def save(self):
         args = self.args
-        if is_main() and args.run_file:   # a fresh run's run.json, with its first checkpoint
+        if is_main() and args.run_file and not self.saved:   # a fresh run's run.json, with its first checkpoint
             save_json(args.run_file, os.path.join(args.out_dir, "run.json"))
+        self.saved = True
         save_checkpoint({"stage": self.stage, "loop": dataclasses.asdict(self.loop),
                          "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "best_state": self.best_state, "epoch_order": self.epoch_order,
@@ -3610,8 +3611,9 @@ def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
                        f"{' '.join(str(error).split())}") from None
     model.to(args.device)
     if "stage" in saved:
+        done = saved["epochs_done"]
         print(f"loaded {args.eval_only}: the best state so far of an unfinished run, {saved['stage']} epoch "
-              f"{saved['best_epoch']} ({saved['epochs_done']} epochs of {saved['stage']} done)")
+              f"{saved['best_epoch']} ({done} epoch{'s' if done != 1 else ''} of {saved['stage']} done)")
     else:
         print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
     return {"history": [], "best_epoch": saved["best_epoch"], "epoch_seconds": [],

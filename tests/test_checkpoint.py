@@ -251,7 +251,9 @@ def test_provenance_keys(tmp_path, monkeypatch):
 
 
 def test_progress_lines_carry_an_eta(tmp_path, capsys):
-    baselines.main(["--backbone", "mf", "--epochs", "3", "--eval-every", "2", *TINY, "--out-dir", str(tmp_path)])
+    result = baselines.main(["--backbone", "mf", "--epochs", "3", "--eval-every", "2", *TINY, "--out-dir",
+                             str(tmp_path)])
+    assert result["stopped_by"] == "epochs"
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train epoch")]
     assert len(lines) == 3 and all(re.search(r"ETA ≤ \d+s$", line) for line in lines[:2])
     assert "valid" in lines[1] and "ETA" not in lines[2]                                    # nothing left

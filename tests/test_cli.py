@@ -180,7 +180,7 @@ def test_patience_is_recboles_stopping_step(tmp_path, capsys):
         ["--quiet", "--epochs", "8", "--patience", "2", "--out-dir", str(tmp_path)]), "rns")
     model = common.build_backbone("mf", split, args)
     record = common.fit(args, split, model, lambda m, batch, g: common.examples(m, batch).queries.sum() * 0)
-    assert len(record["history"]) == 4                              # best at 1, then 3 without improvement
+    assert len(record["history"]) == 4 and record["stopped_by"] == "patience"   # best at 1, then 3 without improvement
     assert "has not improved for 3 validations, more than the patience 2" in capsys.readouterr().out
 
 
