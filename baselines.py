@@ -222,7 +222,7 @@ class UniformWarmUp:
     """--uniform-epochs W: uniform negatives in epochs 1..W, then `hard` (DNS or DNS(M,N)). The official DNS+
     baseline's `--start_epoch` (Baselines/Neg_samples_DNS+/trainers.py: `_DNS` if epoch >= start_epoch, else one of
     the N uniform candidates at random, which is a uniform negative). Its script defaults to W = 30; every released
-    log of it sets 0, this file's default. Driven by `at_epoch_start`; its epoch is checkpointed (`saved`), so a
+    log of it sets 0, this file's default. Driven by fit's on_epoch_start; its epoch is checkpointed (`saved`), so a
     run resumed mid-epoch stays in that epoch."""
     saved = ("epoch",)
 
@@ -254,23 +254,10 @@ SRNS_ALPHA = 5.0                  # α, weight of the standard deviation (paper 
 SRNS_WARMUP = 1                   # epochs over which α_t grows linearly to α (MDCNS code; paper's ml-1m run 50)
 
 
-def steps_per_epoch(split: SplitData, batch_size: int) -> int:
-    """The number of batches common.fit runs per epoch (`training_batches`: every row once)."""
-    rows = len(split.train_sequences) if split.sequential else len(split.train_user)
-    return -(-rows // batch_size)
-
-
-def at_epoch_start(batch_loss, n_steps: int, state, keep: dict):
-    """`batch_loss` that first calls state.new_epoch(model, epoch, generator) at the first step of every epoch
-    (1-based): common.fit runs exactly `n_steps` steps per epoch, so the step count tells the epoch.
-    keep (fit's, written with every checkpoint): the step count and the sampler's state (its `saved` attributes),
-    current after every step, so that --resume continues both exactly."""
-    keep.setdefault("step", 0)
-
+def with_saved_state(batch_loss, state, keep: dict):
+    """`batch_loss` that keeps the sampler's state (its `saved` attributes) in keep, fit's checkpointed dict, current
+    after every step, so that --resume continues it exactly (fit calls state.new_epoch as every epoch starts)."""
     def wrapped(model, batch, generator):
-        if keep["step"] % n_steps == 0:
-            state.new_epoch(model, keep["step"] // n_steps + 1, generator)
-        keep["step"] += 1
         loss = batch_loss(model, batch, generator)
         keep["sampler"] = {name: getattr(state, name) for name in state.saved}
         return loss
@@ -454,7 +441,7 @@ class AdaSIRPools:
         self.users = active_users(split).to(device)                                         # (R,)
         self.pool = torch.zeros(positives.n_users, pool_size, dtype=torch.long, device=device)  # (U, S)
 
-    saved = ("pool",)   # what a checkpoint keeps (at_epoch_start)
+    saved = ("pool",)   # what a checkpoint keeps (with_saved_state)
 
     def new_epoch(self, model, epoch: int, generator: torch.Generator):
         queries, item_table = user_queries(model, self.split, self.users, self.batch_size)  # (R, D), (I+1, D)
@@ -689,17 +676,18 @@ class SRNSMemory:
 
 
 def make_batch_loss(args, split: SplitData, positives: PositiveSets, keep: dict | None = None):
-    """The batch loss common.fit trains with, for any --sampler (args resolved by resolve_sampler_args).
+    """The batch loss common.fit trains with, for any --sampler (args resolved by resolve_sampler_args), and its
+    on_epoch_start (None for a sampler without a state across epochs).
     keep: fit's checkpointed dict, for the samplers with a state across steps or epochs (AdaSIR, GNNO, SRNS, a
     --uniform-epochs warm-up); a resumed run's keep brings that state back."""
     if args.sampler in SAMPLERS:
         negatives_fn = make_sampler(args.sampler, positives, args.negatives, split.train_item, args.pns_alpha,
                                     args.candidates, args.top_m)
         if not args.uniform_epochs:
-            return standard_loss(negatives_fn, args.loss, args.reg_weight)
+            return standard_loss(negatives_fn, args.loss, args.reg_weight), None
         state = UniformWarmUp(negatives_fn, positives, args.negatives, args.uniform_epochs)
     elif args.sampler in ("mixgcf", "mixgcfmn"):
-        return mixgcf_loss(positives, args.candidates, args.top_m or 1, args.loss, args.reg_weight)
+        return mixgcf_loss(positives, args.candidates, args.top_m or 1, args.loss, args.reg_weight), None
     elif args.sampler == "adasir":
         state = AdaSIRPools(positives, split, args.candidates, ADASIR_POOL, args.eval_batch_size)
     elif args.sampler == "gnno":
@@ -709,8 +697,7 @@ def make_batch_loss(args, split: SplitData, positives: PositiveSets, keep: dict 
     keep = {} if keep is None else keep
     if "sampler" in keep:
         restore_state(state, keep["sampler"], positives.key.device)
-    return at_epoch_start(standard_loss(state, args.loss, args.reg_weight), steps_per_epoch(split, args.batch_size),
-                          state, keep)
+    return with_saved_state(standard_loss(state, args.loss, args.reg_weight), state, keep), state.new_epoch
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -800,7 +787,8 @@ def main(argv=None):
         return finish(args, split, model, evaluate_saved(args, split, model))
     # the sampler's own state across steps (AdaSIR, GNNO, SRNS), checkpointed by fit and brought back by --resume
     keep = (read_checkpoint(args)["keep"] if args.resume else None) or {}
-    record = fit(args, split, model, make_batch_loss(args, split, positives, keep), keep=keep)
+    batch_loss, on_epoch_start = make_batch_loss(args, split, positives, keep)
+    record = fit(args, split, model, batch_loss, keep=keep, on_epoch_start=on_epoch_start)
     return finish(args, split, model, record)
 
 

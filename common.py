@@ -24,6 +24,7 @@ import ast
 import contextlib
 import csv
 import datetime
+import difflib
 import glob
 import gzip
 import hashlib
@@ -35,6 +36,7 @@ import math
 import os
 import platform
 import random
+import re
 import shlex
 import signal
 import subprocess
@@ -175,8 +177,10 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # `load_dataset(name)` looks in <data_dir>/<name>/ and its immediate subfolders for the accepted files, in this
 # priority: the official raw file, the official archive, a RecBole atomic `*.inter`, then the community's
 # preprocessed files. When none is there it downloads the official file (checksum verified when one is
-# published) or, for Yelp data, says where to get it. `load_dataset("path/to/file.csv")` reads a custom
-# `user,item[,rating[,timestamp]]` file. The same table, with terms of use, is in the README.
+# published) or says where the data comes from (Yelp's licence, the papers' Health and KuaiRand).
+# `load_dataset("path/to/file.csv")` reads a custom `user,item[,rating[,timestamp]]` file. Each load prints the
+# statistics the papers publish for the dataset (`DatasetSpec.published`) beside what it read. The same table,
+# with terms of use, is in the README.
 #
 # name         official file (auto download)          community files            default on raw files  follows
 # ml-100k      ml-100k.zip (GroupLens md5)             RecBole ml-100k.inter      rating >= 3, 10-core  ICPNS
@@ -192,6 +196,8 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # steam        steam_reviews.json.gz (UCSD)            SASRec Steam.txt           all, 5-core           SASRec
 # yelp2018     by hand (Yelp licence)                  LightGCN train/test.txt    as published          NGCF, LightGCN
 # amazon-book  LightGCN train/test.txt (GitHub)        (the same)                 as published          NGCF, LightGCN
+# health       by hand (release not named by MDCNS)    Health.txt (MDCNS code)    all, 5-core           MDCNS
+# kuairand     by hand (kuairand.com)                  KuaiRand.txt (MDCNS code)  all, 5-core           MDCNS
 #
 # Preprocessing, in RecBole's order (`Dataset._data_filtering`): each user's rows sorted by time (stable: equal
 # timestamps, and files without time, keep file order); the time window (yelp: 2019); duplicates: the first
@@ -200,10 +206,12 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # default: no rating, no further k-core, only the duplicate rule (S3-Rec's Yelp.txt loses its 11,830 repeats);
 # an explicit --k-core filters them too. LightGCN's train and test files are concatenated (train lines, then
 # test lines, in file order) and their split is not kept: the project re-splits. Ids are numbered by first
-# appearance in the file. The result is cached in <data_dir>/<name>/processed/<name>-<key>.npz, or, when the
-# data folder is not writable or has no write permission bits (a shared read-only copy), in
-# $XDG_CACHE_HOME/negsampling/<name>/ (default ~/.cache/negsampling/<name>/). The key hashes each source file's
-# path, size and modification time with every preprocessing setting.
+# appearance in the file. The result is cached in one folder, printed on every load (`cache_folder`): --cache-dir
+# when given, else processed/ beside the data (<data_dir>/<name>/processed/, or beside a custom file), or, when
+# that folder is not writable or has no write permission bits (a shared read-only copy), the user's cache
+# $XDG_CACHE_HOME/negsampling/<name>/ (default ~/.cache/negsampling/<name>/); --no-cache neither reads nor writes
+# it. A cache file is <name>-<key>.npz, the key hashing each source file's path, size and modification time with
+# every preprocessing setting.
 
 
 @dataclass
@@ -236,6 +244,7 @@ class DatasetSpec:
     follows: str = ""       # the paper whose preprocessing the defaults reproduce
     terms: str = ""         # the owner's terms of use, printed before a download
     manual: str = ""        # where to get the files by hand when there is no download
+    published: tuple = ()   # (users, items, interactions, source): the statistics a paper reports for it
 
 
 # ---------------------------------------------------------------- readers: file -> _Columns (file order)
@@ -511,11 +520,20 @@ _SNAP_AMAZON = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles
 _LIGHTGCN_DATA = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data/"
 
 
-def _amazon(category: str, community: str, follows: str, title: str) -> DatasetSpec:
+_MDCNS_TABLE_2 = "MDCNS (Li et al., SIGIR 2026), Table 2"
+_LIGHTGCN_TABLE_1 = "LightGCN (He et al., SIGIR 2020), Table 1"
+def _mdcns_files(file_name: str) -> str:
+    return (f"Put a RecBole atomic .inter file of it (what the official MDCNS code's MDCNS_Code/data/data_process.py "
+            f"reads) or its `user item item ...` lines, one per user in time order (what that script writes), as "
+            f"{file_name}")
+
+
+def _amazon(category: str, community: str, follows: str, title: str, published: tuple = ()) -> DatasetSpec:
     archive = f"reviews_{category}_5.json.gz"
     return DatasetSpec(
         title, files=(((archive,), _AMAZON, None), (("*.inter",), _RECBOLE, None), ((community,), _SEQUENCES, None)),
-        downloads=((_SNAP_AMAZON + archive, archive, None, None),), k_core=5, follows=follows, terms=_AMAZON_TERMS)
+        downloads=((_SNAP_AMAZON + archive, archive, None, None),), k_core=5, follows=follows, terms=_AMAZON_TERMS,
+        published=published)
 
 
 DATASETS = {
@@ -536,11 +554,13 @@ DATASETS = {
         min_rating=3, k_core=10, terms=_GROUPLENS_TERMS,
         follows="ICPNS (RecBole: 6,034 users, 3,124 items, 834,449 interactions); SASRec's ml-1m.txt "
                 "(all ratings, items >= 5) as published"),
-    "beauty": _amazon("Beauty", "Beauty.txt", "S3-Rec / MDCNS (all ratings, iterative 5-core)", "Amazon Beauty 2014"),
+    "beauty": _amazon("Beauty", "Beauty.txt", "S3-Rec / MDCNS (all ratings, iterative 5-core)", "Amazon Beauty 2014",
+                      (22363, 12101, 198502, _MDCNS_TABLE_2)),
     "sports": _amazon("Sports_and_Outdoors", "Sports_and_Outdoors.txt", "S3-Rec / MDCNS (all ratings, 5-core)",
-                      "Amazon Sports and Outdoors 2014"),
+                      "Amazon Sports and Outdoors 2014", (35598, 18357, 296337, _MDCNS_TABLE_2)),
     "toys": _amazon("Toys_and_Games", "Toys_and_Games.txt", "S3-Rec / MDCNS (all ratings, 5-core)",
-                    "Amazon Toys and Games 2014"),
+                    "Amazon Toys and Games 2014", (19412, 11924, 167597, _MDCNS_TABLE_2)),
+    # Note: ICPNS uses ml-100k, ml-1m, yelp and beauty (its RecBole configs) and publishes no statistics of them.
     # Note: SASRec's Video.txt was built from the full review file with a single-pass 5 filter; from the official
     # 5-core file we apply S3-Rec's recipe (iterative 5-core), so the raw-file statistics differ from SASRec's.
     "video-games": _amazon("Video_Games", "Video.txt", "S3-Rec's recipe on the 5-core file (SASRec's Video.txt "
@@ -565,7 +585,8 @@ DATASETS = {
                     # pinned by third-party projects (omnirec and others), not published by GroupLens
                     "6738f48195667ff03caaab4d32ca9a3133d8cc026b7c3cdaf6ce1010e913c59c", None),),
         k_core=5, follows="S3-Rec / MDCNS (first tagging time of each user-artist pair, iterative 5-core)",
-        terms="HetRec 2011: non-commercial use; cite Cantador, Brusilovsky & Kuflik, HetRec 2011, and Last.fm"),
+        terms="HetRec 2011: non-commercial use; cite Cantador, Brusilovsky & Kuflik, HetRec 2011, and Last.fm",
+        published=(1090, 3646, 52551, _MDCNS_TABLE_2)),
     "gowalla": DatasetSpec(
         "Gowalla check-ins (SNAP)",
         files=((("loc-gowalla_totalCheckins.txt.gz",), _GOWALLA, None), (("*.inter",), _RECBOLE, None),
@@ -573,7 +594,8 @@ DATASETS = {
         downloads=(("https://snap.stanford.edu/data/loc-gowalla_totalCheckins.txt.gz",
                     "loc-gowalla_totalCheckins.txt.gz", None, None),),
         k_core=10, follows="NGCF / LightGCN (10-core; their split: 29,858 users, 40,981 items, 1,027,370)",
-        terms="SNAP: research use; cite Cho, Myers & Leskovec, KDD 2011 (and NGCF/LightGCN for the split)"),
+        terms="SNAP: research use; cite Cho, Myers & Leskovec, KDD 2011 (and NGCF/LightGCN for the split)",
+        published=(29858, 40981, 1027370, _LIGHTGCN_TABLE_1)),
     "steam": DatasetSpec(
         "Steam reviews (UCSD, SASRec)",
         files=((("steam_reviews.json.gz",), _STEAM, None), (("*.inter",), _RECBOLE, None),
@@ -585,12 +607,34 @@ DATASETS = {
         "Yelp2018 (NGCF / LightGCN split)", files=((("train.txt", "test.txt"), _LIGHTGCN, None),),
         follows="NGCF / LightGCN (10-core upstream; 31,668 users, 38,048 items, 1,561,406)", terms=_YELP_TERMS,
         manual="this Yelp derivative is distributed only inside github.com/kuandeng/LightGCN (Data/yelp2018/) under "
-               "Yelp's Dataset License: after accepting it, save train.txt and test.txt"),
+               "Yelp's Dataset License: after accepting it, save train.txt and test.txt",
+        published=(31668, 38048, 1561406, _LIGHTGCN_TABLE_1)),
     "amazon-book": DatasetSpec(
         "Amazon-Book (NGCF / LightGCN split)", files=((("train.txt", "test.txt"), _LIGHTGCN, None),),
         downloads=((_LIGHTGCN_DATA + "amazon-book/train.txt", "train.txt", None, None),
                    (_LIGHTGCN_DATA + "amazon-book/test.txt", "test.txt", None, None)),
-        follows="NGCF / LightGCN (10-core upstream; 52,643 users, 91,599 items, 2,984,108)", terms=_AMAZON_TERMS),
+        follows="NGCF / LightGCN (10-core upstream; 52,643 users, 91,599 items, 2,984,108)", terms=_AMAZON_TERMS,
+        published=(52643, 91599, 2984108, _LIGHTGCN_TABLE_1)),
+    "health": DatasetSpec(
+        "Amazon Health and Personal Care (MDCNS)",
+        files=((("Health.txt",), _SEQUENCES, None), (("*.inter",), _RECBOLE, None)),
+        k_core=5, follows="MDCNS (iterative 5-core on users and items)",
+        terms="Amazon review data (McAuley lab, UCSD): research use only, do not redistribute",
+        manual="MDCNS's Health is Amazon's Health and Personal Care reviews, 5-core (Li et al., SIGIR 2026, Table 2: "
+               "66,519 users, 28,237 items, 485,163 interactions); the paper does not name the Amazon release and "
+               "its official code (github.com/Lyz103/SIGIR26-MDCNS) ships no Health file. "
+               + _mdcns_files("Health.txt"),
+        published=(66519, 28237, 485163, _MDCNS_TABLE_2)),
+    "kuairand": DatasetSpec(
+        "KuaiRand (MDCNS)",
+        files=((("KuaiRand.txt",), _SEQUENCES, None), (("*.inter",), _RECBOLE, None)),
+        k_core=5, follows="MDCNS (randomly exposed videos, iterative 5-core on users and items)",
+        terms="see https://kuairand.com; cite Gao et al., KuaiRand, CIKM 2022",
+        manual="MDCNS's KuaiRand is the log of randomly exposed videos of KuaiRand (Gao et al., CIKM 2022, "
+               "https://kuairand.com), 5-core (Li et al., SIGIR 2026, Table 2: 18,642 users, 7,566 items, 231,471 "
+               "interactions); the official MDCNS code (github.com/Lyz103/SIGIR26-MDCNS) ships no KuaiRand file. "
+               + _mdcns_files("KuaiRand.txt"),
+        published=(18642, 7566, 231471, _MDCNS_TABLE_2)),
 }
 
 
@@ -695,53 +739,61 @@ def _find_files(spec: DatasetSpec, folder: str):
     return None
 
 
-def _cache_folders(folder: str, name: str) -> list:
-    """<folder>/processed when the data folder is writable and not marked read-only (root may write anywhere,
-    but a shared data folder without write bits stays untouched), then the user's cache."""
+def cache_folder(folder: str, name: str, cache_dir: str | None = None) -> str:
+    """The one folder of a dataset's processed cache: `cache_dir` (--cache-dir) when given; else processed/ in the
+    data's folder when it is writable and not marked read-only (root may write anywhere, but a shared data folder
+    without write bits stays untouched); else the user's cache folder."""
+    if cache_dir:
+        return cache_dir
+    writable = os.path.isdir(folder) and os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    user_cache = os.path.join(base, "negsampling", name)
-    writable = os.access(folder, os.W_OK) and os.stat(folder).st_mode & 0o222
-    return ([os.path.join(folder, "processed")] if writable else []) + [user_cache]
+    return os.path.join(folder, "processed") if writable else os.path.join(base, "negsampling", name)
 
 
-def _save_cache(folders: list, file_name: str, data: Interactions, summary: str) -> str | None:
-    """Atomic write (temporary file, then rename) into the first writable folder; None when none is."""
-    for folder in folders:
-        temporary = None
-        try:
-            os.makedirs(folder, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
-            with os.fdopen(handle, "wb") as f:
-                np.savez(f, user=data.user, item=data.item, n_users=data.n_users, n_items=data.n_items,
-                         source=data.source, summary=summary, data_sha256=data.data_sha256 or "")
-            os.replace(temporary, os.path.join(folder, file_name))
-            return os.path.join(folder, file_name)
-        except OSError:  # read-only data folder: try the next one
-            if temporary is not None and os.path.exists(temporary):
-                os.remove(temporary)
-    return None
+def _save_cache(folder: str, file_name: str, data: Interactions, summary: str) -> str:
+    """Atomic write (temporary file, then rename) into `folder`; what the load line says about it."""
+    temporary = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(handle, "wb") as f:
+            np.savez(f, user=data.user, item=data.item, n_users=data.n_users, n_items=data.n_items,
+                     source=data.source, summary=summary, data_sha256=data.data_sha256 or "")
+        os.replace(temporary, os.path.join(folder, file_name))
+        return "cached to " + os.path.join(folder, file_name)
+    except OSError as error:   # the data was read all the same: say so and go on
+        if temporary is not None and os.path.exists(temporary):
+            os.remove(temporary)
+        return f"not cached: {folder} cannot be written ({error.strerror or error}); choose another --cache-dir"
 
 
-def _load_cache(folders: list, file_name: str, name: str):
-    for folder in folders:
-        path = os.path.join(folder, file_name)
-        if os.path.exists(path):
-            with np.load(path, allow_pickle=False) as z:
-                user = z["user"]
-                data = Interactions(user, z["item"], positions_within_users(user), int(z["n_users"]),
-                                    int(z["n_items"]), name, str(z["source"]),
-                                    data_sha256=str(z["data_sha256"]) if "data_sha256" in z.files else "")
-                return data, str(z["summary"]), path
-    return None
+def _load_cache(path: str, name: str):
+    if not os.path.exists(path):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        user = z["user"]
+        data = Interactions(user, z["item"], positions_within_users(user), int(z["n_users"]), int(z["n_items"]), name,
+                            str(z["source"]), data_sha256=str(z["data_sha256"]) if "data_sha256" in z.files else "")
+        return data, str(z["summary"])
+
+
+def unknown_dataset(name: str) -> RecError:
+    """The error for a --dataset that is neither registered nor a file, with the closest registered name."""
+    close = difflib.get_close_matches(name.lower(), DATASETS, n=1)
+    return RecError(f"unknown dataset {name!r} and no such file" + (f"; did you mean {close[0]!r}?" if close else "")
+                    + f" Known datasets: {', '.join(DATASETS)}; or give the path of a user,item[,rating[,timestamp]] "
+                      f"CSV/TSV file")
 
 
 def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | None = None,
-                 k_core: int | None = None, use_cache: bool = True) -> Interactions:
+                 k_core: int | None = None, use_cache: bool = True, cache_dir: str | None = None) -> Interactions:
     """Load a registered dataset (see DATASETS and the table above) or a custom file, preprocessed and cached.
 
     min_rating / k_core: None = the dataset's default for the file found (the table above); an explicit
-    min_rating on a file without ratings is an error. use_cache=False neither reads nor writes the cache.
-    Prints one line: the file and its format, what each preprocessing step removed, and the cache used.
+    min_rating on a file without ratings is an error. use_cache=False (--no-cache) neither reads nor writes the
+    cache; cache_dir (--cache-dir): its folder (default: `cache_folder`).
+    Prints one line: the file and its format, what each preprocessing step removed, the cache used, and the
+    statistics the papers publish for the dataset.
     """
     if os.path.isfile(name_or_path):
         name = os.path.splitext(os.path.basename(name_or_path))[0]
@@ -753,8 +805,7 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
         folder = os.path.join(data_dir, name)
         found = _find_files(spec, folder) or _fetch(spec, name, folder)
     else:
-        raise RecError(f"unknown dataset {name_or_path!r} and no such file; known datasets: {', '.join(DATASETS)}; "
-                       f"or give the path of a user,item[,rating[,timestamp]] CSV/TSV file")
+        raise unknown_dataset(name_or_path)
     paths, fmt, member = found
     data_file = " + ".join(paths)   # results.json's provenance, as given: no machine's absolute prefix
     if fmt.published and min_rating is not None:
@@ -768,13 +819,14 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
     cache_name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
     where = " + ".join(_where(p, member) for p in paths)
 
-    folders = _cache_folders(folder, name)
-    cached = _load_cache(folders, cache_name, name) if use_cache else None
+    cache_path = os.path.join(cache_folder(folder, name, cache_dir), cache_name)
+    paper = "; {:,} users, {:,} items, {:,} interactions in {}".format(*spec.published) if spec.published else ""
+    cached = _load_cache(cache_path, name) if use_cache else None
     if cached is not None:
-        data, summary, cache_path = cached
+        data, summary = cached
         data.data_file = data_file
         data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
-        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}")
+        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}{paper}")
         return data
     try:
         columns = fmt.read([(p, member) for p in paths])
@@ -791,9 +843,9 @@ def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | 
                                 settings["k_core"], settings["time_window"])
     data.source = f"{where} ({fmt.description})"
     data.data_file, data.data_sha256 = data_file, files_sha256(paths)
-    cache_path = _save_cache(folders, cache_name, data, summary) if use_cache else None
-    print(f"[data] {name}: {where} ({fmt.description}); {summary}; "
-          f"{'cached to ' + cache_path if cache_path else 'not cached'}")
+    cached = _save_cache(os.path.dirname(cache_path), cache_name, data, summary) if use_cache else \
+        "not cached (--no-cache)"
+    print(f"[data] {name}: {where} ({fmt.description}); {summary}; {cached}{paper}")
     return data
 
 
@@ -843,6 +895,11 @@ def add_data_arguments(parser) -> None:
                              "is left. Default on official raw files: " + defaults + ". Community preprocessed "
                              "files (SASRec, S3-Rec, LightGCN) are used as published unless this is set; "
                              "0 disables it")
+    parser.add_argument("--cache-dir", default=None, metavar="FOLDER",
+                        help="where the preprocessed dataset is cached (printed on every load); by default a "
+                             "processed/ folder beside the data, or the user's cache folder (~/.cache/negsampling) "
+                             "when the data folder is read-only")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the preprocessed cache")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -2393,6 +2450,14 @@ class CommandLine(argparse.ArgumentParser):
             print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
+    def _check_value(self, action, value):
+        """A value outside a flag's choices (--backbone, --sampler, ...): the error names the closest one."""
+        if action.choices is not None and value not in action.choices:
+            choices = [str(choice) for choice in action.choices]
+            close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+            self.error(f"argument {'/'.join(action.option_strings)}: invalid choice {value!r}"
+                       + (f"; did you mean {close[0]!r}?" if close else "") + f" (choose from {', '.join(choices)})")
+
     def parse_args(self, args=None, namespace=None):
         argv = list(sys.argv[1:] if args is None else args)
         parsed = super().parse_args(argv, namespace)
@@ -2505,6 +2570,11 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
     train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                        help="auto = cuda when available")
     train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
+    train.add_argument("--time-budget", default=None, metavar="DURATION",
+                       help="wall time the command may take, e.g. 2h, 90m, 1h30m: training stops at the last "
+                            "validation that fits, the best state is restored and evaluated, results.json says "
+                            "stopped_by \"time-budget\"; counted from the start of this command (a --resume gets its "
+                            "own)")
     train.add_argument("--patience", type=int, default=10,
                        help="P: stop once --valid-metric has not improved for more than P validations in a row "
                             "(RecBole's stopping_step; P = 10 stops at the 11th)")
@@ -2519,8 +2589,8 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
                             "flags (the interrupted run prints the command); ends with exactly the uninterrupted "
                             "run's results")
     train.add_argument("--eval-only", default=None, metavar="PATH",
-                       help="no training: evaluate a saved model.pt, rebuilt from its own settings, on their split "
-                            "and write results.json")
+                       help="no training: evaluate a saved model.pt, or the best state so far in a run's "
+                            "checkpoint.pt, rebuilt from its own settings, on their split and write results.json")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--exclude-held-out", action="store_true",
                        help="negatives and candidate pools also avoid each user's validation and test items: a leak "
@@ -2531,14 +2601,14 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
 
 
 # Settings that do not change a run's results: --resume accepts them changed, --eval-only keeps the command line's.
-WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only")
+WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only", "time_budget", "cache_dir", "no_cache")
 
 
 def run_config(args) -> dict:
     """The settings of a run: every flag, resolved, and `world_size`, the number of processes that trained it
     (results.json's `config`)."""
     return {k: v for k, v in vars(args).items()
-            if k not in ("method", "command", "resume", "data_file", "data_sha256")}
+            if k not in ("method", "command", "resume", "data_file", "data_sha256", "deadline", "run_file")}
 
 
 def resolve_args(args, method: str):
@@ -2546,6 +2616,7 @@ def resolve_args(args, method: str):
     any data is read. Every problem is a RecError (one line, exit 2). Under torchrun, joins the process group
     (`init_distributed`) once the flags are known to be good. Returns args (modified)."""
     args.world_size = world_size()
+    start = time.perf_counter()
     if args.resume and args.eval_only:
         raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
     if args.eval_only:
@@ -2573,6 +2644,12 @@ def resolve_args(args, method: str):
         name = os.path.basename(args.dataset).replace(".", "_")
         args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
     from_main(check_out_dir, args)
+    if args.cache_dir and not args.no_cache and args.dataset != "synthetic":
+        from_main(check_writable, args.cache_dir, "--cache-dir")
+    args.deadline = start + duration_seconds(args.time_budget) if args.time_budget else None
+    # a fresh run's run.json: its command and settings as given, written with its first checkpoint (TrainingRun.save)
+    args.run_file = None if args.resume or args.eval_only else \
+        {"command": args.command, "method": method, "config": run_config(args)}
     return args
 
 
@@ -2582,6 +2659,8 @@ def _flag(name: str) -> str:
 
 def check_flags(args):
     """The ranges of the shared flags (a method file checks its own flags the same way before `prepare`)."""
+    if args.dataset != "synthetic" and args.dataset not in DATASETS and not os.path.isfile(args.dataset):
+        raise unknown_dataset(args.dataset)
     for name, value in vars(args).items():
         if isinstance(value, float) and not math.isfinite(value):
             raise RecError(f"{_flag(name)} must be a finite number, got {value}")
@@ -2614,13 +2693,33 @@ def check_flags(args):
         raise RecError(f"--lr must be positive, got {args.lr}")
     if not 0 <= args.seed <= 2 ** 32 - 1:
         raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
+    if args.time_budget is not None and not duration_seconds(args.time_budget) > 0:
+        raise RecError(f"--time-budget must be more than 0, got {args.time_budget}")
+
+
+def check_writable(folder: str, flag: str):
+    """Raise a RecError unless `folder` can be created and written now; the folders this creates go again."""
+    created, missing = [], os.path.abspath(folder)   # the folders missing now, deepest first
+    while not os.path.exists(missing):
+        created, missing = created + [missing], os.path.dirname(missing)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise RecError(f"{flag} {folder} cannot be created or written ({error.strerror or error}); choose a "
+                       f"writable folder") from None
+    finally:
+        for made in created:
+            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
+                os.rmdir(made)
 
 
 def check_out_dir(args):
-    """Create --out-dir and write a file in it now, not after hours of training; then what it holds must fit the
-    command: --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must
-    not overwrite one. A fresh run writes run.json, its command and settings. (Under torchrun rank 0 alone runs
-    this: `resolve_args`.)"""
+    """Check that --out-dir can be created and written now, not after hours of training (the folders this creates
+    go again: a run writes nothing before it trains, `TrainingRun.save`); then what it holds must fit the command:
+    --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must not
+    overwrite one. (Under torchrun rank 0 alone runs this: `resolve_args`.)"""
     out = args.out_dir
     if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
         raise RecError("--resume needs --out-dir, the folder of the interrupted run")
@@ -2628,13 +2727,7 @@ def check_out_dir(args):
         raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
     if os.path.exists(out) and not os.path.isdir(out):
         raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
-    try:
-        os.makedirs(out, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise RecError(f"--out-dir {out} cannot be created or written ({error.strerror or error}); choose a "
-                       f"writable folder") from None
+    check_writable(out, "--out-dir")
     checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
     if args.resume:
         if not os.path.isfile(checkpoint):
@@ -2663,9 +2756,6 @@ def check_out_dir(args):
         if os.path.exists(checkpoint):
             raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
                            f"choose another --out-dir")
-        with open(run_file + ".tmp", "w") as f:
-            json.dump({"command": args.command, "config": run_config(args)}, f, indent=1)
-        os.replace(run_file + ".tmp", run_file)
 
 
 def seed_everything(seed: int):
@@ -2685,7 +2775,8 @@ def prepare(args, method: str):
         data = make_synthetic(args.seed)
     else:
         with machine_leader_first():   # one download and one cache write per machine
-            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core)
+            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core,
+                                use_cache=not args.no_cache, cache_dir=args.cache_dir)
     args.data_file, args.data_sha256 = data.data_file, data.data_sha256
     print(data.describe())
     split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
@@ -2769,6 +2860,15 @@ def init_distributed(args):
         if rank() > 0:
             sys.stdout = open(os.devnull, "w")
     args.world_size = world_size()
+
+
+def leave_process_group():
+    """Under torchrun, destroy the process group once every rank is done with it (`run_cli`). Left to the exit, the
+    gloo worker threads may still hold the last collective's tensors while Python finalizes; freeing them then
+    takes the GIL, the interpreter ends that thread, and the process aborts: `terminate called without an active
+    exception`, SIGABRT, a finished run reported failed (pytorch/pytorch#190489; tests/test_distributed.py)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def owns(users) -> torch.Tensor:
@@ -2921,7 +3021,9 @@ def checkpoint_path(args) -> str:
 
 
 def save_atomically(obj, path: str):
-    """torch.save into a temporary file of the same folder, then a rename: a reader never sees half a file."""
+    """torch.save into a temporary file of the same folder (made if needed), then a rename: a reader never sees half
+    a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
@@ -2930,6 +3032,14 @@ def save_atomically(obj, path: str):
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def save_json(obj, path: str):
+    """json.dump into a temporary file beside `path` (its folder made if needed), then a rename."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
 PER_RANK = ("sample_generator", "rng", "keep")   # what each process of a torchrun keeps for itself in a checkpoint
@@ -3044,121 +3154,311 @@ def duration(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def fit(args, split: SplitData, model: nn.Module, batch_loss, parameters=None, stage: str = "train",
-        keep: dict | None = None, epochs_after: int = 0) -> dict:
-    """Train `model` with Adam, validating every `--eval-every` epochs; stop once `--valid-metric` has not improved
-    for more than `--patience` validations, restore the best state. The test set is not touched here.
+def duration_seconds(text: str) -> float:
+    """The seconds of a duration as --time-budget takes it: 2h, 90m, 45s, 1h30m, 1.5h."""
+    match = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", text)
+    if not text or match is None:
+        raise RecError(f"--time-budget must be a duration such as 2h, 90m or 1h30m, got {text!r}")
+    hours, minutes, seconds = (float(part or 0) for part in match.groups())
+    return 3600 * hours + 60 * minutes + seconds
 
-    batch_loss(model, batch, generator) -> scalar loss, for a batch of `training_batches`.
-    parameters: what Adam updates (default: the model's); a fresh optimizer every call.
+
+def device_words(device) -> str:
+    """Where a run computes, in words: 'this CPU (2 threads)', the GPU's name; under torchrun, how many processes."""
+    device = torch.device(device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else \
+        f"this CPU ({torch.get_num_threads()} thread{'s' if torch.get_num_threads() > 1 else ''})"
+    return where + (f", {world_size()} processes" if world_size() > 1 else "")
+
+
+PACE_BATCHES = 30   # training batches timed before the pace line
+
+
+class Pace:
+    """The clock of a training stage, timed in this process only (the batches a resumed run trained before its
+    interruption were timed by another): training seconds per batch and the seconds after each epoch's batches
+    (validation, checkpoint) over the latest 5 epochs. It says the cost once, after the first PACE_BATCHES batches
+    (or the first epoch when it is shorter), gives each epoch line its ETA, and tells --time-budget whether the
+    next validation still fits."""
+
+    def __init__(self, n_batches: int, deadline: float | None):
+        self.n_batches, self.deadline, self.said, self.started, self.trained = n_batches, deadline, False, None, None
+        self.epochs = []   # [batches, training seconds, seconds after the batches] of the latest epochs timed here
+
+    def start_epoch(self):
+        self.started = time.perf_counter()
+        self.epochs = (self.epochs + [[0, 0.0, None]])[-5:]
+
+    def batch_done(self) -> bool:
+        """Count a batch; True when the pace line is due (once)."""
+        self.epochs[-1][0] += 1
+        self.epochs[-1][1] = time.perf_counter() - self.started
+        return not self.said and sum(e[0] for e in self.epochs) >= PACE_BATCHES
+
+    def end_epoch(self) -> bool:
+        """The epoch's batches are done; True when the pace line is due (an epoch shorter than PACE_BATCHES)."""
+        self.trained = time.perf_counter()
+        return not self.said and self.epochs[-1][0] > 0
+
+    def per_epoch(self) -> float | None:
+        """The seconds of a whole epoch at the latest pace: n_batches batches, and the mean seconds after them
+        (None before a batch was timed here)."""
+        batches, seconds = sum(e[0] for e in self.epochs), sum(e[1] for e in self.epochs)
+        after = [e[2] for e in self.epochs if e[2] is not None]
+        if not batches:
+            return None
+        return seconds / batches * self.n_batches + (sum(after) / len(after) if after else 0.0)
+
+    def eta(self, left: int) -> str:
+        """The epoch is over (validated, saved): `left` more epochs at the latest pace."""
+        self.epochs[-1][2] = time.perf_counter() - self.trained
+        per_epoch = self.per_epoch()
+        return f"  ETA ≤ {duration(left * per_epoch)}" if left and per_epoch is not None else ""
+
+    def fits(self, epochs: int) -> bool:
+        """Whether `epochs` more epochs, their validation and the test evaluation (about one validation more) end
+        within --time-budget; True while nothing is timed here."""
+        per_epoch = self.per_epoch()
+        return per_epoch is None or time.perf_counter() + epochs * per_epoch + self.epochs[-1][2] <= self.deadline
+
+    def line(self, args, stage: str, epochs_left: int, epochs_after: int) -> str:
+        """The cost of the run before the wait: the measured pace, the budget, the worst case here, what to do."""
+        per_epoch, timed = self.per_epoch(), sum(e[0] for e in self.epochs)
+        worst = epochs_left * per_epoch
+        line = (f"{stage} pace: {duration(per_epoch) if per_epoch >= 10 else f'{per_epoch:.1f}s'} per epoch of "
+                f"{self.n_batches:,} batch{'es' if self.n_batches > 1 else ''} ({timed} timed); "
+                f"at most {epochs_left} more epoch{'s' if epochs_left > 1 else ''} (--epochs {args.epochs}"
+                + (f", then {epochs_after} of the next stage" if epochs_after else "")
+                + f"; --patience {args.patience} may stop it sooner): up to {duration(worst)} of training on "
+                  f"{device_words(args.device)}")
+        if self.deadline is not None:
+            left = self.deadline - time.perf_counter()
+            return line + (f", within --time-budget {args.time_budget}" if worst <= left else
+                           f"; --time-budget {args.time_budget} stops it at the last validation that fits, in about "
+                           f"{duration(max(left, 0))}")
+        if worst > 3600:
+            line += (f". Over an hour: for a first look try --epochs 5 (~{duration(5 * per_epoch)}), or a GPU "
+                     f"(--device cuda), or several processes (torchrun), or --time-budget")
+        return line
+
+
+class TrainingRun:
+    """What `fit` needs besides its loop, none of which changes a number: Adam and the random generators, the
+    checkpoint and --resume, signals, torchrun's shared decisions, the clock (`Pace`) and why the loop stops.
+
+    stage: the name of this call of `fit` in the run's output and checkpoints (ICPNS: "pretrain", "finetune").
     keep: the method's own state (a dict of tensors and records that it keeps current, e.g. ICPNS's communities),
         saved with every checkpoint for the method to rebuild itself on --resume (`read_checkpoint(args)["keep"]`).
-    epochs_after: epochs of the run's later stages, counted in the ETA.
-    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds.
+    epochs_after: epochs of the run's later stages, counted in the pace line and the ETA.
 
     Checkpoints. After every validation, <out-dir>/checkpoint.pt receives (atomically) all the rest of the run
-    depends on: the model, the optimizer, where the loop is (epochs done, batches done of the next), the history,
-    the best state and the early-stopping count, every random state (python, numpy, torch, the batch-order and
-    sampler generators), `keep` and the stage. SIGINT or SIGTERM finishes the current step, writes the checkpoint
-    and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the checkpoint
-    and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and compares).
+    depends on: the model, the optimizer, where the loop is (`Loop`), the best state, every random state (python,
+    numpy, torch, the batch-order and sampler generators), `keep` and the stage; the first one also writes run.json,
+    the run's command and settings as `resolve_args` recorded them (`args.run_file`). SIGINT or SIGTERM finishes the current step, writes the
+    checkpoint and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the
+    checkpoint and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and
+    compares).
 
     Under torchrun (see "more than one process" above): the ranks start from rank 0's weights, each step is
     `train_step` on this rank's share of the global batch, its samplers draw from its own generator
-    (`rank_seed(seed + 1)`), rank 0 decides early stopping, a signal to any rank stops all of them after the same step, and
-    the checkpoint holds every rank's random states and `keep` (`save_checkpoint`); batch_loss is called on every
-    rank at every step. batch_loss must be a mean over its batch's examples (`train_step`).
-    """
-    device = torch.device(args.device)
-    model.to(device)
-    broadcast_parameters(model)
-    optimizer = torch.optim.Adam(model.parameters() if parameters is None else parameters, lr=args.lr)
-    order_generator = torch.Generator().manual_seed(args.seed)            # batch order, on the CPU (every rank's)
-    # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
-    sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
-    n_batches = -(-(len(split.train_sequences) if split.sequential else len(split.train_user)) // args.batch_size)
-    # where the loop is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds)
-    loop = {"epoch": 0, "step": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [], "epoch_seconds": [],
-            "best_score": -1.0, "best_epoch": 0, "best_valid": None, "stale": 0}
-    best_state, epoch_order = None, order_generator.get_state()   # epoch_order: the order generator as it began
-    checkpoint = read_checkpoint(args, missing_ok=True) if args.resume else None
-    if checkpoint is not None:
-        if checkpoint["stage"] == stage:
-            if checkpoint["data_sha256"] != args.data_sha256:
-                raise RecError(f"the data file changed since {checkpoint_path(args)} was written (sha256 "
-                               f"{checkpoint['data_sha256']}, now {args.data_sha256}); the run cannot continue")
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            loop, best_state, epoch_order = checkpoint["loop"], checkpoint["best_state"], checkpoint["epoch_order"]
-            sample_generator.set_state(checkpoint["sample_generator"])
-            set_rng_states(checkpoint["rng"])
-            print(f"resumed {stage} from {checkpoint_path(args)}: {loop['epoch']} epochs and {loop['step']} "
-                  f"batches done")
+    (`rank_seed(seed + 1)`), rank 0 decides early stopping and --time-budget, a signal to any rank stops all of them
+    after the same step, and the checkpoint holds every rank's random states and `keep` (`save_checkpoint`)."""
 
-    def save():
-        save_checkpoint({"stage": stage, "loop": loop, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "best_state": best_state, "epoch_order": epoch_order, "data_sha256": args.data_sha256},
-                        {"sample_generator": sample_generator.get_state(), "rng": rng_states(), "keep": keep},
+    def __init__(self, args, split: SplitData, model: nn.Module, stage: str, keep: dict | None, epochs_after: int):
+        self.args, self.model, self.stage, self.keep, self.epochs_after = args, model, stage, keep, epochs_after
+        self.split = split
+        device = torch.device(args.device)
+        model.to(device)
+        broadcast_parameters(model)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.order_generator = torch.Generator().manual_seed(args.seed)   # batch order, on the CPU (every rank's)
+        # samplers, on the model's device; under torchrun each rank draws its own (rank 0's stream is one process's)
+        self.sample_generator = torch.Generator(device).manual_seed(rank_seed(args.seed + 1))
+        rows = len(split.train_sequences) if split.sequential else len(split.train_user)
+        self.pace = Pace(-(-rows // args.batch_size), args.deadline)
+        self.loop, self.best_state, self.stopped_by, self.bar, self.saved = Loop(), None, None, None, False
+        self.epoch_order = self.order_generator.get_state()   # the order generator as the current epoch began
+        if args.resume:
+            self.resume()
+
+    def resume(self):
+        """Continue from the checkpoint of this stage, if there is one (a run stopped in an earlier stage has none)."""
+        checkpoint = read_checkpoint(self.args, missing_ok=True)
+        if checkpoint is None or checkpoint["stage"] != self.stage:
+            return
+        if checkpoint["data_sha256"] != self.args.data_sha256:
+            raise RecError(f"the data file changed since {checkpoint_path(self.args)} was written (sha256 "
+                           f"{checkpoint['data_sha256']}, now {self.args.data_sha256}); the run cannot continue")
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.loop, self.best_state = Loop(**checkpoint["loop"]), checkpoint["best_state"]
+        self.epoch_order = checkpoint["epoch_order"]
+        self.sample_generator.set_state(checkpoint["sample_generator"])
+        set_rng_states(checkpoint["rng"])
+        print(f"resumed {self.stage} from {checkpoint_path(self.args)}: {self.loop.epoch} epochs and "
+              f"{self.loop.step} batches done")
+
+    def save(self):
+        args = self.args
+        if is_main() and args.run_file and not self.saved:   # a fresh run's run.json, with its first checkpoint
+            save_json(args.run_file, os.path.join(args.out_dir, "run.json"))
+        self.saved = True
+        save_checkpoint({"stage": self.stage, "loop": dataclasses.asdict(self.loop),
+                         "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "best_state": self.best_state, "epoch_order": self.epoch_order,
+                         "data_sha256": args.data_sha256},
+                        {"sample_generator": self.sample_generator.get_state(), "rng": rng_states(),
+                         "keep": self.keep},
                         checkpoint_path(args))
 
-    def stop():
-        save()
-        signum = received[0] if received else signal.SIGTERM   # under torchrun another rank may have received it
-        return Interrupted(f"{signal.Signals(signum).name}: {stage} stopped after {loop['epoch']} epochs and "
-                           f"{loop['step']} batches, saved to {checkpoint_path(args)}; resume with: "
-                           f"{resume_command(args.command, args.out_dir)}", signum)
+    def epoch_batches(self, epoch: int):
+        """This epoch's batches (from the checkpoint's next one on a resumed run), with its progress bar; starts its
+        clock."""
+        self.pace.start_epoch()
+        self.order_generator.set_state(self.epoch_order)
+        args = self.args
+        self.bar = tqdm(training_batches(self.split, args.batch_size, self.order_generator, args.device,
+                                         first=self.loop.step),
+                        total=self.pace.n_batches, initial=self.loop.step, desc=f"{self.stage} epoch {epoch}",
+                        leave=False, disable=args.quiet or not is_main())
+        return self.bar
 
-    recent = []   # wall seconds of the latest epochs (training and validation), for the ETA
+    def diverged(self, loss: float, epoch: int) -> RecError:
+        error = RecError(f"the loss became {loss} at epoch {epoch}; lower --lr or check the data")
+        error.said_by_rank_0 = True   # the loss of the whole batch: every rank raises this
+        return error
+
+    def batch_done(self):
+        if self.pace.batch_done():
+            self.say_pace()
+
+    def say_pace(self):
+        left = self.args.epochs - self.loop.epoch + self.epochs_after
+        self.pace.said = True
+        if left:   # (a one-epoch run has nothing left to announce once its batches are done)
+            tqdm.write(self.pace.line(self.args, self.stage, left, self.epochs_after))
+            sys.stdout.flush()
+
+    def end_epoch(self, epoch: int) -> float:
+        """The epoch's batches are done: its seconds and mean loss; the loop moves to the next epoch."""
+        loop = self.loop
+        loop.epoch_seconds.append(loop.seconds + time.perf_counter() - self.pace.started)
+        mean_loss = loop.loss_sum / max(loop.step, 1)
+        loop.epoch, loop.step, loop.loss_sum, loop.seconds = epoch, 0, 0.0, 0.0
+        self.epoch_order, self.bar = self.order_generator.get_state(), None
+        if self.pace.end_epoch():
+            self.say_pace()
+        return mean_loss
+
+    def eta(self, epoch: int) -> str:
+        """The ETA of the epoch line: the epochs left (this stage's, then the later ones') at the latest pace; an
+        upper bound, as early stopping may come first."""
+        return self.pace.eta(self.args.epochs - epoch + self.epochs_after)
+
+    def interrupted(self, received: list) -> Interrupted:
+        """A signal stopped the run (on any rank): save the checkpoint, say how to resume."""
+        if self.bar is not None:   # within an epoch: its seconds so far count when it is resumed
+            self.loop.seconds += time.perf_counter() - self.pace.started
+            self.bar.close()
+        self.save()
+        signum = received[0] if received else signal.SIGTERM   # under torchrun another rank may have received it
+        return Interrupted(f"{signal.Signals(signum).name}: {self.stage} stopped after {self.loop.epoch} epochs and "
+                           f"{self.loop.step} batches, saved to {checkpoint_path(self.args)}; resume with: "
+                           f"{resume_command(self.args.command, self.args.out_dir)}", signum)
+
+    def stop_reason(self) -> str | None:
+        """Why the loop stops before the next epoch (kept in `stopped_by`): "patience", "epochs", "time-budget" when
+        the epoch just validated is the last whose next validation still fits, or None to go on."""
+        args, loop = self.args, self.loop
+        if loop.stale > args.patience:
+            self.stopped_by = "patience"
+        elif loop.epoch >= args.epochs:
+            self.stopped_by = "epochs"
+        elif self.pace.deadline is not None and loop.history and loop.history[-1]["epoch"] == loop.epoch:
+            next_validation = min(-(-(loop.epoch + 1) // args.eval_every) * args.eval_every, args.epochs)
+            if not from_main(self.pace.fits, next_validation - loop.epoch):   # decided by rank 0, under torchrun
+                self.stopped_by = "time-budget"
+        return self.stopped_by
+
+    def finished(self) -> dict:
+        """Say why the loop stopped, restore the best state; the record of the run."""
+        args, loop = self.args, self.loop
+        if self.stopped_by == "patience":
+            print(f"early stop: {args.valid_metric} has not improved for {loop.stale} validations, more than the "
+                  f"patience {args.patience}")
+        elif self.stopped_by == "time-budget":
+            print(f"time budget: {self.stage} stopped after epoch {loop.epoch}, as the next validation would end "
+                  f"after --time-budget {args.time_budget}; the best state (epoch {loop.best_epoch}) is restored")
+        self.model.load_state_dict(self.best_state)
+        return {"history": loop.history, "best_epoch": loop.best_epoch, "valid": loop.best_valid,
+                "epoch_seconds": loop.epoch_seconds, "stopped_by": self.stopped_by}
+
+
+@dataclass
+class Loop:
+    """Where `fit` is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds); the
+    validations so far, the best one and the number since it (`stale`). A checkpoint keeps it as a dict."""
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_valid: dict | None = None
+    stale: int = 0
+
+
+def fit(args, split: SplitData, model: nn.Module, batch_loss, stage: str = "train", keep: dict | None = None,
+        epochs_after: int = 0, on_epoch_start=None) -> dict:
+    """Train `model` with Adam, validating every --eval-every epochs, until --epochs, until --valid-metric has not
+    improved for more than --patience validations, or at the last validation that fits --time-budget; restore the
+    best state. The test set is not touched here. A fresh optimizer every call.
+
+    batch_loss(model, batch, generator) -> scalar loss: a mean over the examples of a batch of `training_batches`.
+    on_epoch_start(model, epoch, generator): before the first batch of every epoch (1-based; not when a resumed run
+        goes on with an epoch it had begun), with the samplers' generator.
+    stage, keep, epochs_after: checkpoints, --resume, torchrun, the pace and the ETA: `TrainingRun`.
+    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds, stopped_by.
+    """
+    run = TrainingRun(args, split, model, stage, keep, epochs_after)
+    loop = run.loop
     with deferred_signals() as received:
-        while loop["epoch"] < args.epochs and loop["stale"] <= args.patience:
-            epoch, start = loop["epoch"] + 1, time.perf_counter()
+        while run.stop_reason() is None:
+            epoch = loop.epoch + 1
             model.train()
-            order_generator.set_state(epoch_order)
-            bar = tqdm(training_batches(split, args.batch_size, order_generator, device, first=loop["step"]),
-                       total=n_batches, initial=loop["step"], desc=f"{stage} epoch {epoch}", leave=False,
-                       disable=args.quiet or not is_main())
-            for batch in bar:
-                loss, stop_now = train_step(model, optimizer, batch_loss, batch, sample_generator, split.sequential,
-                                            received)
+            batches = run.epoch_batches(epoch)
+            if on_epoch_start is not None and loop.step == 0:
+                on_epoch_start(model, epoch, run.sample_generator)
+            for batch in batches:
+                loss, stop_now = train_step(model, run.optimizer, batch_loss, batch, run.sample_generator,
+                                            split.sequential, received)
                 if not math.isfinite(loss):
-                    error = RecError(f"the loss became {loss} at epoch {epoch}; lower --lr or check the data")
-                    error.said_by_rank_0 = True   # the loss of the whole batch: every rank raises this
-                    raise error
-                loop["loss_sum"], loop["step"] = loop["loss_sum"] + loss, loop["step"] + 1
+                    raise run.diverged(loss, epoch)
+                loop.loss_sum, loop.step = loop.loss_sum + loss, loop.step + 1
+                run.batch_done()
                 if stop_now:
-                    loop["seconds"] += time.perf_counter() - start
-                    bar.close()
-                    raise stop()
-            loop["epoch_seconds"].append(loop["seconds"] + time.perf_counter() - start)
-            mean_loss = loop["loss_sum"] / max(loop["step"], 1)
-            loop.update(epoch=epoch, step=0, loss_sum=0.0, seconds=0.0)
-            epoch_order = order_generator.get_state()
-            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop['epoch_seconds'][-1]:.1f}s"
+                    raise run.interrupted(received)
+            mean_loss = run.end_epoch(epoch)
+            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop.epoch_seconds[-1]:.1f}s"
             if epoch % args.eval_every == 0 or epoch == args.epochs:
                 valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
-                loop["history"].append({"stage": stage, "epoch": epoch, "loss": mean_loss,
-                                        "seconds": sum(loop["epoch_seconds"]), "valid": valid})
-                score = valid[args.valid_metric]
+                loop.history.append({"stage": stage, "epoch": epoch, "loss": mean_loss,
+                                     "seconds": sum(loop.epoch_seconds), "valid": valid})
                 line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
                                                for k in args.ks)
-                if from_main(lambda: score > loop["best_score"]):   # decided once, by rank 0, under torchrun
-                    loop.update(best_score=score, best_epoch=epoch, best_valid=valid, stale=0)
-                    best_state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+                if from_main(lambda: valid[args.valid_metric] > loop.best_score):   # rank 0 decides (torchrun)
+                    loop.best_score, loop.best_epoch, loop.best_valid = valid[args.valid_metric], epoch, valid
+                    loop.stale, run.best_state = 0, {k: v.detach().clone() for k, v in model.state_dict().items()}
                     line += "  *"
                 else:
-                    loop["stale"] += 1
-                save()
-            recent = (recent + [time.perf_counter() - start])[-5:]
-            left = args.epochs - epoch + epochs_after        # an upper bound: early stopping may come first
-            print(line + (f"  ETA ≤ {duration(left * sum(recent) / len(recent))}" if left else ""), flush=True)
+                    loop.stale += 1
+                run.save()
+            print(line + run.eta(epoch), flush=True)
             if stop_requested(received):
-                raise stop()
-    if loop["stale"] > args.patience:
-        print(f"early stop: {args.valid_metric} has not improved for {loop['stale']} validations, more than the "
-              f"patience {args.patience}")
-    model.load_state_dict(best_state)
-    return {"history": loop["history"], "best_epoch": loop["best_epoch"], "valid": loop["best_valid"],
-            "epoch_seconds": loop["epoch_seconds"]}
+                raise run.interrupted(received)
+    return run.finished()
 
 
 def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
@@ -3234,12 +3534,11 @@ def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict |
     if is_main():
         if not args.eval_only:
             save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
-                             "valid": record["valid"], "state_dict": model.state_dict()},
+                             "valid": record["valid"], "state_dict": model.state_dict(),
+                             "script": os.path.basename(args.command[0]), "stopped_by": record["stopped_by"]},
                             os.path.join(args.out_dir, "model.pt"))
         save_test_rows(test_rows, split.test, os.path.join(args.out_dir, TEST_ROWS_FILE))
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(path + ".tmp", path)
+        save_json(result, path)
         for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
             if os.path.exists(finished) and not args.eval_only:
                 os.remove(finished)
@@ -3265,6 +3564,7 @@ def save_test_rows(values: dict, rows: EvalRows, path: str):
     """test_rows.npz beside results.json: each test row's recall@K and ndcg@K (float64, the split's row order)
     and the rows' fingerprint; written atomically."""
     arrays = {name: value for name, value in values.items() if name.split("@")[0] in ("recall", "ndcg")}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path + ".tmp", "wb") as f:
         np.savez_compressed(f, fingerprint=np.array(rows_fingerprint(rows)), **arrays)
     os.replace(path + ".tmp", path)
@@ -3304,16 +3604,42 @@ def git_commit() -> str | None:
 
 
 def read_model_file(path: str) -> dict:
-    """A model.pt as `finish` writes it: method, config, best_epoch, valid, state_dict."""
+    """What --eval-only evaluates, as `finish` writes a model.pt: method, config, best_epoch, valid, state_dict,
+    script, stopped_by (the last two absent from older files). A run's checkpoint.pt (stopped, or still running)
+    gives the best state it holds so far, with the settings of the run.json beside it (`checkpoint_as_model`)."""
     if not os.path.isfile(path):
         raise RecError(f"--eval-only {path}: no such file")
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:   # unpickling errors come in many types; all mean "not our model file"
         raise RecError(f"--eval-only {path} is not a readable model.pt ({type(error).__name__}: {error})") from None
+    if isinstance(saved, dict) and {"stage", "loop", "best_state"} <= saved.keys():
+        return checkpoint_as_model(path, saved)
     if not isinstance(saved, dict) or not {"method", "config", "state_dict"} <= saved.keys():
         raise RecError(f"--eval-only {path} is not a model.pt of this project (no method, config, state_dict)")
     return saved
+
+
+def checkpoint_as_model(path: str, checkpoint: dict) -> dict:
+    """A checkpoint.pt read as a model.pt: its best state so far (`fit`'s, of the stage it was in), with the method,
+    settings and script of the run.json that `TrainingRun.save` writes beside it. Adds `stage` and `epochs_done`."""
+    run_file = os.path.join(os.path.dirname(path), "run.json")
+    try:
+        with open(run_file) as f:
+            run = json.load(f)
+    except (OSError, ValueError) as error:
+        raise RecError(f"--eval-only {path} is a checkpoint.pt: its run's settings are in the run.json beside it, "
+                       f"which cannot be read ({error})") from None
+    if "method" not in run:
+        raise RecError(f"--eval-only {path}: its run.json predates --eval-only on checkpoints (it names no method); "
+                       f"let the run finish and evaluate its model.pt")
+    loop = checkpoint["loop"]
+    if checkpoint["best_state"] is None:
+        raise RecError(f"--eval-only {path}: the run was stopped before its first validation, so it holds no best "
+                       f"state yet; resume it (--resume) past one validation")
+    return {"method": run["method"], "config": run["config"], "script": os.path.basename(run["command"][0]),
+            "state_dict": checkpoint["best_state"], "best_epoch": loop["best_epoch"], "valid": loop["best_valid"],
+            "stage": checkpoint["stage"], "epochs_done": loop["epoch"]}
 
 
 def adopt_saved_settings(args) -> str:
@@ -3322,8 +3648,10 @@ def adopt_saved_settings(args) -> str:
     saved = read_model_file(args.eval_only)
     foreign = saved["config"].keys() - vars(args).keys()
     if foreign:
-        raise RecError(f"--eval-only {args.eval_only} was written by another script (its settings include "
-                       f"{', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script")
+        script = saved.get("script")
+        raise RecError(f"--eval-only {args.eval_only} was written by another script" + (
+            f", {script}: evaluate it with python {script} --eval-only {args.eval_only}" if script else
+            f" (its settings include {', '.join(_flag(k) for k in sorted(foreign))}); evaluate it with that script"))
     for name, value in saved["config"].items():
         if name not in WHERE_AND_HOW + ("device", "eval_batch_size", "world_size"):
             setattr(args, name, value)
@@ -3331,8 +3659,9 @@ def adopt_saved_settings(args) -> str:
 
 
 def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
-    """--eval-only: load the state of model.pt into `model` (built from the same settings) and validate it.
-    Returns the record `finish` takes, with no training history."""
+    """--eval-only: load the saved state (model.pt, or a checkpoint.pt's best so far) into `model`, built from the
+    same settings, and validate it. Returns the record `finish` takes, with no training history; `stopped_by` is
+    the saved run's (None for a checkpoint: the run has not stopped)."""
     saved = read_model_file(args.eval_only)
     try:
         model.load_state_dict(saved["state_dict"])
@@ -3340,9 +3669,15 @@ def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
         raise RecError(f"--eval-only {args.eval_only} does not fit the model its settings build: "
                        f"{' '.join(str(error).split())}") from None
     model.to(args.device)
-    print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
+    if "stage" in saved:
+        done = saved["epochs_done"]
+        print(f"loaded {args.eval_only}: the best state so far of an unfinished run, {saved['stage']} epoch "
+              f"{saved['best_epoch']} ({done} epoch{'s' if done != 1 else ''} of {saved['stage']} done)")
+    else:
+        print(f"loaded {args.eval_only} (best epoch {saved['best_epoch']} of its run)")
     return {"history": [], "best_epoch": saved["best_epoch"], "epoch_seconds": [],
-            "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size)}
+            "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size),
+            "stopped_by": saved.get("stopped_by")}
 
 
 def _terminated(signum, frame):
@@ -3358,6 +3693,7 @@ def run_cli(main):
     signal.signal(signal.SIGTERM, _terminated)
     try:
         main()
+        leave_process_group()   # every rank has finished
     except (Exception, KeyboardInterrupt) as error:
         if os.environ.get("NEGSAMPLING_DEBUG") == "1":
             raise
@@ -3374,4 +3710,6 @@ def run_cli(main):
         shared = isinstance(error, Interrupted) or not dist.is_initialized() or getattr(error, "said_by_rank_0", False)
         if rank() == 0 or not shared:
             print(("" if rank() == 0 else f"[rank {rank()}] ") + " ".join(line.split()), file=sys.stderr)
+        if shared:   # every rank stops here (a rank's own failure leaves the others in a collective: none waits)
+            leave_process_group()
         sys.exit(code)

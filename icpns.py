@@ -415,34 +415,27 @@ def main(argv=None):
     else:
         sampler, communities = build_sampler(model, split, args, args.seed, excluded)
     print(f"{args.communities} communities in {communities['seconds']:.1f}s, sizes {communities['sizes']}")
-    # what fine-tuning's checkpoints keep (fit saves it): the communities in use, the batches done
+    # what fine-tuning's checkpoints keep (fit saves it): the communities in use
     keep = keep or {"pretrain": pretrain, "communities": communities, "reclusterings": [],
-                    "community": sampler.community, "calls": 0}
+                    "community": sampler.community}
     reclusterings = keep["reclusterings"]
 
     # Stage 4: fine-tune with a fresh Adam (fit makes one) at --finetune-lr, one ICPNS negative per positive
     def negatives(ex, generator):
         return sampler.sample(ex.users, 1, generator)                                  # (P, 1)
 
-    icpns_loss = standard_loss(negatives, args.loss, args.reg_weight)
-    n_examples = len(split.train_sequences) if split.sequential else len(split.train_user)
-    batches_per_epoch = -(-n_examples // args.batch_size)
-
-    def batch_loss(model, batch, generator):
-        # --recluster-every: fit() has no epoch hook, so the batch count tells where an epoch starts
+    def recluster(model, epoch, generator):   # --recluster-every R: before fine-tuning epochs R + 1, 2R + 1, ...
         nonlocal sampler
-        epoch, step = divmod(keep["calls"], batches_per_epoch)
-        if args.recluster_every and step == 0 and epoch and epoch % args.recluster_every == 0:
-            sampler, info = build_sampler(model, split, args, args.seed + epoch, excluded)
+        if args.recluster_every and epoch > 1 and (epoch - 1) % args.recluster_every == 0:
+            sampler, info = build_sampler(model, split, args, args.seed + epoch - 1, excluded)
             keep["community"] = sampler.community
-            reclusterings.append({"before_epoch": epoch + 1, **info})
-            print(f"reclustered before fine-tuning epoch {epoch + 1}: sizes {info['sizes']}")
-        keep["calls"] += 1
-        return icpns_loss(model, batch, generator)
+            reclusterings.append({"before_epoch": epoch, **info})
+            print(f"reclustered before fine-tuning epoch {epoch}: sizes {info['sizes']}")
 
     finetune_args = copy.copy(args)
     finetune_args.lr = args.finetune_lr
-    record = fit(finetune_args, split, model, batch_loss, stage="finetune", keep=keep)
+    record = fit(finetune_args, split, model, standard_loss(negatives, args.loss, args.reg_weight), stage="finetune",
+                 keep=keep, on_epoch_start=recluster)
     return finish(args, split, model, record, extra={
         "pretrain": pretrain, "communities": communities, "reclusterings": reclusterings})
 

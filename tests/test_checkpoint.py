@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -250,7 +251,195 @@ def test_provenance_keys(tmp_path, monkeypatch):
 
 
 def test_progress_lines_carry_an_eta(tmp_path, capsys):
-    baselines.main(["--backbone", "mf", "--epochs", "3", "--eval-every", "2", *TINY, "--out-dir", str(tmp_path)])
+    result = baselines.main(["--backbone", "mf", "--epochs", "3", "--eval-every", "2", *TINY, "--out-dir",
+                             str(tmp_path)])
+    assert result["stopped_by"] == "epochs"
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("train epoch")]
     assert len(lines) == 3 and all(re.search(r"ETA ≤ \d+s$", line) for line in lines[:2])
     assert "valid" in lines[1] and "ETA" not in lines[2]                                    # nothing left
+
+
+# ---------------------------------------------------------------- the loop's hook, its clock, --time-budget
+class FakeClock:
+    """common's `time` with a perf_counter that moves only when a training batch is drawn (`clocked_batches`)."""
+
+    def __init__(self, seconds_per_batch: float):
+        self.now, self.step = 0.0, seconds_per_batch
+
+    def perf_counter(self):
+        return self.now
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+def clocked_batches(monkeypatch, clock: FakeClock, stop_at: int | None = None):
+    """Every training batch drawn costs clock.step seconds; SIGTERM as batch `stop_at` (counted over the run) is
+    drawn."""
+    batches, count = common.training_batches, itertools.count(1)
+
+    def clocked(*args, **kwargs):
+        for item in batches(*args, **kwargs):
+            clock.now += clock.step
+            if next(count) == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield item
+
+    monkeypatch.setattr(common, "time", clock)
+    monkeypatch.setattr(common, "training_batches", clocked)
+
+
+SASREC = ["--sampler", "rns", "--backbone", "sasrec", "--epochs", "5", *TINY]   # 7 batches per epoch
+
+
+def epoch_lines(text: str) -> list:
+    return [line for line in text.splitlines() if line.startswith("train epoch")]
+
+
+def test_on_epoch_start_runs_before_each_epochs_first_batch_and_not_again_in_a_resumed_epoch(tmp_path, monkeypatch):
+    events = []
+
+    def batch_loss(model, batch, generator):
+        events.append("batch")
+        return common.examples(model, batch).queries.sum() * 0
+
+    def on_epoch_start(model, epoch, generator):
+        assert model.training and generator is not None
+        events.append(epoch)
+
+    common.fit(*fit_args(["--out-dir", str(tmp_path / "whole")]), batch_loss, on_epoch_start=on_epoch_start)
+    assert events == [1] + ["batch"] * 3 + [2] + ["batch"] * 3 + [3] + ["batch"] * 3
+    events.clear()
+    stop_at(monkeypatch, 5)                                                   # mid-epoch 2
+    cut = ["--out-dir", str(tmp_path / "cut")]
+    with pytest.raises(common.Interrupted):
+        common.fit(*fit_args(cut), batch_loss, on_epoch_start=on_epoch_start)
+    monkeypatch.undo()
+    assert events == [1] + ["batch"] * 3 + [2] + ["batch"] * 2               # stopped after batch 5's step
+    events.clear()
+    common.fit(*fit_args(cut + ["--resume"]), batch_loss, on_epoch_start=on_epoch_start)
+    assert events == ["batch"] + [3] + ["batch"] * 3                          # epoch 2 goes on: no second call
+
+
+def fit_args(argv):
+    """(args, split, model) of a small run of 3 epochs of 3 batches, with `argv` (--out-dir, --resume)."""
+    args, split = common.prepare(common.base_parser("t").parse_args(
+        ["--backbone", "mf", "--split", "ratio", "--batch-size", "4096", "--seed", "2026", "--epochs", "3", *TINY,
+         *argv]), "rns")
+    return args, split, common.build_backbone("mf", split, args)
+
+
+def test_the_eta_after_resume_comes_from_whole_batches_timed_since_the_resume(tmp_path, monkeypatch, capsys):
+    clock = FakeClock(1.0)                                   # 1 s per batch, validation free: 7 s per epoch
+    clocked_batches(monkeypatch, clock, stop_at=10)          # mid-epoch 2: 3 of its 7 batches done
+    argv = SASREC + ["--out-dir", str(tmp_path)]
+    with pytest.raises(common.Interrupted):
+        baselines.main(argv)
+    first = epoch_lines(capsys.readouterr().out)
+    assert len(first) == 1 and "  7.0s  " in first[0] and first[0].endswith("ETA ≤ 28s")   # 4 epochs left at 7 s
+    baselines.main(argv + ["--resume"])
+    lines = epoch_lines(capsys.readouterr().out)
+    # epoch 2: 3 batches timed before the stop, 4 after: its seconds are 7, and its ETA is 3 epochs of 7 batches
+    # at the pace of the 4 batches timed since the resume (not 3 x 4 s, the resumed part of an epoch)
+    assert [re.search(r"loss \S+  (\S+)s", line).group(1) for line in lines] == ["7.0"] * 4
+    assert [re.search(r"ETA ≤ (\S+)$", line).group(1) for line in lines[:3]] == ["21s", "14s", "7s"]
+
+
+def test_a_pace_line_says_the_cost_before_the_wait(tmp_path, monkeypatch, capsys):
+    clocked_batches(monkeypatch, FakeClock(1.0))
+    baselines.main(SASREC + ["--out-dir", str(tmp_path / "short")])
+    out = capsys.readouterr().out.splitlines()
+    pace = [line for line in out if "pace:" in line]
+    assert pace == ["train pace: 7.0s per epoch of 7 batches (7 timed); at most 4 more epochs (--epochs 5; --patience "
+                    "10 may stop it sooner): up to 28s of training on this CPU (1 thread)"]
+    assert out.index(pace[0]) < out.index(epoch_lines("\n".join(out))[0])   # before the first epoch's line
+    # 175 batches per epoch of 10 s each: said after 30 batches, with the hint of a run over an hour
+    clocked_batches(monkeypatch, FakeClock(10.0))
+    baselines.main(["--backbone", "mf", "--batch-size", "64", "--epochs", "3", *TINY, "--out-dir",
+                    str(tmp_path / "long")])
+    pace = [line for line in capsys.readouterr().out.splitlines() if "pace:" in line]
+    assert len(pace) == 1 and pace[0].startswith("train pace: 29m10s per epoch of 175 batches (30 timed); at most 3 "
+                                                 "more epochs (--epochs 3; --patience 10 may stop it sooner): up to "
+                                                 "1h27m of training on this CPU (1 thread). Over an hour: for a first "
+                                                 "look try --epochs 5 (~2h25m)")
+
+
+def test_time_budget_stops_at_the_last_validation_that_fits(tmp_path, monkeypatch, capsys):
+    clocked_batches(monkeypatch, FakeClock(1.0))             # 7 s per epoch; the budget counts from the start
+    result = baselines.main(SASREC + ["--time-budget", "20s", "--out-dir", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert len(epoch_lines(out)) == 2                        # at 14 s the next validation would end at 21 s
+    assert "time budget: train stopped after epoch 2, as the next validation would end after --time-budget 20s" in out
+    assert result["stopped_by"] == "time-budget" and [h["epoch"] for h in result["history"]] == [1, 2]
+    assert json.loads((tmp_path / "results.json").read_text())["stopped_by"] == "time-budget"
+    assert "within --time-budget 20s" not in out and "stops it at the last validation that fits" in out
+    # the restored state is the best validation's: --eval-only on model.pt gives its metrics
+    evaluated = quietly(baselines.main, ["--eval-only", str(tmp_path / "model.pt"), "--out-dir", str(tmp_path / "e")])
+    assert evaluated["valid"] == result["history"][result["best_epoch"] - 1]["valid"]
+    assert evaluated["stopped_by"] == "time-budget"
+    # with room for every epoch, the run ends at --epochs; a budget is a setting a resumed run may change
+    ample = baselines.main(SASREC + ["--time-budget", "1h", "--out-dir", str(tmp_path / "all")])
+    assert ample["stopped_by"] == "epochs"
+    assert "time_budget" in common.WHERE_AND_HOW
+
+
+@pytest.mark.parametrize("budget", ["2h", "90m", "1h30m", "45s", "1.5h"])
+def test_time_budget_durations(budget):
+    assert common.duration_seconds(budget) == {"2h": 7200, "90m": 5400, "1h30m": 5400, "45s": 45, "1.5h": 5400}[budget]
+
+
+@pytest.mark.parametrize("budget", ["", "2", "h", "2 h", "-1h", "1d", "0m"])
+def test_bad_time_budgets_are_refused(budget, tmp_path):
+    with pytest.raises(common.RecError, match="--time-budget must be"):
+        quietly(baselines.main, [f"--time-budget={budget}", "--out-dir", str(tmp_path)])
+
+
+# ---------------------------------------------------------------- --eval-only on a checkpoint.pt
+def test_eval_only_on_a_checkpoint_evaluates_the_best_state_so_far(tmp_path, monkeypatch, capsys):
+    main, argv = RUNS["baselines"]
+    whole = quietly(main, argv + ["--out-dir", str(tmp_path / "whole")])
+    stop_at(monkeypatch, 17)                                                 # mid-epoch 3, after 2 validations
+    with pytest.raises(common.Interrupted):
+        quietly(main, argv + ["--out-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    checkpoint = str(tmp_path / "cut" / "checkpoint.pt")
+    evaluated = main(["--eval-only", checkpoint, "--quiet", "--out-dir", str(tmp_path / "eval")])
+    best = max(whole["history"][:2], key=lambda h: h["valid"]["ndcg@10"])
+    assert f"the best state so far of an unfinished run, train epoch {best['epoch']} (2 epochs of train done)" in \
+        capsys.readouterr().out
+    assert evaluated["best_epoch"] == best["epoch"] and evaluated["valid"] == best["valid"]
+    assert evaluated["stopped_by"] is None and evaluated["config"]["eval_only"] == checkpoint
+    assert all(evaluated["config"][k] == whole["config"][k] for k in ("sampler", "candidates", "dim", "max_len",
+                                                                      "seed"))
+    assert os.path.isfile(checkpoint)                                        # the run can still be resumed
+    with pytest.raises(common.RecError, match=f"written by another script, baselines.py: evaluate it with python "
+                                              f"baselines.py --eval-only {re.escape(checkpoint)}"):
+        quietly(icpns.main, ["--eval-only", checkpoint, "--out-dir", str(tmp_path / "e")])
+
+
+def test_eval_only_refuses_a_checkpoint_without_a_validation_and_files_not_ours(tmp_path, monkeypatch):
+    main, argv = RUNS["baselines"]
+    stop_at(monkeypatch, 3)                                                  # in epoch 1: nothing validated
+    with pytest.raises(common.Interrupted):
+        quietly(main, argv + ["--out-dir", str(tmp_path / "cut")])
+    monkeypatch.undo()
+    with pytest.raises(common.RecError, match="stopped before its first validation"):
+        quietly(main, ["--eval-only", str(tmp_path / "cut" / "checkpoint.pt"), "--out-dir", str(tmp_path / "e")])
+    torch.save({"state_dict": {}, "epoch": 3}, tmp_path / "foreign.pt")
+    with pytest.raises(common.RecError, match="is not a model.pt of this project"):
+        quietly(main, ["--eval-only", str(tmp_path / "foreign.pt"), "--out-dir", str(tmp_path / "e")])
+
+
+# ---------------------------------------------------------------- no stray files
+def test_a_run_that_fails_before_training_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(common.RecError, match="unknown dataset"):
+        quietly(baselines.main, ["--dataset", "no-such-dataset"])                # the default runs/<run>/
+    with pytest.raises(common.RecError, match="larger than the number of items"):   # found once the data is read
+        quietly(baselines.main, ["--ks", "400", "--valid-metric", "ndcg@400", "--out-dir", "a/b/c"])
+    assert os.listdir(tmp_path) == []
+    stop_at(monkeypatch, 2)                                 # stopped in training: what --resume needs stays
+    with pytest.raises(common.Interrupted):
+        quietly(baselines.main, RUNS["baselines"][1] + ["--out-dir", "run"])
+    assert sorted(os.listdir(tmp_path / "run")) == ["checkpoint.pt", "run.json"]
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["method"] == "dnsmn"

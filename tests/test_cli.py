@@ -103,6 +103,47 @@ def test_out_dir_is_checked_at_start(no_data, tmp_path):
         baselines.main(["--out-dir", str(read_only / "run")])
 
 
+@pytest.mark.parametrize("script, flags, meant", [
+    ("baselines", ["--backbone", "sasrek"], "sasrec"), ("baselines", ["--sampler", "dns+"], "dns"),
+    ("baselines", ["--sampler", "SRNS"], "srns"), ("mdcns", ["--peer", "mamba"], "mamba4rec"),
+    ("icpns", ["--split", "ratios"], "ratio"),
+])
+def test_a_mistyped_choice_says_which_one_was_meant(capsys, script, flags, meant):
+    with pytest.raises(SystemExit) as stop:
+        MAINS[script](flags)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"invalid choice {flags[1]!r}; did you mean {meant!r}? (choose from" in err
+    assert err.count("\n") == 1
+
+
+def test_a_mistyped_dataset_and_an_unwritable_cache_dir_are_refused_before_any_data(no_data, tmp_path):
+    with pytest.raises(RecError, match="unknown dataset 'ml1m' and no such file; did you mean 'ml-1m'"):
+        baselines.main(["--dataset", "ml1m", "--out-dir", str(tmp_path / "o")])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RecError, match="--cache-dir .*file/x cannot be created or written"):
+        baselines.main(["--dataset", "ml-1m", "--cache-dir", str(tmp_path / "file" / "x"), "--out-dir",
+                        str(tmp_path / "o")])
+    assert sorted(os.listdir(tmp_path)) == ["file"]                          # no out-dir left behind
+
+
+def test_no_cache_and_cache_dir_from_the_command_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "mine" / "my.csv"
+    csv.parent.mkdir()
+    csv.write_text("".join(f"{u},{i}\n" for u in range(30) for i in range(u % 7, u % 7 + 12)))
+    argv = ["--dataset", str(csv), "--epochs", "1", "--quiet", "--ks", "1,5", "--valid-metric", "ndcg@5"]
+    def caches():   # the processed caches (*.npz), not a run's test_rows.npz
+        return [p.parent for p in tmp_path.rglob("*.npz") if p.name != common.TEST_ROWS_FILE]
+
+    baselines.main(argv + ["--no-cache", "--out-dir", "a"])
+    assert not caches()
+    baselines.main(argv + ["--cache-dir", "cache", "--out-dir", "b"])
+    assert caches() == [tmp_path / "cache"]
+    with pytest.raises(RecError, match="--cache-dir mine/my.csv/x cannot be created or written"):
+        baselines.main(argv + ["--cache-dir", "mine/my.csv/x", "--out-dir", "c"])
+
+
+
 @pytest.mark.parametrize("script", ["baselines", "icpns", "mdcns"])
 def test_help_states_each_default_once_and_never_none(script):
     text = {"baselines": baselines, "icpns": icpns, "mdcns": mdcns}[script].build_parser().format_help()
@@ -142,7 +183,7 @@ def test_patience_is_recboles_stopping_step(tmp_path, capsys):
         ["--quiet", "--epochs", "8", "--patience", "2", "--out-dir", str(tmp_path)]), "rns")
     model = common.build_backbone("mf", split, args)
     record = common.fit(args, split, model, lambda m, batch, g: common.examples(m, batch).queries.sum() * 0)
-    assert len(record["history"]) == 4                              # best at 1, then 3 without improvement
+    assert len(record["history"]) == 4 and record["stopped_by"] == "patience"   # best at 1, then 3 without improvement
     assert "has not improved for 3 validations, more than the patience 2" in capsys.readouterr().out
 
 

@@ -227,6 +227,37 @@ def test_unknown_dataset_lists_the_known_ones():
     assert all(name in str(error.value) for name in DATASETS)
 
 
+@pytest.mark.parametrize("typed, meant", [("ml1m", "ml-1m"), ("Beauty", "beauty"), ("amazon_book", "amazon-book"),
+                                           ("kuairand1", "kuairand")])
+def test_unknown_dataset_says_which_one_was_meant(typed, meant):
+    with pytest.raises(RecError, match=f"unknown dataset '{typed}' and no such file; did you mean '{meant}'\\?"):
+        load_dataset(typed)
+
+
+def test_every_dataset_of_the_papers_is_registered_with_its_published_statistics():
+    mdcns = {"health": (66519, 28237, 485163), "sports": (35598, 18357, 296337), "beauty": (22363, 12101, 198502),
+             "toys": (19412, 11924, 167597), "lastfm": (1090, 3646, 52551), "kuairand": (18642, 7566, 231471)}
+    assert {name: DATASETS[name].published[:3] for name in mdcns} == mdcns          # MDCNS, Table 2
+    assert all("MDCNS" in DATASETS[name].published[3] for name in mdcns)
+    assert {"ml-100k", "ml-1m", "yelp", "beauty"} <= DATASETS.keys()                # ICPNS's (no statistics published)
+
+
+@pytest.mark.parametrize("name, file_name", [("health", "Health.txt"), ("kuairand", "KuaiRand.txt")])
+def test_health_and_kuairand_load_by_name_from_their_files(tmp_path, capsys, name, file_name):
+    with pytest.raises(RecError) as error:
+        load(tmp_path, name)
+    message = str(error.value)
+    assert "Li et al., SIGIR 2026, Table 2" in message and file_name in message and "\n" not in message
+    assert ("kuairand.com" in message) == (name == "kuairand")
+    put(tmp_path / "data" / name / file_name, "1 5 6 7\n2 6 8\n")                # as the MDCNS code writes it
+    assert sequences(load(tmp_path, name)) == [[1, 2, 3], [2, 4]]
+    published = DATASETS[name].published
+    assert f"{published[0]:,} users, {published[1]:,} items, {published[2]:,} interactions in MDCNS" in \
+        capsys.readouterr().out
+    put(tmp_path / "inter" / name / "x.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t5\t2\n1\t6\t1\n")
+    assert sequences(load_dataset(name, data_dir=str(tmp_path / "inter"), k_core=0)) == [[2, 1]]   # by time
+
+
 def test_yelp_without_files_says_where_to_get_them(tmp_path):
     with pytest.raises(RecError, match=r"yelp.com/dataset.*" + str(tmp_path / "data" / "yelp")):
         load(tmp_path, "yelp")
@@ -308,6 +339,26 @@ def test_read_only_data_folder_caches_in_the_user_cache(tmp_path, user_cache, ca
         assert "from cache" in capsys.readouterr().out
     finally:
         folder.chmod(0o755)
+
+
+def test_cache_goes_to_one_folder_printed_on_every_load(tmp_path, user_cache, capsys):
+    put(tmp_path / "data/ml-100k/u.data", U_DATA)
+    cache = tmp_path / "my-cache"
+    for said in ("cached to ", "from cache "):
+        load(tmp_path, "ml-100k", min_rating=0, k_core=0, cache_dir=str(cache))
+        assert said + str(cache / "ml-100k-") in capsys.readouterr().out
+    assert [p.parent for p in tmp_path.rglob("*.npz")] == [cache]                  # nothing beside the data
+    # --no-cache: nothing read, nothing written, and the load says so
+    load(tmp_path, "ml-100k", min_rating=0, k_core=0, use_cache=False, cache_dir=str(cache))
+    assert "not cached (--no-cache)" in capsys.readouterr().out and len(list(tmp_path.rglob("*.npz"))) == 1
+    # a custom file: processed/ beside it by default, or --cache-dir
+    csv = put(tmp_path / "mine/my.csv", "user,item\n1,2\n1,3\n")
+    load_dataset(str(csv))
+    assert "cached to " + str(tmp_path / "mine/processed/my-") in capsys.readouterr().out
+    # a cache folder that cannot be written: the data is read all the same, and the line says why it is not cached
+    blocked = put(tmp_path / "a-file", "")
+    load(tmp_path, "ml-100k", min_rating=1, k_core=0, cache_dir=str(blocked / "below"))
+    assert f"not cached: {blocked / 'below'} cannot be written" in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------- downloads (local server)

@@ -44,10 +44,11 @@ def in_every_process(rank, folder):
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=WORLD,
                             timeout=datetime.timedelta(seconds=120))
     try:
-        for task in (random_streams, sharded_evaluation, distributed_steps, stopped_and_resumed):
+        for task in (random_streams, sharded_evaluation, distributed_steps, stopped_and_resumed, ended_by_run_cli):
             task(rank, folder)
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():   # (ended_by_run_cli leaves it)
+            dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------- random streams
@@ -192,9 +193,11 @@ def test_every_batch_loss_accepts_an_empty_shard():
             for name, value in common.BACKBONE_DEFAULTS[backbone].items():
                 setattr(args, name, 8 if name == "dim" else value)
             model = build_backbone(backbone, split, args)
-            batch_loss = baselines.make_batch_loss(args, split, common.training_positives(split, "cpu"))
+            batch_loss, on_epoch_start = baselines.make_batch_loss(args, split, common.training_positives(split, "cpu"))
             batch = next(training_batches(split, 64, torch.Generator().manual_seed(0), "cpu"))
             generator = torch.Generator().manual_seed(0)
+            if on_epoch_start is not None:   # as fit calls it
+                on_epoch_start(model, 1, generator)
             batch_loss(model, batch, generator)
             batch_loss(model, tuple(t[:0] for t in batch), generator)   # no error
 
@@ -252,6 +255,21 @@ def test_a_signal_to_one_rank_stops_every_rank_and_the_resumed_run_equals_the_wh
     assert sorted(os.listdir(spawned / "cut")) == ["model.pt", "results.json", "test_rows.npz"]
     saved = json.loads((spawned / "cut" / "results.json").read_text())
     assert saved["config"]["world_size"] == WORLD and saved["test"] == outcomes[0]["whole"]["test"]
+
+
+# ---------------------------------------------------------------- the end of a run
+def ended_by_run_cli(rank, folder):
+    kept = []   # the last collective's tensor, alive until the process exits, as a run's results are
+    common.run_cli(lambda: kept.append(common.all_reduce_sum(torch.ones(1000))))
+    torch.save({"joined": dist.is_initialized(), "sum": kept[0][0].item()}, os.path.join(folder, f"end-{rank}.pt"))
+
+
+def test_run_cli_leaves_the_process_group_once_every_rank_is_done(spawned):
+    """Left to the interpreter's exit, gloo's worker threads may free the last collective's tensors while Python
+    finalizes: the process then aborts (`terminate called without an active exception`, SIGABRT), which made
+    the torchrun test below fail now and then. run_cli destroys the group while the interpreter is whole."""
+    for rank in range(WORLD):
+        assert torch.load(spawned / f"end-{rank}.pt") == {"joined": False, "sum": WORLD}
 
 
 # ---------------------------------------------------------------- torchrun, every method file

@@ -1,7 +1,6 @@
 """Per-row test results (test_rows.npz) and the paired, seed-stratified bootstrap of results/aggregate.py."""
 import contextlib
 import io
-import json
 import os
 import sys
 

@@ -12,12 +12,12 @@ from scipy.stats import chisquare
 
 import baselines
 from baselines import (MDCNS_SAMPLERS, SRNS_HISTORY, SRNS_MEMORY, AdaSIRPools, GNNOSampler, SRNSMemory,
-                       at_epoch_start, build_parser, dns_mn_negatives, fresh_positions, gnno_hardness,
+                       build_parser, dns_mn_negatives, fresh_positions, gnno_hardness,
                        gnno_negatives, hop_mixing_choice, importance_resample, last_example_of_each_user, main,
                        merge_pools, mixgcf_loss, positive_mixing, resolve_sampler_args, srns_criterion,
-                       steps_per_epoch, transition_jaccard, user_queries)
+                       transition_jaccard, user_queries)
 from common import (MF, SASRec, Examples, LightGCN, PositiveSets, RecError, bpr_loss, make_synthetic, pad_right,
-                    score_items, split_dataset, training_batches, training_positives, training_rows,
+                    score_items, split_dataset, training_positives, training_rows,
                     uniform_negatives)
 
 P_MIN = 1e-3   # chi-square: a correct sampler fails with probability 1e-3 at a fixed seed (it does not)
@@ -440,26 +440,6 @@ def test_srns_keeps_the_last_t_snapshots_and_warms_up():
 # ---------------------------------------------------------------------------------------------------------
 # Epochs, command line, end to end
 # ---------------------------------------------------------------------------------------------------------
-def test_at_epoch_start_matches_the_batches_of_an_epoch():
-    split = small_split(True, max_len=10)
-    n_steps = steps_per_epoch(split, 7)
-    assert n_steps == len(list(training_batches(split, 7, torch.Generator().manual_seed(0), "cpu")))
-    calls, steps = [], []
-    state = SimpleNamespace(new_epoch=lambda model, epoch, g: calls.append((epoch, len(steps))), saved=("value",),
-                            value=7)
-    keep = {}
-    loss = at_epoch_start(lambda model, batch, g: steps.append(len(calls)), n_steps, state, keep)
-    for _ in range(3 * n_steps):
-        loss(None, None, None)
-    assert calls == [(1, 0), (2, n_steps), (3, 2 * n_steps)]
-    assert keep == {"step": 3 * n_steps, "sampler": {"value": 7}}       # what a checkpoint keeps
-    resumed = at_epoch_start(lambda model, batch, g: steps.append(len(calls)), n_steps, state,
-                             {"step": 3 * n_steps - 1})                 # a resumed run: no new epoch mid-way
-    resumed(None, None, None)
-    resumed(None, None, None)
-    assert calls[3:] == [(4, 3 * n_steps + 1)]
-
-
 def resolved(*argv):
     return resolve_sampler_args(build_parser().parse_args(list(argv)))
 
