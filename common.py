@@ -984,10 +984,10 @@ def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool
     if protocol not in SPLITS:
         raise RecError(f"unknown split {protocol!r}; choose one of {', '.join(SPLITS)}")
     if protocol == "ratio" and sequential:
-        raise RecError("--split ratio is for general backbones (mf, lightgcn); use --split loo or user")
+        raise RecError("--split ratio is for general backbones (mf, lightgcn, ngcf); use --split loo or user")
     if protocol.startswith("user") and not sequential:
         raise RecError(f"--split {protocol} evaluates users unseen in training, which needs a sequential backbone "
-                       "(sasrec, gru4rec, mamba4rec); use --split loo or ratio")
+                       "(sasrec, gru4rec, mamba4rec, linrec, fmlp4rec); use --split loo or ratio")
     user, item, n_users = data.user, data.item, data.n_users
     length = np.bincount(user, minlength=n_users)
     start = np.r_[0, np.cumsum(length)[:-1]]
@@ -2353,7 +2353,7 @@ def metric_rows(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targe
 
 def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
     """Recall, NDCG, MRR, Hit and Precision at each K in `ks`, averaged over the rows, with RecBole's formulas
-    (recbole/evaluator/metrics.py; FIELD.md b.1) and the pessimistic tie policy of `ranking_metric_sums`.
+    (recbole/evaluator/metrics.py) and the pessimistic tie policy of `ranking_metric_sums`.
 
     scores:    float (rows x items); masked entries (padding, history) are -inf
     positives: bool, same shape; every row must hold at least one positive
@@ -2740,7 +2740,7 @@ def check_out_dir(args):
                            f"again in a new --out-dir")
         with open(run_file) as f:
             saved = json.load(f)
-        now, then = run_config(args), {"world_size": 1, **saved["config"]}   # runs before torchrun: 1 process
+        now, then = run_config(args), saved["config"]
         if now["world_size"] != then["world_size"]:
             raise RecError(f"--resume with {now['world_size']} process(es); the run was started with "
                            f"{then['world_size']}, whose random streams the checkpoint holds: resume it with "
@@ -3058,6 +3058,17 @@ def save_checkpoint(shared: dict, own: dict, path: str):
                          **{name: [part[name] for part in parts] for name in own}}, path)
 
 
+def load_torch_file(path: str, named: str, what: str, then: str = "") -> object:
+    """torch.load (weights only, onto the CPU) of a file this project wrote, or one RecError line: `named` (how the
+    user gave the path), what the file should have been, and what to do (`then`)."""
+    if not os.path.isfile(path):
+        raise RecError(f"{named}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:   # unpickling errors come in many types; all mean "not a usable file"
+        raise RecError(f"{named} is not a readable {what} ({type(error).__name__}: {error}){then}") from None
+
+
 def read_checkpoint(args, missing_ok: bool = False) -> dict | None:
     """<out-dir>/checkpoint.pt, as `fit` writes it (None when there is none and missing_ok). Under torchrun rank 0
     reads it and every rank receives it, with this rank's own entries (PER_RANK) in place of the lists."""
@@ -3066,16 +3077,13 @@ def read_checkpoint(args, missing_ok: bool = False) -> dict | None:
     def load():
         if missing_ok and not os.path.isfile(path):
             return None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:   # unpickling errors come in many types; all mean "not a usable checkpoint"
-            raise RecError(f"{path} is not a readable checkpoint ({type(error).__name__}: {error}); start the run "
-                           f"again without --resume") from None
+        return load_torch_file(path, path, "checkpoint", "; start the run again without --resume")
 
     checkpoint = from_main(load)
-    if checkpoint is not None and checkpoint.get("world_size", 1) != world_size():
-        raise RecError(f"{path} was written by {checkpoint.get('world_size', 1)} process(es), this run has "
-                       f"{world_size()}; resume it with as many (torchrun --nproc_per_node)")
+    written_by = checkpoint.get("world_size", 1) if checkpoint is not None else None   # one process: unlisted
+    if checkpoint is not None and written_by != world_size():
+        raise RecError(f"{path} was written by {written_by} process(es), this run has {world_size()}; resume it "
+                       f"with as many (torchrun --nproc_per_node)")
     if checkpoint is not None and "world_size" in checkpoint:
         checkpoint.update({name: checkpoint[name][rank()] for name in PER_RANK})
     return checkpoint
@@ -3500,19 +3508,19 @@ def training_positives(split: SplitData, device, exclude_held_out: bool = False)
     return PositiveSets(user, item, split.n_users, split.n_items, device)
 
 
-def uniform_sampler(positives: PositiveSets, k: int = 1):
-    """RNS as a `negatives_fn` for `standard_loss`: k uniform non-interacted items per example."""
-    return lambda ex, generator: uniform_negatives(positives, ex.users, k, generator)
-
-
 def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain",
                      epochs_after: int = 0) -> dict:
-    """Train `model` with one uniform negative per positive and BPR (RNS), with validation early stopping:
-    the RNS baseline and ICPNS's pre-training stage (epochs_after: `fit`'s). Negatives avoid training items only,
-    whatever --exclude-held-out says (the official pre-training uses RecBole's uniform sampler, which does)."""
+    """Train `model` with one uniform negative per positive and BPR, with validation early stopping: ICPNS's
+    pre-training stage (epochs_after: `fit`'s); baselines.py's RNS trains with --loss instead. Negatives avoid
+    training items only, whatever --exclude-held-out says (the official pre-training uses RecBole's uniform
+    sampler, which does)."""
     positives = training_positives(split, args.device)
-    return fit(args, split, model, standard_loss(uniform_sampler(positives), "bpr", args.reg_weight),
-               stage=stage, epochs_after=epochs_after)
+
+    def uniform(ex, generator):   # RNS: one uniform non-interacted item per example
+        return uniform_negatives(positives, ex.users, 1, generator)
+
+    return fit(args, split, model, standard_loss(uniform, "bpr", args.reg_weight), stage=stage,
+               epochs_after=epochs_after)
 
 
 def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
@@ -3607,12 +3615,7 @@ def read_model_file(path: str) -> dict:
     """What --eval-only evaluates, as `finish` writes a model.pt: method, config, best_epoch, valid, state_dict,
     script, stopped_by (the last two absent from older files). A run's checkpoint.pt (stopped, or still running)
     gives the best state it holds so far, with the settings of the run.json beside it (`checkpoint_as_model`)."""
-    if not os.path.isfile(path):
-        raise RecError(f"--eval-only {path}: no such file")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:   # unpickling errors come in many types; all mean "not our model file"
-        raise RecError(f"--eval-only {path} is not a readable model.pt ({type(error).__name__}: {error})") from None
+    saved = load_torch_file(path, f"--eval-only {path}", "model.pt")
     if isinstance(saved, dict) and {"stage", "loop", "best_state"} <= saved.keys():
         return checkpoint_as_model(path, saved)
     if not isinstance(saved, dict) or not {"method", "config", "state_dict"} <= saved.keys():

@@ -95,9 +95,9 @@ import torch
 from sklearn.cluster import KMeans
 
 from common import (SEQUENTIAL_BACKBONES, AliasTable, PositiveSets, RecError, base_parser, build_backbone,
-                    evaluate, evaluate_saved, finish, fit, from_main, is_main, pad_right, parser_action, prepare,
-                    pretrain_uniform, read_checkpoint, run_cli, standard_loss, synthetic_defaults,
-                    training_positives, weighted_negatives)
+                    evaluate, evaluate_saved, finish, fit, from_main, is_main, load_torch_file, pad_right,
+                    parser_action, prepare, pretrain_uniform, read_checkpoint, run_cli, standard_loss,
+                    synthetic_defaults, training_positives, weighted_negatives)
 
 
 # ---- core: copy this section into your project; it needs only torch ----
@@ -250,12 +250,7 @@ def save_pretrained(path: str, model, args, split, record: dict):
 
 def load_pretrained(path: str, model, args, split) -> dict:
     """Load a checkpoint of `save_pretrained` into `model`, or raise RecError saying what does not fit."""
-    if not os.path.isfile(path):
-        raise RecError(f"--pretrained {path}: no such file")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:   # unpickling errors come in many types; all mean "not our checkpoint"
-        raise RecError(f"--pretrained {path} is not a readable checkpoint: {error}") from None
+    checkpoint = load_torch_file(path, f"--pretrained {path}", "checkpoint")
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise RecError(f"--pretrained {path} is not an icpns.py checkpoint (no state_dict)")
     if checkpoint.get("backbone") != args.backbone:

@@ -123,13 +123,13 @@ MUTATIONS = [
              "legal = np.minimum(2, length - 1)[user]", "legal = np.minimum(2, length)[user]", (RULES, COMMON_T)),
     # the training loop: model selection and early stopping on validation
     Mutation("best-state-restore", "common.py",
-             "model.load_state_dict(best_state)", "pass", (RULES,)),
+             "self.model.load_state_dict(self.best_state)", "pass", (RULES,)),
     Mutation("best-state-copy", "common.py",
-             "best_state = {name: value.detach().clone() for", "best_state = {name: value.detach() for", (RULES,)),
+             "run.best_state = 0, {k: v.detach().clone() for", "run.best_state = 0, {k: v.detach() for", (RULES,)),
     Mutation("patience", "common.py",
-             'loop["stale"] <= args.patience:', 'loop["stale"] < args.patience:', (RULES,)),
+             "if loop.stale > args.patience:", "if loop.stale >= args.patience:", (RULES,)),
     Mutation("strict-improvement", "common.py",
-             'score > loop["best_score"]', 'score >= loop["best_score"]', (RULES,)),
+             "valid[args.valid_metric] > loop.best_score", "valid[args.valid_metric] >= loop.best_score", (RULES,)),
 ]
 
 
