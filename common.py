@@ -2199,7 +2199,7 @@ def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, 
 def score_items(queries, item_table, items):
     """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N), differentiable in queries and
     item_table. `_ItemScores` computes them, and their gradients, block by block: the values are bit for bit those
-    of gathering all (P, N, D) rows at once (tests/test_common.py)."""
+    of gathering all (P, N, D) rows at once (tests/test_backbones_extra.py)."""
     return _ItemScores.apply(queries, item_table, items)
 
 
