@@ -24,6 +24,7 @@ import contextlib
 import io
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -175,9 +176,12 @@ class Row:
         return got
 
 
-def build_rows(data_flags, peer, rns_backbones):
+def build_rows(data_flags, peer, rns_backbones, out_dir):
+    """The rows, each built as its method file builds it; nothing is written but into out_dir (the method files'
+    checks of --out-dir)."""
     rows = []
-    argv = [*data_flags, *TABLE3, "--backbone", "sasrec", "--peer", peer, *MDCNS_FLAGS, "--quiet"]
+    argv = [*data_flags, *TABLE3, "--backbone", "sasrec", "--peer", peer, *MDCNS_FLAGS, "--quiet",
+            "--out-dir", os.path.join(out_dir, "mdcns")]
     args = mdcns.build_parser().parse_args(argv)
     mdcns.check_args(args)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -188,7 +192,7 @@ def build_rows(data_flags, peer, rns_backbones):
     rows.append(Row(f"MDCNS, SASRec + {peer} peer", args, split, pair, mdcns_step, mdcns.mdcns_loss(args, positives)))
     for backbone in rns_backbones:
         args = baselines.build_parser().parse_args([*data_flags, *TABLE3, "--sampler", "rns", "--backbone", backbone,
-                                                    "--quiet"])
+                                                    "--quiet", "--out-dir", os.path.join(out_dir, backbone)])
         with contextlib.redirect_stdout(io.StringIO()):
             args, split = prepare(args, "rns")
         torch.manual_seed(args.seed)
@@ -212,7 +216,8 @@ def main(argv=None):
     data_flags = ["--dataset", "synthetic", "--max-len", "50"] if args.smoke else \
         ["--dataset", "beauty", "--data-dir", args.data_dir]
     batches = 3 if args.smoke else args.batches
-    rows = build_rows(data_flags, args.peer, [b for b in args.rns.split(",") if b])
+    with tempfile.TemporaryDirectory() as out_dir:
+        rows = build_rows(data_flags, args.peer, [b for b in args.rns.split(",") if b], out_dir)
     if batches + 1 > min(row.n_batches for row in rows):
         raise SystemExit(f"error: --batches {batches} needs more batches than an epoch has "
                          f"({min(row.n_batches for row in rows)}); lower it")

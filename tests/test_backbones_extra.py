@@ -320,6 +320,17 @@ def test_dropout_gives_nn_dropouts_masks_values_gradients_and_random_state(p):
     assert module(x) is x and common.Dropout(0.0)(x) is x                    # off: the input itself, as nn.Dropout
 
 
+def test_dropout_on_the_device_drops_scales_and_passes_gradients(device):
+    """On --device: a fraction ~p of the entries dropped, the rest scaled by 1 / (1 - p), the gradient the mask."""
+    x = torch.ones(200, 50, device=device, requires_grad=True)
+    y = common.Dropout(0.3)(x)
+    grad, = torch.autograd.grad(y.sum(), x)
+    assert y.device.type == device.type and torch.equal(grad, y.detach())
+    kept = y.detach() != 0
+    assert torch.allclose(y.detach()[kept], torch.full_like(y.detach()[kept], 1 / 0.7))
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.03                 # 10,000 draws: sd 0.005
+
+
 def test_dropout_takes_its_own_draw_where_it_is_exact(monkeypatch):
     """Where this build's bernoulli_ is rand(float64) < p (checked on a private generator), the mask is drawn by
     torch.rand and nn.Dropout is not called; elsewhere it is nn.Dropout itself."""
@@ -335,22 +346,25 @@ def test_dropout_takes_its_own_draw_where_it_is_exact(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("block", [1, 16, 1 << 13])                         # one row, 3 rows, all rows per block
-def test_score_items_in_blocks_equals_one_gather_bit_for_bit(monkeypatch, dtype, block):
+def test_score_items_in_blocks_equals_one_gather_bit_for_bit(monkeypatch, dtype, block, device):
     """Scores and both gradients equal autograd's through one (P, N, D) gather, exactly: the blocks change where
-    the rows are gathered, not one sum (the item table's gradient adds the same terms in the same order)."""
+    the rows are gathered, not one sum (the item table's gradient adds the same terms in the same order; on CUDA,
+    whose index_add_ adds in no fixed order, to rounding)."""
     monkeypatch.setattr(common._ItemScores, "block", block)
     g = torch.Generator().manual_seed(3)
-    queries = torch.randn(11, 6, generator=g, dtype=dtype, requires_grad=True)
-    table = torch.randn(9, 6, generator=g, dtype=dtype, requires_grad=True)
-    items = torch.randint(0, 9, (11, 5), generator=g)                       # repeats within and across rows
-    weights = torch.randn(11, 5, generator=g, dtype=dtype)
+    queries = torch.randn(11, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    table = torch.randn(9, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    items = torch.randint(0, 9, (11, 5), generator=g).to(device)            # repeats within and across rows
+    weights = torch.randn(11, 5, generator=g, dtype=dtype).to(device)
+    same = torch.equal if device.type == "cpu" else \
+        (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item()))
     got = common.score_items(queries, table, items)
     want = torch.einsum("pd,pnd->pn", queries, table.index_select(0, items.view(-1)).view(11, 5, 6))
-    assert torch.equal(got, want)
+    assert same(got, want) and got.device.type == device.type
     for inputs in ([queries, table], [table], [queries]):
         got_grads = torch.autograd.grad((common.score_items(queries, table, items) * weights).sum(), inputs)
         want_grads = torch.autograd.grad((want * weights).sum(), inputs, retain_graph=True)
-        assert all(torch.equal(a, b) for a, b in zip(got_grads, want_grads))
+        assert all(same(a, b) for a, b in zip(got_grads, want_grads))
     empty = common.score_items(queries[:0], table, items[:0])
     assert empty.shape == (0, 5)
 
