@@ -9,13 +9,13 @@ Check `uptime` first: --threads 2 on an idle 2-core machine, --threads 1 when it
 sides). Results and how to read them: bench/README.md.
 
 RecBole is never imported here: with --recbole-python the script writes a small driver to a temporary folder and
-runs it with that interpreter (a venv where RecBole is installed, see ../shared/PEERS.md; the driver sets
+runs it with that interpreter (a venv where RecBole is installed, recipe in bench/README.md; the driver sets
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 itself). Every row runs each side in its own fresh subprocess, so peak RSS
 (os.wait4's ru_maxrss: the whole process, data loading included) does not mix between rows. The two sides
 alternate (ours, RecBole, then RecBole, ours in the next round, ...) so machine noise hits both alike. Only the
 ratios mean something on a shared machine.
 
-Settings (PEERS.md "Settings used"): train batch 2048, Adam lr 1e-3, seed 2020, metrics Recall/MRR/NDCG/Hit @10,20
+Settings, the same on both sides: train batch 2048, Adam lr 1e-3, seed 2020, metrics Recall/MRR/NDCG/Hit @10,20
 with full ranking; dimension 64. SASRec: leave-one-out by time (RecBole LS valid_and_test, TO), 2 layers, 2 heads,
 max_len 50, dropout 0.5, BPR with one uniform negative, history not masked at evaluation (RecBole's sequential
 evaluation). BPR-MF and LightGCN: per-user random 8:1:1 (RS, RO, grouped by user); LightGCN 2 layers,
@@ -23,7 +23,7 @@ reg_weight 1e-5. DNS = best of N = 5 uniform candidates on both sides (RecBole `
 DNS(M,N) = M 5, N 100, ours only: its ratio is to our own RNS row (the target is <= 1.5x).
 
 Data: ml-100k, every interaction (100,000; no rating filter, no k-core: what RecBole's own ml-100k config does,
-and PEERS' 97,171 SASRec training rows confirm it): RecBole reads the copy inside its wheel, we read
+and its 97,171 SASRec training rows confirm it): RecBole reads the copy inside its wheel, we read
 <data-dir>/ml-100k/u.data (the same 100,000 rows). ml-1m: <data-dir>/ml-1m/interactions_chrono.tsv (all
 1,000,209 pairs, chronological positions, no ratings or timestamps) is written once as a RecBole atomic
 `ml-1m.inter` (user_id, item_id, timestamp = chronological position) in a temporary folder that BOTH sides read.
@@ -289,7 +289,7 @@ def load_average() -> str:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recbole-python", default=None,
-                        help="python of a venv with RecBole 1.2.1 (see ../shared/PEERS.md); omit for ours only")
+                        help="python of a venv with RecBole 1.2.1 (recipe in bench/README.md); omit for ours only")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     parser.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same on both sides")
