@@ -16,8 +16,8 @@ Steps (each in its own subprocess, with --timeout seconds; a step that cannot ru
 Seconds per epoch: the median of the run's epochs (results.json; the first includes CUDA's warm-up). Peak GPU
 memory: torch.cuda.max_memory_allocated() of the process (of rank 0 under torchrun).
 
-It also runs on the CPU (--device cpu), which is how the suite tests it (tests/test_bench.py, --smoke: the
-synthetic steps, one epoch, a few tests). Its table goes into bench/README.md once it has run on a GPU.
+It also runs on the CPU (--device cpu), which is how the suite tests it (tests/test_bench.py, --smoke: a few
+tests, the README's MDCNS command alone and under torchrun, one epoch each). Its table goes into bench/README.md once it has run on a GPU.
 
     python bench/gpu_check.py                                   # CUDA, data from ../shared/data
     python bench/gpu_check.py --device cpu --smoke              # seconds
@@ -123,6 +123,8 @@ def step_tests(args, tmp):
 
 def step_readme(name):
     def step(args, tmp):
+        if args.smoke and name != "readme-mdcns":
+            return Step("skipped", note="--smoke runs readme-mdcns only")
         return method_run(README_COMMANDS[name].split()[1:], args, os.path.join(tmp, name))
     return step
 
@@ -219,7 +221,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the ml-1m and Beauty runs (default 3)")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated, of: %(default)s (default: all)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per step (default 900)")
-    parser.add_argument("--smoke", action="store_true", help="one epoch per run, a few tests, no real data: seconds")
+    parser.add_argument("--smoke", action="store_true", help="a few tests, the README's MDCNS command alone and "
+                                                             "under torchrun, one epoch each: seconds")
     parser.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
