@@ -1208,9 +1208,9 @@ def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_ite
 @lru_cache(maxsize=None)
 def _bernoulli_draws_uniform_doubles() -> bool:
     """Whether this build's CPU `bernoulli_(p)` (what nn.Dropout draws its mask with) is `rand(float64) < p`: the
-    same uniforms from the same generator, consumed alike. It is where PyTorch takes its default kernel (every
-    non-Intel CPU, and builds without MKL); on Intel CPUs it takes MKL's, whose masks differ. Checked once on a
-    private generator rather than guessed from the vendor."""
+    same uniforms from the same generator, consumed alike. It is where PyTorch takes its default kernel (ATen's
+    `bernoulli_scalar_kernel`: every non-Intel CPU, and builds without MKL); on Intel CPUs it takes MKL's, whose
+    masks differ. Checked once on a private generator rather than guessed from the vendor."""
     draws = [torch.Generator().manual_seed(7) for _ in range(2)]
     mask = torch.empty(1031).bernoulli_(0.3, generator=draws[0]).bool()
     same = torch.equal(mask, torch.rand(1031, dtype=torch.float64, generator=draws[1]) < 0.3)
@@ -1220,14 +1220,15 @@ def _bernoulli_draws_uniform_doubles() -> bool:
 class Dropout(nn.Dropout):
     """nn.Dropout with the same masks, values and gradients, drawn ~2.5x faster on the CPU. Where PyTorch's CPU
     `bernoulli_` is `rand(float64) < 1 - p` (`_bernoulli_draws_uniform_doubles`), its per-element kernel costs
-    ~12 ns an element against ~4.5 ns for `torch.rand`; dropout masks were ~30% of a Mamba4Rec step on Beauty. So
-    the mask is drawn by `torch.rand` and then used exactly as ATen's CPU dropout uses it (noise = mask / (1 - p),
-    output = input * noise). Everywhere else (CUDA, Intel's MKL kernel, a non-contiguous input) it is nn.Dropout."""
+    ~12 ns an element against ~4.5 ns for `torch.rand` (Mamba4Rec's seven dropouts took its forward on a Beauty
+    batch from 31 to 24 ms, bench/README.md). So the mask is drawn by `torch.rand` and then used exactly as ATen's
+    CPU dropout uses it (noise = mask / (1 - p), output = input * noise). Everywhere else (CUDA, MKL's kernel, a
+    non-contiguous input, inplace=True) it is nn.Dropout."""
 
     def forward(self, x):
         p = self.p
         if not (self.training and 0 < p < 1 and x.numel() and x.device.type == "cpu" and x.is_contiguous()
-                and _bernoulli_draws_uniform_doubles()):
+                and not self.inplace and _bernoulli_draws_uniform_doubles()):
             return super().forward(x)
         noise = (torch.rand(x.shape, dtype=torch.float64, device=x.device) < 1 - p).to(x.dtype).div_(1 - p)
         return x * noise
