@@ -1275,6 +1275,35 @@ def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_ite
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
 
 
+@lru_cache(maxsize=None)
+def _bernoulli_draws_uniform_doubles() -> bool:
+    """Whether this build's CPU `bernoulli_(p)` (what nn.Dropout draws its mask with) is `rand(float64) < p`: the
+    same uniforms from the same generator, consumed alike. It is where PyTorch takes its default kernel (ATen's
+    `bernoulli_scalar_kernel`: every non-Intel CPU, and builds without MKL); on Intel CPUs it takes MKL's, whose
+    masks differ. Checked once on a private generator rather than guessed from the vendor."""
+    draws = [torch.Generator().manual_seed(7) for _ in range(2)]
+    mask = torch.empty(1031).bernoulli_(0.3, generator=draws[0]).bool()
+    same = torch.equal(mask, torch.rand(1031, dtype=torch.float64, generator=draws[1]) < 0.3)
+    return same and torch.equal(draws[0].get_state(), draws[1].get_state())
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with the same masks, values and gradients, drawn ~2.5x faster on the CPU. Where PyTorch's CPU
+    `bernoulli_` is `rand(float64) < 1 - p` (`_bernoulli_draws_uniform_doubles`), its per-element kernel costs
+    ~12 ns an element against ~4.5 ns for `torch.rand` (Mamba4Rec's seven dropouts took its forward on a Beauty
+    batch from 31 to 24 ms, bench/README.md). So the mask is drawn by `torch.rand` and then used exactly as ATen's
+    CPU dropout uses it (noise = mask / (1 - p), output = input * noise). Everywhere else (CUDA, MKL's kernel, a
+    non-contiguous input, inplace=True) it is nn.Dropout."""
+
+    def forward(self, x):
+        p = self.p
+        if not (self.training and 0 < p < 1 and x.numel() and x.device.type == "cpu" and x.is_contiguous()
+                and not self.inplace and _bernoulli_draws_uniform_doubles()):
+            return super().forward(x)
+        noise = (torch.rand(x.shape, dtype=torch.float64, device=x.device) < 1 - p).to(x.dtype).div_(1 - p)
+        return x * noise
+
+
 class SequentialBackbone(nn.Module):
     """Base of the sequential backbones: `encode` maps right-padded item ids (B, L) to hidden states (B, L, D).
     With right padding, a causal model's state at position t never depends on padding (which comes after)."""
@@ -1313,7 +1342,7 @@ class ResidualFFN(nn.Module):
 
     def __init__(self, dim: int, dropout: float):
         super().__init__()
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Dropout(dropout))
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x):
@@ -1343,7 +1372,7 @@ class PositionalBackbone(SequentialBackbone):
         super().__init__(n_items, dim, max_len)
         self.position_embedding = nn.Embedding(max_len, dim)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.blocks = nn.ModuleList(blocks)
         normal_init_(self)
         with torch.no_grad():
@@ -1403,7 +1432,7 @@ class CausalSelfAttention(nn.Module):
         self.n_heads, self.attention_dropout = n_heads, dropout
         self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.output = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x, packing: "Packing"):                                          # (P, D) packed
@@ -1437,13 +1466,13 @@ class KangSASRec(SequentialBackbone):
                  dropout: float = 0.2):
         super().__init__(n_items, dim, max_len)
         self.position_embedding = nn.Embedding(max_len, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attention_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
         self.attentions = nn.ModuleList(nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
                                         for _ in range(n_layers))
         self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
-        self.ffns = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout),
-                                                nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.ffns = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout),
+                                                nn.Linear(dim, dim), Dropout(dropout))
                                   for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(dim, eps=1e-8)
         for name, parameter in self.named_parameters():   # SASRec.pytorch: xavier_normal on every matrix
@@ -1476,7 +1505,7 @@ class GRU4Rec(SequentialBackbone):
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 1, dropout: float = 0.2):
         super().__init__(n_items, dim, max_len)
         nn.init.xavier_normal_(self.item_embedding.weight[1:])
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.gru = nn.GRU(dim, dim, n_layers, bias=False, batch_first=True)
         nn.init.xavier_uniform_(self.gru.weight_ih_l0)
         nn.init.xavier_uniform_(self.gru.weight_hh_l0)
@@ -1602,6 +1631,9 @@ def _mamba_ssm_selective_scan():
     return selective_scan_fn
 
 
+_LOG2E = 1 / math.log(2)
+
+
 class _SelectiveScan(torch.autograd.Function):
     """`selective_scan` on the CPU (or on CUDA without mamba_ssm), with a hand-written backward: the adjoint
     recurrence run backwards in time,
@@ -1628,7 +1660,13 @@ class _SelectiveScan(torch.autograd.Function):
     - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward (Bt L d_inner d_state
       floats, only the real positions' with padding), one tensor per group: 26 MB at L = 50, below glibc's 32 MB mmap
       threshold, so it is reused instead of page-faulted afresh on every call (that costs ~3x the time of
-      filling it); exp(dt A) is recomputed. Without gradients (evaluation) no state is kept at all.
+      filling it); exp(dt A) is recomputed: keeping it as well doubled the page faults and cost more than the
+      exps (measured). Without gradients (evaluation) no state is kept at all;
+    - exp(dt A) as exp2(dt A log2 e): PyTorch's CPU exp2 is ~2.7x cheaper than its exp (float rounding apart,
+      the same number), and the exps are most of the arithmetic.
+    Tried and slower here (bench/README.md): every non-recurrent product done once per row group on all its
+    positions instead of step by step (fewer, larger kernels; but they leave the L2 cache); the whole batch as
+    one group.
     """
 
     group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
@@ -1667,6 +1705,7 @@ class _SelectiveScan(torch.autograd.Function):
         Bp = B.reshape(N, n, 1).index_select(0, index)                                 # (P, n, 1)
         Cp = C.reshape(N, 1, n).index_select(0, index)                                 # (P, 1, n)
         At = A.T.contiguous()                                                          # (n, d)
+        A2 = At * _LOG2E                                                               # exp(dt A) = 2^(dt A log2 e)
         dtx = dtp * xp
         yp = xp.new_empty(len(index), 1, d)
         states = []                                   # per group: h_t of every step, (steps x rows, n, d)
@@ -1681,7 +1720,7 @@ class _SelectiveScan(torch.autograd.Function):
                 if h is None:
                     torch.mul(dtx[r], Bp[r], out=out)                                  # h_0 = dt B x
                 else:
-                    a = torch.mul(dtp[r], At, out=decay[:rows]).exp_()                 # exp(dt_t A), (rows, n, d)
+                    a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                # exp(dt_t A), (rows, n, d)
                     torch.mul(h[:rows], a, out=out).addcmul_(dtx[r], Bp[r])            # h_t = a h_{t-1} + dt B x
                 h = out
                 torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
@@ -1699,6 +1738,7 @@ class _SelectiveScan(torch.autograd.Function):
         x, xp, dtp, At, Bp, Cp, D, index, *states = ctx.saved_tensors
         N, d = x.shape
         n, P = At.shape[0], len(index)
+        A2 = At * _LOG2E
         gyp = gy.reshape(N, 1, d).index_select(0, index)                               # (P, 1, d)
         dtx = dtp * xp
         Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
@@ -1721,7 +1761,7 @@ class _SelectiveScan(torch.autograd.Function):
                 if i == 0:
                     gdtp[r] = 0                                                        # h_{-1} = 0: no decay term
                     continue
-                a = torch.mul(dtp[r], At, out=decay[:rows]).exp_()                     # exp(dt_t A)
+                a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                    # exp(dt_t A)
                 Gt.mul_(a)                                                             # carried to step t - 1
                 W = torch.mul(Gt, kept[steps[i - 1][1]][:rows], out=a)                 # dLoss/d(dt_t A)
                 gA_rows[:rows].addcmul_(W, dtp[r])                                     # dLoss/dA += W dt
@@ -1796,10 +1836,10 @@ class MambaLayer(nn.Module):
         super().__init__()
         self.residual = residual
         self.mamba = MambaBlock(dim, d_state, d_conv, expand)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(dropout),
+                                 nn.Linear(4 * dim, dim), Dropout(dropout))
         self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x, packing: Packing):                                           # (P, D) packed
@@ -1825,7 +1865,7 @@ class Mamba4Rec(SequentialBackbone):
     def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5,
                  d_state: int = 16, d_conv: int = 4, expand: int = 2):
         super().__init__(n_items, dim, max_len)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
         self.layers = nn.ModuleList(MambaLayer(dim, d_state, d_conv, expand, dropout, residual=n_layers > 1)
                                     for _ in range(n_layers))
@@ -1858,7 +1898,7 @@ class LinearAttention(nn.Module):
         super().__init__()
         self.n_heads = n_heads
         self.query, self.key, self.value, self.output = (nn.Linear(dim, dim) for _ in range(4))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
@@ -1927,7 +1967,7 @@ class CausalFilter(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.weight = nn.Parameter(torch.randn(max_len // 2 + 1, dim, 2) * 0.02)    # W as (real, imag) pairs
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = nn.LayerNorm(dim, eps=1e-12)
 
     def taps(self):
@@ -1999,7 +2039,7 @@ class NGCF(LightGCN):
         super().__init__(n_users, n_items, dim, n_layers, train_user, train_item)
         self.sum_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))       # W1, b1
         self.product_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))   # W2, b2
-        self.message_dropout = nn.Dropout(dropout)
+        self.message_dropout = Dropout(dropout)
         for parameter in self.parameters():
             if parameter.dim() > 1:
                 nn.init.xavier_normal_(parameter)
@@ -2234,11 +2274,49 @@ def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, 
 
 
 def score_items(queries, item_table, items):
-    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N).
-    The rows are gathered with `index_select`, which copies them faster than advanced indexing `item_table[items]`
-    (the same values, and gradients still flow to `item_table`)."""
-    rows = item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])  # (P, N, D)
-    return torch.einsum("pd,pnd->pn", queries, rows)
+    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N), differentiable in queries and
+    item_table. `_ItemScores` computes them, and their gradients, block by block: the values are bit for bit those
+    of gathering all (P, N, D) rows at once (tests/test_backbones_extra.py)."""
+    return _ItemScores.apply(queries, item_table, items)
+
+
+class _ItemScores(torch.autograd.Function):
+    """s[p, n] = queries[p] . item_table[items[p, n]], over blocks of rows of about `block` candidates: each block's
+    item rows gathered with `index_select` (faster than advanced indexing), one batched dot product. The backward
+    is autograd's for those ops, block by block with the rows gathered again: dLoss/dqueries[p] = sum_n g[p, n] rows,
+    and the item table's gradient by `index_add_` of g[p, n] queries[p] at items[p, n], in the same order as one
+    `index_add_` over all blocks (the same sums, bit for bit). Nothing of size (P, N, D) is ever allocated: autograd's
+    own backward filled two such fresh tensors (26 MB each for Beauty's 1,024 examples x 100 candidates), and their
+    page faults and an (inner-dimension-1) batched matmul made it the largest cost of an MDCNS step
+    (bench/README.md)."""
+
+    block = 1 << 13   # candidates per block: their gathered rows take 2 MB at D = 64
+
+    @staticmethod
+    def forward(ctx, queries, item_table, items):
+        ctx.save_for_backward(queries, item_table, items)
+        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
+        return torch.cat([torch.einsum("pd,pnd->pn", q, _gather_rows(item_table, i))              # (rows, N)
+                          for q, i in zip(queries.split(rows), items.split(rows))])                # (P, N)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):                                                                       # (P, N)
+        queries, item_table, items = ctx.saved_tensors
+        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
+        grad_queries = torch.empty_like(queries) if ctx.needs_input_grad[0] else None             # (P, D)
+        grad_table = torch.zeros_like(item_table) if ctx.needs_input_grad[1] else None            # (I+1, D)
+        for start in range(0, len(queries), rows):
+            q, i, g = (t[start:start + rows] for t in (queries, items, grad))
+            if grad_queries is not None:
+                grad_queries[start:start + rows] = torch.einsum("pn,pnd->pd", g, _gather_rows(item_table, i))
+            if grad_table is not None:
+                grad_table.index_add_(0, i.reshape(-1), (g.unsqueeze(-1) * q.unsqueeze(1)).view(-1, q.shape[1]))
+        return grad_queries, grad_table, None
+
+
+def _gather_rows(item_table, items):                                                 # (R, N) -> (R, N, D)
+    return item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])
 
 
 def bpr_loss(positive_scores, negative_scores):

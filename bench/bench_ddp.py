@@ -14,6 +14,7 @@ parameters between 2 gloo processes (what `common.train_step` sends once per ste
     python bench/bench_ddp.py                          # every row (ml-100k, Beauty from ../shared/data): ~8 min
     python bench/bench_ddp.py --rows lightgcn-100k,sasrec-beauty --repeats 2    # the first two rows of the table
     python bench/bench_ddp.py --rows mdcns-beauty --repeats 1 --data-dir /path/to/data
+    python bench/bench_ddp.py --smoke                  # BPR-MF on synthetic data, once: the script runs, seconds
 """
 import argparse
 import datetime
@@ -38,6 +39,8 @@ ROWS = {
                        "--split", "user", "--loss", "bce"], "SASRec Beauty, RNS, user split, BCE, batch 128 sequences"),
     "mdcns-beauty": (["mdcns.py", "--dataset", "beauty", "--peer", "gru4rec"],
                      "MDCNS Beauty, SASRec + GRU4Rec peer, ~1024 examples per batch"),
+    "smoke": (["baselines.py", "--sampler", "rns", "--dataset", "synthetic", "--backbone", "mf", "--split", "ratio"],
+              "BPR-MF synthetic, RNS (--smoke)"),
 }
 
 
@@ -88,12 +91,17 @@ def all_reduce_ms(numel: int, repeats: int = 50) -> float:
             return 1000 * statistics.median(json.load(f))
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
+    parser.add_argument("--rows", default=",".join(row for row in ROWS if row != "smoke"),
+                        help=f"comma-separated, of: {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="row smoke (synthetic data), one repetition, the "
+                                                             "all-reduce 5 times")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.repeats = "smoke", 1
     rows = args.rows.split(",")
     unknown = [row for row in rows if row not in ROWS]
     if unknown:
@@ -112,7 +120,7 @@ def main():
                     print(f"{row} {processes} process(es): epoch {got['epoch']:.1f} s, test evaluation "
                           f"{got['eval']:.2f} s (load {before} -> {load()})", flush=True)
             numel, steps = times[1][0]["parameters"], times[1][0]["steps"]
-            reduce_ms = all_reduce_ms(numel)
+            reduce_ms = all_reduce_ms(numel, 5 if args.smoke else 50)
             print(f"{row}: all-reduce of {numel:,} float32 gradients between 2 processes: {reduce_ms:.2f} ms, "
                   f"x {steps} steps", flush=True)
             epoch = {p: statistics.median(t["epoch"] for t in times[p]) for p in times}
@@ -125,6 +133,7 @@ def main():
           "1 / 2 | all-reduce per step |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(table))
+    return table
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Full-ranking evaluation cost against its floor: a bare matmul + top-k on the same tensors.
 
     python bench/bench_eval.py [--users 6040] [--items 3416] [--repeats 5]
+    python bench/bench_eval.py --smoke                   # 200 rows x 300 items, once: the script runs, in seconds
 
 A SASRec-sized model (D = 50, L = 200) on an ml-1m-sized problem (6,040 sequences x 3,416 items), one target per
 row, history masked. Rows: our `evaluate` (encode + score + mask + metrics), the same with the encoder's output
@@ -36,14 +37,17 @@ class Precomputed(torch.nn.Module):
         return out, self.item_table
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--users", type=int, default=6040)
     parser.add_argument("--items", type=int, default=3416)
     parser.add_argument("--length", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=1024)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="200 rows x 300 items of length up to 30, one repeat")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.users, args.items, args.length, args.repeats = 200, 300, 30, 1
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     lengths = rng.integers(20, args.length, args.users)
@@ -81,6 +85,7 @@ def main():
     for name, values in timings.items():
         median = statistics.median(values)
         print(f"{name:45s} {median * 1000:8.1f} ms   x{median / floor_median:5.2f} of the floor")
+    return timings
 
 
 if __name__ == "__main__":

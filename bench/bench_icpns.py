@@ -9,6 +9,7 @@ Two synthetic cases of realistic shape (Zipf item popularity, long-tailed user l
 
     python bench/bench_icpns.py                 # both cases, a few minutes on one core
     python bench/bench_icpns.py --skip-large
+    python bench/bench_icpns.py --smoke         # a 300-user case only: the script runs, in seconds
 
 Memory is counted in bytes of the arrays each sampler keeps (the users' positive sets, which both need and RNS
 pre-training already holds, are listed apart). Times are wall-clock on one thread.
@@ -149,6 +150,7 @@ def bench_case(name, n_users, n_items, n_interactions, args, build_official=True
               f"{official_rate:,.0f} negatives/s")
         print(f"ratio:    build x{official_build / ours_build:.0f} faster, memory x{official_bytes / ours_bytes:.0f} "
               f"smaller, sampling x{ours_rate / official_rate:.2f}")
+        return {"ours_rate": ours_rate, "official_rate": official_rate}
     else:
         sample_users = np.random.default_rng(2).choice(n_users, args.sample_users, replace=False)
         start = time.perf_counter()
@@ -158,9 +160,10 @@ def bench_case(name, n_users, n_items, n_interactions, args, build_official=True
         print(f"official: not built. Tables would hold {entries:,} entries = {mb(official_bytes)} "
               f"(x{official_bytes / ours_bytes:,.0f} ours); projected build {projected / 3600:.1f} h "
               f"(counting {counting:.0f} s + {per_user * 1e3:.1f} ms per user, timed on {args.sample_users} users)")
+        return {"ours_rate": ours_rate, "official_rate": None}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--communities", type=int, default=8, help="K (official 8)")
     parser.add_argument("--alpha", type=float, default=0.8, help="α (official 0.8)")
@@ -169,8 +172,12 @@ def main():
     parser.add_argument("--sample-users", type=int, default=100,
                         help="large case: users whose per-user tables are built to project the build time")
     parser.add_argument("--skip-large", action="store_true", help="only the ml-1m-sized case")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="only a 300-user x 200-item case, batches of 256")
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.smoke:
+        args.batch, args.repeats = 256, 2
+        return bench_case("smoke", 300, 200, 6_000, args)
     bench_case("ml-1m size", 6040, 3416, 1_000_000, args)
     if not args.skip_large:
         bench_case("large", 1_000_000, 100_000, 10_000_000, args, build_official=False)

@@ -3,18 +3,19 @@
     python bench/bench_recbole.py --recbole-python /tmp/recbole-venv/bin/python --threads 2 --rounds 2
     python bench/bench_recbole.py --rows mf-100k-rns,sasrec-100k     # a subset; ours only without --recbole-python
     python bench/bench_recbole.py --variant patched=/tmp/copy ...    # also a patched checkout, against ours
+    python bench/bench_recbole.py --smoke                            # synthetic, ours only, seconds: it runs
 
 Check `uptime` first: --threads 2 on an idle 2-core machine, --threads 1 when it is loaded (the same on both
 sides). Results and how to read them: bench/README.md.
 
 RecBole is never imported here: with --recbole-python the script writes a small driver to a temporary folder and
-runs it with that interpreter (a venv where RecBole is installed, see ../shared/PEERS.md; the driver sets
+runs it with that interpreter (a venv where RecBole is installed, recipe in bench/README.md; the driver sets
 TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 itself). Every row runs each side in its own fresh subprocess, so peak RSS
 (os.wait4's ru_maxrss: the whole process, data loading included) does not mix between rows. The two sides
 alternate (ours, RecBole, then RecBole, ours in the next round, ...) so machine noise hits both alike. Only the
 ratios mean something on a shared machine.
 
-Settings (PEERS.md "Settings used"): train batch 2048, Adam lr 1e-3, seed 2020, metrics Recall/MRR/NDCG/Hit @10,20
+Settings, the same on both sides: train batch 2048, Adam lr 1e-3, seed 2020, metrics Recall/MRR/NDCG/Hit @10,20
 with full ranking; dimension 64. SASRec: leave-one-out by time (RecBole LS valid_and_test, TO), 2 layers, 2 heads,
 max_len 50, dropout 0.5, BPR with one uniform negative, history not masked at evaluation (RecBole's sequential
 evaluation). BPR-MF and LightGCN: per-user random 8:1:1 (RS, RO, grouped by user); LightGCN 2 layers,
@@ -22,7 +23,7 @@ reg_weight 1e-5. DNS = best of N = 5 uniform candidates on both sides (RecBole `
 DNS(M,N) = M 5, N 100, ours only: its ratio is to our own RNS row (the target is <= 1.5x).
 
 Data: ml-100k, every interaction (100,000; no rating filter, no k-core: what RecBole's own ml-100k config does,
-and PEERS' 97,171 SASRec training rows confirm it): RecBole reads the copy inside its wheel, we read
+and its 97,171 SASRec training rows confirm it): RecBole reads the copy inside its wheel, we read
 <data-dir>/ml-100k/u.data (the same 100,000 rows). ml-1m: <data-dir>/ml-1m/interactions_chrono.tsv (all
 1,000,209 pairs, chronological positions, no ratings or timestamps) is written once as a RecBole atomic
 `ml-1m.inter` (user_id, item_id, timestamp = chronological position) in a temporary folder that BOTH sides read.
@@ -33,12 +34,13 @@ and DNS scoring), and full-ranking evaluation of the validation rows (median of 
 with --eval-batch-size rows per batch, RecBole `trainer.evaluate` with eval_batch_size 4096). Our rows also time
 the floor: a bare matmul + top-20 of the same query and item tensors in the same batches.
 
-Differences in the work itself (bench/README.md): RecBole's SASRec expands every prefix into its
-own padded row (97,171 rows of length 50 on ml-100k) and runs the whole sequence for the last position only; ours
-runs each training window once and takes a target at every position (the same 97,171 targets). Our batch counts
-windows, so the SASRec row picks the number of windows that gives RecBole's number of steps per epoch
-(2048 targets per step on average). RecBole's SASRec FFN has inner size 256 and GELU; ours is the original
-SASRec block (inner = D, ReLU).
+The SASRec block is the same on both sides by default (`--sasrec-block s3rec`: RecBole's own, post-LayerNorm,
+GELU feed-forward of inner size 4 D = 256; `kang` is SASRec's original). The work differs (bench/README.md):
+RecBole's SASRec expands every prefix into its own padded row (97,171 rows of length 50 on ml-100k) and runs the
+whole sequence for the last position only. Row `sasrec-100k` runs ours as a user does by default: each training
+window once, a target at every position (the same 97,171 targets), with as many windows per step as give RecBole's
+number of steps per epoch (2048 targets per step on average). Row `sasrec-100k-prefixes` runs ours on RecBole's
+work, one row per prefix (`--augmented-prefixes`), 2048 rows per step; it is compared with the same RecBole run.
 """
 from __future__ import annotations
 
@@ -68,12 +70,16 @@ class Row:
     backbone: str         # mf | lightgcn | sasrec
     sampler: str          # rns | dns | dnsmn
     ours_epochs: int
-    recbole_epochs: int   # 0: no RecBole counterpart (ratio to our own RNS row instead)
+    recbole_epochs: int   # 0: no RecBole run of its own (see recbole_as)
     eval_repeats: int = 3
+    augmented_prefixes: bool = False   # ours: one training row per prefix (--augmented-prefixes), RecBole's work
+    recbole_as: str = ""  # compared with this row's RecBole run; without one (and 0 epochs), with our RNS row
 
 
 ROWS = [
     Row("sasrec-100k", "SASRec ml-100k, BPR + 1 uniform neg.", "ml-100k", "sasrec", "rns", 3, 1, 3),
+    Row("sasrec-100k-prefixes", "SASRec ml-100k, one row per prefix (RecBole's work)", "ml-100k", "sasrec", "rns",
+        1, 0, 1, augmented_prefixes=True, recbole_as="sasrec-100k"),
     Row("sasrec-100k-dnsmn", "SASRec ml-100k DNS(5,100)", "ml-100k", "sasrec", "dnsmn", 3, 0, 1),
     Row("mf-100k-rns", "BPR-MF ml-100k RNS", "ml-100k", "mf", "rns", 5, 5, 5),
     Row("mf-100k-dns", "BPR-MF ml-100k DNS (N=5)", "ml-100k", "mf", "dns", 5, 5, 3),
@@ -88,6 +94,11 @@ ROWS = [
     Row("lightgcn-1m-dns", "LightGCN ml-1m DNS (N=5)", "ml-1m", "lightgcn", "dns", 2, 1, 1),
     Row("lightgcn-1m-dnsmn", "LightGCN ml-1m DNS(5,100)", "ml-1m", "lightgcn", "dnsmn", 2, 0, 1),
 ]
+SMOKE_ROWS = [   # --smoke: our side only, on synthetic data
+    Row("smoke-sasrec", "SASRec synthetic", "synthetic", "sasrec", "rns", 1, 0, 1),
+    Row("smoke-sasrec-prefixes", "SASRec synthetic, one row per prefix", "synthetic", "sasrec", "rns", 1, 0, 1,
+        augmented_prefixes=True),
+]
 EVAL_ROW = "mf-1m-rns"   # the full-ranking evaluation line of the table comes from this row
 KS = [10, 20]
 SEED = 2020
@@ -97,32 +108,43 @@ TRAIN_BATCH = 2048
 # ----------------------------------------------------------------------------------------------------------
 # Our side: one row in this process (run as `bench_recbole.py --worker-ours ROW.json`)
 # ----------------------------------------------------------------------------------------------------------
-def run_ours(row: dict, data_dir: str, ml1m_dir: str, threads: int, eval_batch_size: int, root: str = ROOT) -> dict:
+def run_ours(row: dict, data_dir: str, ml1m_dir: str, threads: int, eval_batch_size: int, sasrec_block: str,
+             root: str = ROOT) -> dict:
     import torch
     torch.set_num_threads(threads)
     sys.path.insert(0, root)
+    import baselines
     import common
     from baselines import make_sampler
 
     start = time.perf_counter()
     sequential = row["backbone"] == "sasrec"
-    if row["dataset"] == "ml-100k":
+    if row["dataset"] == "synthetic":
+        data = common.make_synthetic(SEED, n_users=60, n_items=50)                        # --smoke: seconds
+    elif row["dataset"] == "ml-100k":
         data = common.load_dataset("ml-100k", data_dir, min_rating=0, k_core=0)
     else:
         data = common.load_dataset("ml-1m", ml1m_dir, k_core=0, use_cache=False)
     split = common.split_dataset(data, "loo" if sequential else "ratio", SEED, sequential, max_len=50,
                                  mask_history=not sequential)
     n_targets = int((split.train_targets > 0).sum()) if sequential else len(split.train_user)
-    if sequential:   # windows per step giving RecBole's steps per epoch: 2048 targets per step on average
+    if sequential and not row["augmented_prefixes"]:   # windows per step giving RecBole's steps per epoch
         batch_size = max(1, round(TRAIN_BATCH * len(split.train_sequences) / n_targets))
-    else:
+    else:                                              # RecBole's rows per step
         batch_size = TRAIN_BATCH
-    args = argparse.Namespace(
-        backbone=row["backbone"], dim=64, layers=2 if row["backbone"] != "mf" else 0, heads=2,
-        dropout=0.5 if sequential else 0.0, reg_weight=1e-5 if row["backbone"] == "lightgcn" else 0.0,
-        epochs=row["ours_epochs"], batch_size=batch_size, lr=1e-3, seed=SEED, device="cpu",
-        eval_every=10 ** 9, patience=10, valid_metric="ndcg@10", ks=KS, eval_batch_size=eval_batch_size,
-        quiet=True, max_len=50, resume=False, out_dir=tempfile.mkdtemp(prefix="bench-ours-"), data_sha256=None)
+    # the method file's own parser and checks: every flag a run reads exists, at its default unless set here
+    flags = ["--backbone", row["backbone"], "--sampler", row["sampler"], "--dim", "64", "--heads", "2",
+             "--layers", "2" if row["backbone"] != "mf" else "0", "--dropout", "0.5" if sequential else "0",
+             "--reg-weight", "1e-5" if row["backbone"] == "lightgcn" else "0", "--epochs", str(row["ours_epochs"]),
+             "--batch-size", str(batch_size), "--lr", "1e-3", "--seed", str(SEED), "--device", "cpu",
+             "--eval-every", str(10 ** 9), "--patience", "10", "--valid-metric", "ndcg@10",
+             "--ks", ",".join(map(str, KS)), "--eval-batch-size", str(eval_batch_size), "--quiet", "--max-len", "50",
+             "--sasrec-block", sasrec_block, "--out-dir", tempfile.mkdtemp(prefix="bench-ours-")]
+    args = common.resolve_args(baselines.build_parser().parse_args(
+        flags + (["--augmented-prefixes"] if row["augmented_prefixes"] else [])), row["sampler"])
+    args.data_file, args.data_sha256 = data.data_file, data.data_sha256                 # as common.prepare sets them
+    if sequential:
+        split = common.training_rows(args, split)
     common.seed_everything(SEED)
     model = common.build_backbone(row["backbone"], split, args)
     positives = common.training_positives(split, "cpu")
@@ -150,6 +172,7 @@ def run_ours(row: dict, data_dir: str, ml1m_dir: str, threads: int, eval_batch_s
     return {"epoch_seconds": record["epoch_seconds"], "eval_seconds": eval_seconds, "floor_seconds": floor_seconds,
             "setup_seconds": setup, "train_targets": n_targets, "batch_size": batch_size,
             "steps_per_epoch": -(-(len(split.train_sequences) if sequential else n_targets) // batch_size),
+            "train_rows": len(split.train_sequences) if sequential else n_targets,
             "valid_rows": len(rows), "n_items": split.n_items, "valid": metrics,
             "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
 
@@ -263,10 +286,10 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recbole-python", default=None,
-                        help="python of a venv with RecBole 1.2.1 (see ../shared/PEERS.md); omit for ours only")
+                        help="python of a venv with RecBole 1.2.1 (recipe in bench/README.md); omit for ours only")
     parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
     parser.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same on both sides")
@@ -278,17 +301,25 @@ def main():
                              "e.g. a patched copy, alternating with the others; reported against ours")
     parser.add_argument("--json", default=None, help="also write every measurement here")
     parser.add_argument("--markdown", default=None, help="also write the table here (for bench/README.md)")
+    parser.add_argument("--sasrec-block", default="s3rec", choices=("s3rec", "kang"),
+                        help="our SASRec block (default s3rec: RecBole's own; kang: SASRec's original)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="synthetic data, our side only, one epoch of a few small rows: checks that the script "
+                             "runs, in seconds")
     parser.add_argument("--worker-ours", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.worker_ours:   # a child: one of our rows
         job = json.load(open(args.worker_ours))
         result = run_ours(job["row"], job["data_dir"], job["ml1m_dir"], job["threads"], job["eval_batch_size"],
-                          job["root"])
+                          job["sasrec_block"], job["root"])
         print(MARK + json.dumps(result), flush=True)
         return
 
-    rows = ROWS if args.rows == "all" else [r for r in ROWS if r.name in args.rows.split(",")]
+    if args.smoke:
+        rows, args.recbole_python = SMOKE_ROWS, None
+    else:
+        rows = ROWS if args.rows == "all" else [r for r in ROWS if r.name in args.rows.split(",")]
     if not rows:
         raise SystemExit(f"--rows matched nothing; choose among {', '.join(r.name for r in ROWS)}")
     scaled = [Row(**{**asdict(r), "ours_epochs": max(1, round(r.ours_epochs * args.epoch_scale)),
@@ -321,7 +352,7 @@ def main():
                 with open(job, "w") as f:
                     json.dump({"row": asdict(r), "data_dir": data_dir, "ml1m_dir": ml1m_dir, "work_dir": work,
                                "threads": args.threads, "eval_batch_size": args.eval_batch_size,
-                               "root": sides[side]}, f)
+                               "sasrec_block": args.sasrec_block, "root": sides[side]}, f)
                 command = ([args.recbole_python, driver, job] if side == "recbole"
                            else [sys.executable, os.path.abspath(__file__), "--worker-ours", job])
                 load = os.getloadavg()[0]
@@ -340,6 +371,7 @@ def main():
               f"on both sides, {args.rounds} round(s); 1-min load average before each run "
               f"{min(loads):.2f}-{max(loads):.2f} (median {median(loads):.2f})")
     print("\n" + header + "\n\n" + table)
+    return measurements
     if args.markdown:
         with open(args.markdown, "w") as f:
             f.write(header + "\n\n" + table + "\n")
@@ -372,14 +404,15 @@ def summarize(rows, measurements, variants=()) -> str:
     lines = ["| row | ours s/epoch | RecBole s/epoch | ratio | ours eval s | RecBole eval s | eval ratio | "
              "ours RSS GB | RecBole RSS GB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ours, theirs = side(r.name, "ours", "epoch_seconds"), side(r.name, "recbole", "epoch_seconds")
+        theirs_row = r.recbole_as or r.name
+        ours, theirs = side(r.name, "ours", "epoch_seconds"), side(theirs_row, "recbole", "epoch_seconds")
         ratio = times(ours / theirs)
-        if not r.recbole_epochs:   # DNS(M,N): ratio to our own RNS row
+        if not r.recbole_epochs and not r.recbole_as:   # DNS(M,N): ratio to our own RNS row
             base = rns_row(r.name)
             ratio = times(ours / side(base, "ours", "epoch_seconds") if base else float("nan")) + " our RNS"
-        eo, er = side(r.name, "ours", "eval_seconds"), side(r.name, "recbole", "eval_seconds")
+        eo, er = side(r.name, "ours", "eval_seconds"), side(theirs_row, "recbole", "eval_seconds")
         lines.append(f"| {r.label} | {fmt(ours, 3)} | {fmt(theirs, 2)} | {ratio} | {fmt(eo, 3)} | {fmt(er, 3)} | "
-                     f"{times(eo / er)} | {fmt(rss(r.name, 'ours'))} | {fmt(rss(r.name, 'recbole'))} |")
+                     f"{times(eo / er)} | {fmt(rss(r.name, 'ours'))} | {fmt(rss(theirs_row, 'recbole'))} |")
     if EVAL_ROW in measurements and measurements[EVAL_ROW]["ours"]:
         eo, er = side(EVAL_ROW, "ours", "eval_seconds"), side(EVAL_ROW, "recbole", "eval_seconds")
         floor = side(EVAL_ROW, "ours", "floor_seconds")

@@ -12,6 +12,7 @@ to RNS measured in the same run rather than absolute times.
 
     python bench/bench_samplers.py                       # reads ../shared/data/ml-1m/ml-1m.txt if present
     python bench/bench_samplers.py --data synthetic --epoch-repeats 1
+    python bench/bench_samplers.py --smoke               # 100 synthetic users, a tiny SASRec: the script runs
 """
 import argparse
 import os
@@ -34,14 +35,14 @@ SETTINGS = {"rns": [], "pns": ["--pns-alpha", "0.1"], "dns": ["--candidates", "1
             "dnsmn": ["--candidates", "100", "--top-m", "5"]}
 
 
-def load(path: str, seed: int = 0) -> Interactions:
-    """SASRec's ml-1m.txt (`user item` lines, chronological per user), or synthetic data of its shape."""
+def load(path: str, seed: int = 0, n_users: int = 6040, n_items: int = 3416) -> Interactions:
+    """SASRec's ml-1m.txt (`user item` lines, chronological per user), or synthetic data of its shape (n_users x
+    n_items, ml-1m's by default)."""
     if path != "synthetic" and os.path.exists(path):
         pairs = np.loadtxt(path, dtype=np.int64)                                           # (E, 2)
         return Interactions.from_raw(pairs[:, 0], pairs[:, 1], name="ml-1m", source=path)
     rng = np.random.default_rng(seed)
-    n_users, n_items = 6040, 3416
-    lengths = np.clip(rng.geometric(1 / 150, n_users) + 20, 20, 2000)                     # mean ~165
+    lengths = np.clip(rng.geometric(1 / 150, n_users) + 20, 20, min(2000, n_items // 2))  # mean ~165
     popularity = 1.0 / np.arange(1, n_items + 1) ** 0.9
     keys = rng.gumbel(size=(n_users, n_items)).astype(np.float32) + np.log(popularity).astype(np.float32)
     order = np.argsort(-keys, axis=1)                                                      # weighted, no repeats
@@ -53,8 +54,9 @@ def load(path: str, seed: int = 0) -> Interactions:
 def sampler_args(name: str, extra=()):
     """baselines.py's flags for `name` with the settings of SETTINGS, on SASRec. `--dataset ml-1m` names what
     `load` reads (and keeps the defaults of `--dataset synthetic`, a short demo, away); fit's checkpoints go to a
-    temporary folder."""
-    argv = ["--sampler", name, "--backbone", "sasrec", "--dataset", "ml-1m", "--out-dir", OUT_DIR.name,
+    new temporary folder per call (a run's checkpoint would stop the next run in the same folder)."""
+    argv = ["--sampler", name, "--backbone", "sasrec", "--dataset", "ml-1m", "--out-dir",
+            tempfile.mkdtemp(dir=OUT_DIR.name),
             *SETTINGS[name], *extra]
     return resolve_sampler_args(build_parser().parse_args(argv))
 
@@ -91,6 +93,7 @@ def sasrec_epochs(data: Interactions, repeats: int, extra):
     for _ in range(repeats):
         for name in SAMPLERS:
             args = resolve_args(sampler_args(name, ["--epochs", "1", "--quiet", *extra]), name)
+            args.data_file, args.data_sha256 = data.data_file, data.data_sha256          # as common.prepare sets
             seed_everything(args.seed)
             model = build_backbone("sasrec", split, args)
             fn = make_sampler(name, training_positives(split, args.device), args.negatives, split.train_item,
@@ -101,17 +104,22 @@ def sasrec_epochs(data: Interactions, repeats: int, extra):
     return {name: statistics.median(s) for name, s in seconds.items()}
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=ML_1M, help="SASRec's ml-1m.txt, or 'synthetic' (same shape)")
     parser.add_argument("--batch", type=int, default=20000, help="examples per sampler call (part 1)")
     parser.add_argument("--repeats", type=int, default=5, help="sampler calls per sampler (part 1)")
     parser.add_argument("--epoch-repeats", type=int, default=2, help="SASRec epochs per sampler (part 2); 0 skips")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--smoke", action="store_true",
+                        help="100 synthetic users x 300 items, batches of 500, one repeat, a D = 16, L = 20 SASRec")
     parser.add_argument("extra", nargs="*", help="flags passed on to the SASRec runs, after --, e.g. -- --max-len 50")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    data = load(args.data)
+    if args.smoke:
+        args.data, args.batch, args.repeats, args.epoch_repeats = "synthetic", 500, 1, 1
+        args.extra = [*args.extra, "--max-len", "20", "--dim", "16"]
+    data = load(args.data, n_users=100, n_items=300) if args.smoke else load(args.data)
     print(data.describe(), f"| torch {torch.__version__}, {args.threads} thread(s)", flush=True)
 
     rates = negatives_per_second(data, args.batch, args.repeats)
@@ -123,6 +131,7 @@ def main():
         print(f"\nSASRec epoch on {data.name}, median of {args.epoch_repeats}, ratio to RNS in the same run")
         for name, s in epochs.items():
             print(f"  {name:6s} x{s / epochs['rns']:.2f}   ({s:.1f}s)")
+    return rates
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ test included) and its peak RSS.
 
     python bench/bench_samplers_extra.py                       # Beauty from ../shared/data
     python bench/bench_samplers_extra.py --repeats 1 --threads 2
-    python bench/bench_samplers_extra.py --dataset synthetic   # offline smoke run of the script
+    python bench/bench_samplers_extra.py --dataset synthetic   # every row on generated data
+    python bench/bench_samplers_extra.py --smoke               # synthetic, RNS and MixGCF once: it runs, seconds
 """
 import argparse
 import json
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mdcns import DATA_DIR, GRIDS, ROOT, grid_commands  # noqa: E402
 
 ROWS = ("rns", "mixgcf", "mixgcfmn", "adasir", "gnno", "srns")
+SMOKE_ROWS = ("rns", "mixgcf")
 
 
 def run_one_epoch(command, dataset, threads, out_dir):
@@ -45,25 +47,29 @@ def run_one_epoch(command, dataset, threads, out_dir):
         return json.load(f)["epoch_seconds"][0], wall, usage.ru_maxrss / 2 ** 20
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="beauty", choices=("beauty", "synthetic"),
                         help="beauty (the grids' data), or synthetic (the same commands on generated data)")
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="synthetic data, rows RNS and MixGCF, one repetition")
+    args = parser.parse_args(argv)
+    rows = SMOKE_ROWS if args.smoke else ROWS
+    if args.smoke:
+        args.dataset, args.repeats = "synthetic", 1
     commands = {**grid_commands(GRIDS["beauty-table3"], args.data_dir),
                 **grid_commands(["--grid", "mixgcfplus-sweep", "--method", "mixgcfmn-m5"], args.data_dir),
                 **grid_commands(["--grid", "gnno-sweep", "--method", "gnno-m5"], args.data_dir)}
-    missing = [row for row in ROWS if row not in commands]
+    missing = [row for row in rows if row not in commands]
     if missing:
         raise SystemExit(f"error: run_all.sh --dry-run lists no command for {', '.join(missing)}; the grids this "
                          f"script reads (table3, mixgcfplus-sweep, gnno-sweep) have changed: update main()")
-    runs = {row: [] for row in ROWS}
+    runs = {row: [] for row in rows}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            for row in ROWS:
+            for row in rows:
                 out_dir = os.path.join(tmp, f"repeat{repeat}-{row}")
                 runs[row].append(run_one_epoch(commands[row], args.dataset, args.threads, out_dir))
                 epoch, wall, rss = runs[row][-1]
@@ -77,6 +83,7 @@ def main():
     print("|---|---|---|---|---|")
     for row, (epoch, wall, rss) in medians.items():
         print(f"| {row} | {epoch:.1f} | {epoch / rns:.2f} | {wall:.1f} | {rss:.2f} |")
+    return medians
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Shapes: Mamba4Rec's D = 64 (d_inner 128, d_state 16), L = 50, --batch rows.
 
     python bench/bench_scan.py                      # batch 128, one thread
     python bench/bench_scan.py --batch 1024 --repeats 3 --no-chunked
+    python bench/bench_scan.py --smoke              # 8 rows of 10 steps, once, no git history: it runs, seconds
 """
 import argparse
 import os
@@ -92,7 +93,7 @@ def timed(scan, tensors, weights, grad: bool):
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128, help="rows (sequences) per call (default 128)")
     parser.add_argument("--max-len", type=int, default=50, help="L (default 50)")
@@ -101,13 +102,16 @@ def main():
     parser.add_argument("--before", default=BEFORE, help=f"the commit whose scan is the 'before' row (default "
                                                          f"{BEFORE})")
     parser.add_argument("--no-chunked", action="store_true", help="leave out the chunked parallel rows (slow)")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="batch 8, L 10, one repeat, without the before row (it reads git history)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.batch, args.max_len, args.repeats = 8, 10, 1
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     tensors, lengths, weights = inputs(args.batch, args.max_len, 128, 16)
-    rows = {"before (time-step loop)": common_at(args.before).selective_scan,
-            "after": selective_scan,
-            "after, padded like Beauty": lambda *t: selective_scan(*t, lengths)}
+    rows = {} if args.smoke else {"before (time-step loop)": common_at(args.before).selective_scan}
+    rows.update({"after": selective_scan, "after, padded like Beauty": lambda *t: selective_scan(*t, lengths)})
     if not args.no_chunked:
         rows.update({f"chunked parallel, T = {T}": (lambda T: lambda *t: chunked_scan(*t, T))(T) for T in (2, 5)})
     times = {(row, grad): [] for row in rows for grad in (True, False)}
@@ -129,6 +133,7 @@ def main():
             cells.append(f"{wall * 1e3:9.1f} ({cpu * 1e3:7.1f})  x{base / wall:6.2f}")
         print(f"  {row:28s} {cells[0]:>32s} {cells[1]:>32s}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    return times
 
 
 if __name__ == "__main__":

@@ -10,6 +10,41 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# Test files that are CPU-only by nature, skipped under --device cuda: why.
+CPU_ONLY = {
+    "test_pinned.py": "its results are pinned on the CPU (the same seed gives other floats on a GPU)",
+    "test_distributed.py": "it starts several processes on one machine: gloo on the CPU (NCCL needs a GPU each)",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", choices=("cpu", "cuda"),
+                     help="where the tests run: cpu (default; CUDA is hidden, so `--device auto` runs pick the CPU "
+                          "too) or cuda (method-file runs pick the GPU, tests taking the `device` fixture put their "
+                          "models and tensors there, the CPU-only test files are skipped)")
+
+
+def pytest_configure(config):
+    if config.getoption("--device") == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""        # before CUDA starts: this process and its subprocesses
+    elif not torch.cuda.is_available():
+        raise pytest.UsageError("--device cuda, but CUDA is not available here; use --device cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--device") == "cpu":
+        return
+    for item in items:
+        reason = CPU_ONLY.get(os.path.basename(str(item.fspath)))
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"CPU only: {reason}"))
+
+
+@pytest.fixture
+def device(request) -> torch.device:
+    """The device of --device: a test taking this fixture builds its models and tensors there."""
+    return torch.device(request.config.getoption("--device"))
+
 
 @pytest.fixture(autouse=True)
 def one_thread():

@@ -1,5 +1,6 @@
 """LinRec, FMLP4Rec and NGCF (common.py): shapes, causality and padding, literal re-statements of each layer on
-small cases (the MDCNS code's formulas, dense NGCF matrices), learning on synthetic data, and each method's CLI."""
+small cases (the MDCNS code's formulas, dense NGCF matrices), learning on synthetic data, and each method's CLI.
+Also the backbones' exact fast paths: `Dropout` against nn.Dropout, `score_items` in blocks against one gather."""
 import argparse
 import copy
 import json
@@ -299,6 +300,73 @@ def test_ngcf_init_and_eval_cache_follows_layer_weights():
         fresh = model.propagate()
         assert torch.equal(model(torch.arange(split.n_users))[0], fresh[0])
     assert common.evaluate(model, split.valid, [5, 10], batch_size=16) != before
+
+
+# ---------------------------------------------------------------------------------------------- exact fast paths
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.73])
+def test_dropout_gives_nn_dropouts_masks_values_gradients_and_random_state(p):
+    x = torch.randn(37, 19, requires_grad=True)
+    weights = torch.randn(37, 19)
+    results = []
+    for module in (torch.nn.Dropout(p), common.Dropout(p)):
+        torch.manual_seed(11)
+        y = module(x)
+        grad, = torch.autograd.grad((y * weights).sum(), x)
+        results.append((y, grad, torch.get_rng_state(), torch.rand(3)))
+    (y0, g0, state0, next0), (y1, g1, state1, next1) = results
+    assert torch.equal(y0, y1) and torch.equal(g0, g1) and torch.equal(state0, state1) and torch.equal(next0, next1)
+    assert 0 < int((y1 == 0).sum()) < y1.numel()                              # it does drop, and keeps
+    module = common.Dropout(p).eval()
+    assert module(x) is x and common.Dropout(0.0)(x) is x                    # off: the input itself, as nn.Dropout
+
+
+def test_dropout_on_the_device_drops_scales_and_passes_gradients(device):
+    """On --device: a fraction ~p of the entries dropped, the rest scaled by 1 / (1 - p), the gradient the mask."""
+    x = torch.ones(200, 50, device=device, requires_grad=True)
+    y = common.Dropout(0.3)(x)
+    grad, = torch.autograd.grad(y.sum(), x)
+    assert y.device.type == device.type and torch.equal(grad, y.detach())
+    kept = y.detach() != 0
+    assert torch.allclose(y.detach()[kept], torch.full_like(y.detach()[kept], 1 / 0.7))
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.03                 # 10,000 draws: sd 0.005
+
+
+def test_dropout_takes_its_own_draw_where_it_is_exact(monkeypatch):
+    """Where this build's bernoulli_ is rand(float64) < p (checked on a private generator), the mask is drawn by
+    torch.rand and nn.Dropout is not called; elsewhere it is nn.Dropout itself."""
+    exact = common._bernoulli_draws_uniform_doubles()
+    called = []
+    monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: called.append(1) or x)
+    common.Dropout(0.5)(torch.ones(8, 3))
+    assert called == ([] if exact else [1])
+    called.clear()
+    common.Dropout(0.5)(torch.ones(3, 8).T)                                   # not contiguous: nn.Dropout
+    assert called == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("block", [1, 16, 1 << 13])                         # one row, 3 rows, all rows per block
+def test_score_items_in_blocks_equals_one_gather_bit_for_bit(monkeypatch, dtype, block, device):
+    """Scores and both gradients equal autograd's through one (P, N, D) gather, exactly: the blocks change where
+    the rows are gathered, not one sum (the item table's gradient adds the same terms in the same order; on CUDA,
+    whose index_add_ adds in no fixed order, to rounding)."""
+    monkeypatch.setattr(common._ItemScores, "block", block)
+    g = torch.Generator().manual_seed(3)
+    queries = torch.randn(11, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    table = torch.randn(9, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    items = torch.randint(0, 9, (11, 5), generator=g).to(device)            # repeats within and across rows
+    weights = torch.randn(11, 5, generator=g, dtype=dtype).to(device)
+    same = torch.equal if device.type == "cpu" else \
+        (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item()))
+    got = common.score_items(queries, table, items)
+    want = torch.einsum("pd,pnd->pn", queries, table.index_select(0, items.view(-1)).view(11, 5, 6))
+    assert same(got, want) and got.device.type == device.type
+    for inputs in ([queries, table], [table], [queries]):
+        got_grads = torch.autograd.grad((common.score_items(queries, table, items) * weights).sum(), inputs)
+        want_grads = torch.autograd.grad((want * weights).sum(), inputs, retain_graph=True)
+        assert all(same(a, b) for a, b in zip(got_grads, want_grads))
+    empty = common.score_items(queries[:0], table, items[:0])
+    assert empty.shape == (0, 5)
 
 
 # ---------------------------------------------------------------------------------------------- learning

@@ -78,22 +78,26 @@ def test_schedule_packs_rows_step_major_longest_first():
 
 @pytest.mark.parametrize("lengths", [None, [5, 2, 0]])
 @pytest.mark.parametrize("group_rows", [1, 2, 3])            # rows per group: 3 groups, 2 (one partial), 1 group
-def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths):
+def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths, device):
+    """On --device (float64: the PyTorch scan there too), against the literal recurrence on the CPU."""
     monkeypatch.setattr(_SelectiveScan, "group_elements", group_rows * 3 * 4)
     inputs = scan_inputs(Bt=3)
+    on_device = [t.detach().to(device).requires_grad_() for t in inputs]
     weights = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    y, expected = selective_scan(*inputs), literal_scan(*inputs)
+    y, expected = selective_scan(*on_device), literal_scan(*inputs)
     if lengths is not None:
         lengths = torch.tensor(lengths)
-        y, expected = selective_scan(*inputs, lengths), with_padding(expected, inputs[0], inputs[5], lengths)
-    assert y.shape == (3, 5, 3) and y.dtype == torch.float64
-    close(y, expected, rtol=1e-10, atol=1e-10)
+        y = selective_scan(*on_device, lengths.to(device))
+        expected = with_padding(expected, inputs[0], inputs[5], lengths)
+    assert y.shape == (3, 5, 3) and y.dtype == torch.float64 and y.device.type == device.type
+    close(y.cpu(), expected, rtol=1e-10, atol=1e-10)
     with torch.no_grad():                                               # the no-backward path (no state kept)
-        close(selective_scan(*inputs, lengths), expected.detach(), rtol=1e-10, atol=1e-10)
-    grads = torch.autograd.grad((y * weights).sum(), inputs)
+        close(selective_scan(*on_device, None if lengths is None else lengths.to(device)).cpu(), expected.detach(),
+              rtol=1e-10, atol=1e-10)
+    grads = torch.autograd.grad((y * weights.to(device)).sum(), on_device)
     expected_grads = torch.autograd.grad((expected * weights).sum(), inputs)
     for name, got, want in zip("x dt A B C D".split(), grads, expected_grads):
-        close(got, want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
+        close(got.cpu(), want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
 
 
 @pytest.mark.parametrize("L", [1, 7, 50, 200])
@@ -293,6 +297,25 @@ def test_mamba_ssm_kernel_on_cuda_equals_the_pytorch_scan():
     grads_cuda = torch.autograd.grad(y_cuda.square().sum(), cuda_inputs)
     for name, got, want in zip("y x dt A B C D".split(), (y_cuda, *grads_cuda), (y, *grads)):
         close(got.cpu(), want, rtol=1e-4, atol=1e-4, msg=name)
+
+
+def test_mamba4rec_on_the_device_equals_the_cpu(device):
+    """Eval-mode hidden states and the gradients of a loss on them: --device's model equals the CPU model's."""
+    model = small_model(dropout=0.0).double()
+    sequences, real = padded_rows()
+    weights = torch.randn(*sequences.shape, 16, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    results = []
+    for where in (torch.device("cpu"), device):
+        moved = small_model(dropout=0.0).double().to(where)
+        moved.load_state_dict(model.state_dict())
+        hidden = moved.encode(sequences.to(where))
+        grads = torch.autograd.grad((hidden * weights.to(where)).sum(), list(moved.parameters()))
+        assert hidden.device.type == where.type
+        results.append((hidden.cpu(), [g.cpu() for g in grads]))
+    (cpu_hidden, cpu_grads), (got_hidden, got_grads) = results
+    close(got_hidden, cpu_hidden, rtol=1e-10, atol=1e-10)
+    for got, want in zip(got_grads, cpu_grads):
+        close(got, want, rtol=1e-9, atol=1e-9 * max(1.0, want.abs().max().item()))
 
 
 @pytest.mark.parametrize("n_layers", [1, 2])
