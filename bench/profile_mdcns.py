@@ -8,7 +8,7 @@ by batch so that a change of load hits all of them. Each step is cut into pieces
 timed on this thread's CPU clock (`time.thread_time`: the work, not the waiting for a core of a shared machine);
 the per-batch means are scaled to the epoch's number of batches. The first batch of each row is a warm-up and is
 checked: the pieces' loss equals the method's own batch loss (`mdcns.mdcns_loss`, `common.standard_loss` with
-`uniform_sampler`) on the same batch and random state, so the pieces are the step the method files run.
+one uniform negative) on the same batch and random state, so the pieces are the step the method files run.
 
 MDCNS pieces: batch (indexing the epoch's rows), self forward, peer forward, candidates (Eq. 2), scoring (Eq. 3,
 both models, candidates and positive), re-ranking and top-M (Eqs. 4-8, no gradient), recommendation loss
@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from functools import partial
 
 import torch
 
@@ -34,12 +35,17 @@ sys.path.insert(0, ROOT)
 import baselines  # noqa: E402
 import mdcns  # noqa: E402
 from common import (LOSSES, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
-                    training_batches, training_positives, uniform_negatives, uniform_sampler)
+                    training_batches, training_positives, uniform_negatives)
 
 DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
 TABLE3 = ["--split", "user", "--loss", "bce", "--valid-metric", "ndcg@20", "--ks", "5,10,20",
           "--examples-per-batch", "1024"]                                  # run_all.sh's table3 flags
 MDCNS_FLAGS = ["--gamma", "1.0", "--kd-temperature", "1.0", "--top-m", "1"]  # table3's Beauty MDCNS
+
+
+def one_uniform_negative(positives, ex, generator):
+    """RNS's negatives: one uniform non-interacted item per example (`standard_loss`'s negatives_fn)."""
+    return uniform_negatives(positives, ex.users, 1, generator)
 
 
 class Clock:
@@ -118,7 +124,7 @@ def mdcns_step(args, pair, optimizer, positives, batch_of, generator, clock):
 
 
 def rns_step(args, model, optimizer, positives, batch_of, generator, clock):
-    """One RNS step (`common.standard_loss` with `uniform_sampler`, k = 1) cut into timed pieces."""
+    """One RNS step (`common.standard_loss` with one uniform negative) cut into timed pieces."""
     clock.start()
     batch = batch_of()
     clock.lap("batch")
@@ -189,7 +195,8 @@ def build_rows(data_flags, peer, rns_backbones, out_dir):
     torch.manual_seed(args.seed)
     pair = mdcns.SelfAndPeer(build_backbone("sasrec", split, args), build_backbone(args.peer, split, args)).train()
     positives = training_positives(split, "cpu", args.exclude_held_out)
-    rows.append(Row(f"MDCNS, SASRec + {peer} peer", args, split, pair, mdcns_step, mdcns.mdcns_loss(args, positives)))
+    rows.append(Row(f"MDCNS, SASRec + {peer} peer", args, split, pair, mdcns_step,
+                    mdcns.training_loss(args, positives)))
     for backbone in rns_backbones:
         args = baselines.build_parser().parse_args([*data_flags, *TABLE3, "--sampler", "rns", "--backbone", backbone,
                                                     "--quiet", "--out-dir", os.path.join(out_dir, backbone)])
@@ -199,7 +206,7 @@ def build_rows(data_flags, peer, rns_backbones, out_dir):
         model = build_backbone(backbone, split, args).train()
         positives = training_positives(split, "cpu", args.exclude_held_out)
         rows.append(Row(f"RNS, {backbone}", args, split, model, rns_step,
-                        standard_loss(uniform_sampler(positives), args.loss)))
+                        standard_loss(partial(one_uniform_negative, positives), args.loss)))
     return rows
 
 
