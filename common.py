@@ -1,21 +1,31 @@
-"""Shared plumbing for the negative-sampling reference implementations.
+"""What no paper owns, shared by mdcns.py, icpns.py and baselines.py.
 
-What no paper owns lives here, in the order a run uses it:
+Part I, what determines a number, in the order a run uses it. A reader who reads only Part I knows everything
+that decides a metric:
+ 1. Interactions and the data a run reads: one in-memory form (user, item, position; items 1..n, 0 = padding),
+    the synthetic generator (the offline default), preprocessing (RecBole's order), `load_dataset`.
+ 2. Splits, one small function per protocol: `loo` (leave-one-out by time), `ratio` (per-user 8:1:1, RecBole's
+    rounding), `user` (MDCNS: 70/20/10 of the users), `user-prefixes` (the MDCNS code's LastFM: every prefix of a
+    held-out user); the training windows of sequential backbones.
+ 3. Backbones MF, LightGCN, SASRec and Mamba4Rec behind one scoring interface: `queries, item_table =
+    model(inputs)`, an item's score the dot product of the two.
+ 4. Negatives and losses every method shares: users' training positives, the exact uniform draw (RNS itself),
+    alias tables with positives excluded, BPR and BCE, the examples of a batch.
+ 5. Full-ranking evaluation: `evaluate`, `ranking_metrics` (RecBole's formulas, pessimistic ties).
+ 6. The training loop: `train_step`, `fit` (epochs, batches, validation, early stopping), `finish` (test once, at
+    the best validation epoch; results.json, test_rows.npz, model.pt).
+ 7. The shared command line: flags, their per-backbone defaults and checks, `prepare`.
+Part II, machinery that changes no number:
+ 8. Fast paths, each equal to what a Part I function states to float rounding (tested): packed and fused
+    selective scans, blockwise item scores, a cheaper exact Dropout.
+ 9. More backbones: Kang's SASRec, GRU4Rec, LinRec, FMLP4Rec, NGCF.
+10. The dataset registry, readers, download and cache.
+11. Checkpoints, resume, the pace line and --time-budget, --eval-only.
+12. More than one process (`torchrun`).
+13. Help, errors and provenance.
 
-1. Interactions: one in-memory form (user, item, position in the user's history), items 1..n, 0 = padding.
-2. Data: the synthetic generator (the offline default) and the real datasets (registry, download, parsers,
-   filtering, cache).
-3. Splits: `loo` (leave-one-out by time), `ratio` (per-user random 8:1:1, RecBole's rounding), `user` (MDCNS:
-   70/20/10 of the users).
-4. Backbones: MF, LightGCN, NGCF, SASRec, GRU4Rec, Mamba4Rec, LinRec, FMLP4Rec, behind one scoring interface:
-   `queries, item_table = model(inputs)`; the score of an item is the dot product of the two.
-5. Negative-sampling plumbing every method shares: users' training positives, exact uniform sampling of
-   non-interacted items (RNS itself), candidate pools, alias tables with positives excluded.
-6. Full-ranking evaluation and `ranking_metrics` (RecBole's formulas, pessimistic ties).
-7. The shared command line and its checks, the training loop (`fit`) with its checkpoints, `results.json` and
-   `model.pt`; under `torchrun`, the processes that share one run (`train_step`, `evaluate`, `from_main`).
-
-Copy this file together with one method file (`baselines.py`, `icpns.py`, `mdcns.py`) into another project.
+To use one method elsewhere, copy its file's core section (it needs only torch); to run it as here, copy the
+method file with this one.
 """
 from __future__ import annotations
 
@@ -61,13 +71,18 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 
+# ==========================================================================================================
+# Part I: what determines a number
+# ==========================================================================================================
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 1. Interactions and the data a run reads
+# ----------------------------------------------------------------------------------------------------------
 class RecError(ValueError):
     """A problem with the user's input or settings; the command line prints it as one line, no traceback."""
 
 
-# ----------------------------------------------------------------------------------------------------------
-# 1. Interactions
-# ----------------------------------------------------------------------------------------------------------
 @dataclass
 class Interactions:
     """Implicit feedback, sorted by (user, position).
@@ -171,8 +186,2196 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
     return Interactions.from_raw(user, item, name="synthetic", source=f"make_synthetic(seed={seed})")
 
 
+# ---------------------------------------------------------------- preprocessing
+def k_core_filter(user, item, k: int) -> np.ndarray:
+    """Boolean mask of the interactions in the k-core: repeatedly drop every interaction whose user or item has
+    fewer than k kept interactions, until nothing changes. The result is the largest subset in which every user
+    and item has >= k interactions (unique, whatever the removal order). Rows count as given: deduplicate first."""
+    user = np.unique(np.asarray(user), return_inverse=True)[1].reshape(-1)
+    item = np.unique(np.asarray(item), return_inverse=True)[1].reshape(-1)
+    keep = np.ones(len(user), dtype=bool)
+    while k > 1:
+        user_count = np.bincount(user[keep], minlength=user.max(initial=0) + 1)     # (U,)
+        item_count = np.bincount(item[keep], minlength=item.max(initial=0) + 1)     # (I,)
+        still = keep & (user_count[user] >= k) & (item_count[item] >= k)
+        if still.sum() == keep.sum():
+            break
+        keep = still
+    return keep
+
+
+def _preprocess(columns: _Columns, name: str, min_rating, k_core: int, time_window) -> tuple[Interactions, str]:
+    """Time window, duplicates (first chronological occurrence kept), rating threshold, iterative k-core: in
+    RecBole's order. Returns the interactions and a one-line summary of what each step removed."""
+    n = len(columns.user)
+    user = np.unique(columns.user, return_inverse=True)[1].reshape(-1)
+    item = np.unique(columns.item, return_inverse=True)[1].reshape(-1)
+    time = columns.time if columns.time is not None else np.zeros(n)
+    rows = np.lexsort((np.arange(n), time, user))       # per user, chronological; ties keep file order
+    log = [f"{n:,} rows"]
+
+    def step(label: str, keep: np.ndarray) -> np.ndarray:
+        if not keep.any():
+            raise RecError(f"{name}: the {label} left no interactions (before it: {len(rows):,} interactions, "
+                           f"{len(np.unique(user[rows])):,} users, {len(np.unique(item[rows])):,} items)")
+        log.append(f"{label} -{int((~keep).sum()):,}")
+        return rows[keep]
+
+    if time_window is not None and columns.time is not None:
+        rows = step(f"time window [{np.datetime64(time_window[0], 's')}, {np.datetime64(time_window[1], 's')})",
+                    (time[rows] >= time_window[0]) & (time[rows] < time_window[1]))
+    pair = user[rows].astype(np.int64) * (item.max() + 1) + item[rows]
+    first = np.zeros(len(rows), dtype=bool)
+    first[np.unique(pair, return_index=True)[1]] = True  # index of the first occurrence in chronological order
+    rows = step("duplicate filter", first)
+    if min_rating is not None:
+        rows = step(f"rating >= {min_rating:g} filter", columns.rating[rows] >= min_rating)
+    if k_core > 1:
+        rows = step(f"{k_core}-core filter", k_core_filter(user[rows], item[rows], k_core))
+    rows = np.sort(rows)                                  # file order: ids are numbered by first appearance
+    data = Interactions.from_raw(user[rows], item[rows], None if columns.time is None else time[rows], name=name)
+    return data, ", ".join(log) + f" -> {len(rows):,} interactions"
+
+
+def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | None = None,
+                 k_core: int | None = None, use_cache: bool = True, cache_dir: str | None = None) -> Interactions:
+    """Load a registered dataset (see DATASETS, Part II) or a custom file, preprocessed and cached.
+
+    min_rating / k_core: None = the dataset's default for the file found (DATASETS); an explicit
+    min_rating on a file without ratings is an error. use_cache=False (--no-cache) neither reads nor writes the
+    cache; cache_dir (--cache-dir): its folder (default: `cache_folder`).
+    Prints one line: the file and its format, what each preprocessing step removed, the cache used, and the
+    statistics the papers publish for the dataset.
+    """
+    if os.path.isfile(name_or_path):
+        name = os.path.splitext(os.path.basename(name_or_path))[0]
+        folder = os.path.dirname(os.path.abspath(name_or_path))
+        spec = DatasetSpec("custom file", files=())
+        found = [name_or_path], _CUSTOM, None
+    elif name_or_path in DATASETS:
+        name, spec = name_or_path, DATASETS[name_or_path]
+        folder = os.path.join(data_dir, name)
+        found = _find_files(spec, folder) or _fetch(spec, name, folder)
+    else:
+        raise unknown_dataset(name_or_path)
+    paths, fmt, member = found
+    data_file = " + ".join(paths)   # results.json's provenance, as given: no machine's absolute prefix
+    if fmt.published and min_rating is not None:
+        raise RecError(f"{name}: {paths[0]} ({fmt.description}) has no ratings, so --min-rating cannot apply; "
+                       f"place the official raw file in {folder}/")
+    settings = {"min_rating": spec.min_rating if min_rating is None else min_rating,
+                "k_core": (0 if fmt.published else spec.k_core) if k_core is None else k_core,
+                "time_window": None if fmt.published else spec.time_window}
+    stats = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
+    key = json.dumps({"version": 1, "files": stats, "member": member, "format": fmt.description, **settings})
+    cache_name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    where = " + ".join(_where(p, member) for p in paths)
+
+    cache_path = os.path.join(cache_folder(folder, name, cache_dir), cache_name)
+    paper = "; {:,} users, {:,} items, {:,} interactions in {}".format(*spec.published) if spec.published else ""
+    cached = _load_cache(cache_path, name) if use_cache else None
+    if cached is not None:
+        data, summary = cached
+        data.data_file = data_file
+        data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
+        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}{paper}")
+        return data
+    try:
+        columns = fmt.read([(p, member) for p in paths])
+    except (EOFError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile) as error:
+        raise RecError(f"{where} is truncated or corrupt ({type(error).__name__}: {error}); delete it and run "
+                       f"again to download a fresh copy, or replace it by hand") from None
+    except UnicodeDecodeError as error:
+        raise RecError(f"{where}: not valid text ({error})") from None
+    if len(columns.user) == 0:
+        raise RecError(f"{name}: {where} holds no interactions")
+    if columns.rating is None and min_rating is not None:
+        raise RecError(f"{name}: {where} ({fmt.description}) has no rating column, so --min-rating cannot apply")
+    data, summary = _preprocess(columns, name, settings["min_rating"] if columns.rating is not None else None,
+                                settings["k_core"], settings["time_window"])
+    data.source = f"{where} ({fmt.description})"
+    data.data_file, data.data_sha256 = data_file, files_sha256(paths)
+    cached = _save_cache(os.path.dirname(cache_path), cache_name, data, summary) if use_cache else \
+        "not cached (--no-cache)"
+    print(f"[data] {name}: {where} ({fmt.description}); {summary}; {cached}{paper}")
+    return data
+
+
+def add_data_arguments(parser) -> None:
+    """--min-rating and --k-core; their defaults depend on the dataset and the file found (see the help)."""
+    by_value = {}
+    for name, spec in DATASETS.items():
+        rule = "as published" if not spec.k_core else (
+            f"{'all ratings' if spec.min_rating is None else f'rating >= {spec.min_rating:g}'}, {spec.k_core}-core")
+        by_value.setdefault(rule, []).append(name)
+    defaults = "; ".join(f"{', '.join(names)}: {rule}" for rule, names in by_value.items())
+    parser.add_argument("--min-rating", type=float, default=None,
+                        help="keep interactions rated >= this (files with ratings only). Default per dataset on "
+                             "its official raw file: " + "; ".join(
+                                 f"{n}: {s.min_rating:g}" for n, s in DATASETS.items() if s.min_rating is not None)
+                             + " (ICPNS); all ratings elsewhere (S3-Rec, SASRec, NGCF). Community files (SASRec, "
+                               "S3-Rec, LightGCN) have no ratings: setting it for them is an error")
+    parser.add_argument("--k-core", type=int, default=None,
+                        help="iterative k-core: drop users and items with fewer than k interactions until none "
+                             "is left. Default on official raw files: " + defaults + ". Community preprocessed "
+                             "files (SASRec, S3-Rec, LightGCN) are used as published unless this is set; "
+                             "0 disables it")
+    parser.add_argument("--cache-dir", default=None, metavar="FOLDER",
+                        help="where the preprocessed dataset is cached (printed on every load); by default a "
+                             "processed/ folder beside the data, or the user's cache folder (~/.cache/negsampling) "
+                             "when the data folder is read-only")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the preprocessed cache")
+
+
 # ----------------------------------------------------------------------------------------------------------
-# 2b. Real datasets: registry, download, parsers, preprocessing, cache
+# 2. Splits
+# ----------------------------------------------------------------------------------------------------------
+SPLITS = ("loo", "ratio", "user", "user-prefixes")
+
+
+@dataclass
+class EvalRows:
+    """One evaluation part (valid or test): a row per evaluated user or sequence.
+
+    query:     (R,) user ids for general backbones, or (R, L) right-padded input sequences
+    targets:   CSR (target_ptr (R+1,), target_items) the row's positives
+    masked:    CSR (masked_ptr (R+1,), masked_items) items scored -inf (history); targets are never masked
+    """
+
+    query: torch.Tensor
+    target_ptr: torch.Tensor
+    target_items: torch.Tensor
+    masked_ptr: torch.Tensor
+    masked_items: torch.Tensor
+
+    def __len__(self):
+        return len(self.target_ptr) - 1
+
+
+@dataclass
+class SplitData:
+    """A dataset split under one protocol, ready for training and evaluation.
+
+    train_user, train_item: training interactions, chronological per user (general backbones iterate them)
+    train_sequences:        (S, L) right-padded inputs, train_targets (S, L) next items (0 = no target),
+                            train_sequence_user (S,): every position of a training sequence is an example
+    prefix_rows:            the training rows are one per prefix (`--augmented-prefixes`, `training_rows`), a
+                            user's in ascending target order; else sequence windows, a user's first one ending
+                            at the end of its sequence (`training_windows`)
+    valid, test:            EvalRows
+    held_out_user/item:     the validation and test interactions (every interaction not in training), read only
+                            by `training_positives` for --exclude-held-out
+    """
+
+    protocol: str
+    n_users: int
+    n_items: int
+    max_len: int
+    sequential: bool
+    train_user: torch.Tensor
+    train_item: torch.Tensor
+    train_sequences: torch.Tensor
+    train_targets: torch.Tensor
+    train_sequence_user: torch.Tensor
+    valid: EvalRows
+    test: EvalRows
+    held_out_user: torch.Tensor
+    held_out_item: torch.Tensor
+    statistics: dict = field(default_factory=dict)
+    prefix_rows: bool = False
+
+
+def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool, max_len: int = 50,
+                  mask_history: bool = True) -> SplitData:
+    """Split `data` by `protocol` and build training examples for a general or a sequential backbone.
+
+    loo   (SASRec, most sequential papers, RecBole `LS`): per user, last item -> test, second-to-last ->
+          valid, the rest -> train; a user with 2 items gives train + test, with 1 item train only
+          (RecBole's `legal = min(2, n - 1)`).
+    ratio (ICPNS, RecBole default `RS` 8:1:1 `RO`): each user's items in a seeded random order, valid and
+          test get int(0.1 n) items each, plus one taken from train when 0 < 0.1 n < 1 while train keeps > 1
+          (RecBole `_calcu_split_ids`): n = 5 -> 3/1/1, n = 15 -> 13/1/1. General backbones only.
+    user  (MDCNS): users shuffled by the seed, int(0.7 U) train, int(0.2 U) valid, the rest test; valid and
+          test users predict their last item from the rest; training users contribute every prefix.
+          Sequential backbones only (valid/test users are unseen in training).
+    user-prefixes (the MDCNS code's LastFM files): users in dataset order (no shuffle), the first int(0.8 U)
+          train, the next int(0.1 U) valid, the rest test; every prefix of a valid/test user is a row predicting
+          its next item, so a user weighs in the metrics by its length - 1 (LastFM: 4,430 / 5,780 rows).
+
+    Masking at evaluation: general backbones mask the user's training items (training + validation items at
+    test time), RecBole's rule. Sequential backbones mask the input sequence when `mask_history` (S3-Rec/MDCNS)
+    and nothing but padding otherwise (RecBole's sequential evaluation). Targets are never masked.
+    """
+    if protocol not in SPLITS:
+        raise RecError(f"unknown split {protocol!r}; choose one of {', '.join(SPLITS)}")
+    if protocol == "ratio" and sequential:
+        raise RecError("--split ratio is for general backbones (mf, lightgcn, ngcf); use --split loo or user")
+    if protocol.startswith("user") and not sequential:
+        raise RecError(f"--split {protocol} evaluates users unseen in training, which needs a sequential backbone "
+                       "(sasrec, gru4rec, mamba4rec, linrec, fmlp4rec); use --split loo or ratio")
+    user, item, n_users = data.user, data.item, data.n_users
+    length = np.bincount(user, minlength=n_users)
+    start = np.r_[0, np.cumsum(length)[:-1]]
+    rng = np.random.default_rng(seed)
+    if protocol == "loo":
+        part = loo_parts(user, data.position, length)
+    elif protocol == "ratio":
+        part = ratio_parts(user, length, start, rng)
+    else:
+        user_part = user_parts(n_users, shuffled=protocol == "user", rng=rng)
+        part = user_part[user]
+
+    train = part == 0
+    train_user, train_item = torch.from_numpy(user[train]), torch.from_numpy(item[train])
+    if sequential:
+        sequences, targets, sequence_user = training_windows(user[train], item[train], max_len)
+    else:
+        sequences = targets = torch.zeros(0, max_len, dtype=torch.long)
+        sequence_user = torch.zeros(0, dtype=torch.long)
+
+    def rows(p):
+        if protocol == "user-prefixes":
+            return prefix_eval_rows(user[part == p], item[part == p], max_len, mask_history)
+        if protocol == "user":   # the last item of each user of part p, predicted from the rest
+            users = np.flatnonzero((user_part == p) & (length >= 2))
+            inputs = [item[start[u]:start[u] + length[u] - 1] for u in users]
+            targets_ = [item[start[u] + length[u] - 1:start[u] + length[u]] for u in users]
+        else:
+            users = np.unique(user[part == p])
+            known = (part < p) | train          # everything before this part (train, + valid at test)
+            inputs = np.split(item[known], np.cumsum(np.bincount(user[known], minlength=n_users))[:-1])
+            targets_ = np.split(item[part == p], np.cumsum(np.bincount(user[part == p],
+                                                                        minlength=n_users))[:-1])
+            inputs, targets_ = [inputs[u] for u in users], [targets_[u] for u in users]
+        if sequential:
+            query = pad_right([s[-max_len:] for s in inputs], max_len)
+            masked = [np.setdiff1d(s, t) for s, t in zip(inputs, targets_)] if mask_history else \
+                [np.zeros(0, dtype=np.int64)] * len(users)
+        else:
+            query = torch.from_numpy(users.astype(np.int64))
+            masked = [np.setdiff1d(s, t) for s, t in zip(inputs, targets_)]
+        target_ptr, target_items = to_csr([np.unique(t) for t in targets_])
+        masked_ptr, masked_items = to_csr(masked)
+        return EvalRows(query, target_ptr, target_items, masked_ptr, masked_items)
+
+    split = SplitData(protocol, n_users, data.n_items, max_len, sequential, train_user, train_item,
+                      sequences, targets, sequence_user, rows(1), rows(2),
+                      torch.from_numpy(user[~train]), torch.from_numpy(item[~train]))
+    split.statistics = {**data.statistics(), "protocol": protocol, "train_interactions": int(train.sum()),
+                        "valid_rows": len(split.valid), "test_rows": len(split.test),
+                        "train_examples": int((targets > 0).sum()) if sequential else int(train.sum())}
+    if len(split.valid) == 0 or len(split.test) == 0:
+        raise RecError(f"the {protocol} split left no validation or test rows: the dataset is too small "
+                       f"({data.describe()})")
+    return split
+
+
+# The part of each interaction under each protocol: 0 train, 1 valid, 2 test (arrays in the data's order).
+def loo_parts(user: np.ndarray, position: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """Leave-one-out: the last item test, the second-to-last valid; RecBole's legal = min(2, n - 1) held out."""
+    legal = np.minimum(2, length - 1)[user]
+    from_end = length[user] - 1 - position
+    return np.where(from_end < legal, 2 - from_end, 0)
+
+
+def ratio_parts(user: np.ndarray, length: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """8:1:1 of each user's items in a random order, with RecBole's rounding (`_calcu_split_ids`)."""
+    n_valid = np.array([int(0.1 * n) for n in range(length.max() + 1)])
+    n_test = n_valid.copy()
+    n_train = np.arange(length.max() + 1) - n_valid - n_test
+    for counts, ratio in ((n_valid, 0.1), (n_test, 0.1)):   # RecBole's rounding, valid first
+        bump = (n_train > 1) & (0 < ratio * np.arange(length.max() + 1)) & (ratio * np.arange(length.max() + 1) < 1)
+        counts += bump
+        n_train -= bump
+    rank = np.argsort(np.lexsort((rng.random(len(user)), user)), kind="stable") - start[user]  # random rank
+    n_tr, n_va = n_train[length][user], n_valid[length][user]
+    return np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
+
+
+def user_parts(n_users: int, shuffled: bool, rng: np.random.Generator) -> np.ndarray:
+    """The part of each user: `user`, users shuffled, 70/20/10; `user-prefixes`, users in file order, 80/10/10
+    (the MDCNS code's LastFM files: its logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 / 982-1,090
+    of LastFM.txt, in file order)."""
+    order = rng.permutation(n_users) if shuffled else np.arange(n_users)
+    train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)
+    n_train_users, n_valid_users = int(train_share * n_users), int(valid_share * n_users)
+    user_part = np.empty(n_users, dtype=np.int64)
+    user_part[order] = np.repeat([0, 1, 2], [n_train_users, n_valid_users, n_users - n_train_users - n_valid_users])
+    return user_part
+
+
+def training_windows(user: np.ndarray, item: np.ndarray, max_len: int):
+    """Every position of every training sequence as a (prefix -> next item) example, in windows of `max_len`.
+
+    A user's sequence i_1..i_n gives targets i_2..i_n. Sequences longer than max_len + 1 are cut, from the end,
+    into windows whose targets do not overlap; the first target of an earlier window sees a shorter prefix
+    than RecBole's `MAX_ITEM_LIST_LENGTH` augmentation would give it (documented in the README).
+    Returns right-padded inputs (S, L), targets (S, L) with 0 where there is no target, and the user (S,).
+    """
+    length = np.bincount(user)
+    start = np.r_[0, np.cumsum(length)[:-1]]
+    n_targets = np.maximum(length - 1, 0)
+    n_windows = -(-n_targets // max_len)                          # ceil
+    window_user = np.repeat(np.arange(len(length)), n_windows)
+    window_rank = positions_within_users(window_user)             # 0 = the window ending at the sequence end
+    end = start[window_user] + length[window_user] - window_rank * max_len        # exclusive end of targets
+    first_target = np.maximum(end - max_len, start[window_user] + 1)
+    offsets = np.arange(max_len)
+    target_index = first_target[:, None] + offsets                                 # (S, L)
+    valid = target_index < end[:, None]
+    safe = np.where(valid, target_index, 0)
+    targets = np.where(valid, item[safe], 0)
+    inputs = np.where(valid, item[safe - 1], 0)
+    return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(window_user)
+
+
+def prefix_rows(train_user, train_item, max_len: int):
+    """The MDCNS code's training rows (data/enhance.ipynb; also RecBole's prefix augmentation): every prefix of
+    every training sequence (length >= 1 before its target) as its own row, the last `max_len` items before the
+    target, right-padded. The target sits at the prefix's last position and the rest of the targets row is 0, so
+    common's `examples` yields one example per row, queried at its last position. train_user/train_item
+    chronological per user (SplitData). Returns sequences (R, L), targets (R, L), users (R,)."""
+    user, item = np.asarray(train_user), np.asarray(train_item)
+    target = np.flatnonzero(positions_within_users(user) >= 1)                  # (R,) index of each row's target
+    first = np.maximum(target - max_len, target - positions_within_users(user)[target])   # (R,) prefix start
+    index = first[:, None] + np.arange(max_len)                                  # (R, L)
+    inside = index < target[:, None]
+    sequences = np.where(inside, item[np.minimum(index, len(item) - 1)], 0)      # (R, L)
+    targets = np.zeros_like(sequences)
+    targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
+    return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
+
+
+def prefix_eval_rows(user: np.ndarray, item: np.ndarray, max_len: int, mask_history: bool) -> EvalRows:
+    """Every (prefix -> next item) of every sequence as an evaluation row (`--split user-prefixes`): the query is
+    the prefix's last `max_len` items, the target the next item, the masked history the whole prefix (the MDCNS
+    code masks each row's items[:-1]) minus the target. user/item chronological per user."""
+    sequences, targets, _ = prefix_rows(user, item, max_len)                     # (R, L), target at its last slot
+    position = positions_within_users(user)
+    target = np.flatnonzero(position >= 1)                                       # (R,) index of each row's target
+    if mask_history:
+        entry_row = np.repeat(np.arange(len(target)), position[target])         # (H,) one entry per prefix item
+        history = item[target[entry_row] - position[target][entry_row] + positions_within_users(entry_row)]  # (H,)
+        keep = history != item[target][entry_row]                               # a target is never masked
+        counts = np.bincount(entry_row[keep], minlength=len(target))
+        masked_ptr, masked_items = torch.from_numpy(np.r_[0, np.cumsum(counts)]), torch.from_numpy(history[keep])
+    else:
+        masked_ptr, masked_items = torch.zeros(len(target) + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return EvalRows(sequences, torch.arange(len(target) + 1), targets.sum(1), masked_ptr, masked_items)
+
+
+def pad_right(sequences, length: int) -> torch.Tensor:
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    if len(sequences):
+        mask = np.arange(length) < lengths[:, None]
+        out[mask] = np.concatenate(sequences) if lengths.sum() else []
+    return torch.from_numpy(out)
+
+
+def to_csr(lists):
+    lengths = np.array([len(x) for x in lists], dtype=np.int64)
+    ptr = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    values = np.concatenate(lists).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
+    return torch.from_numpy(ptr), torch.from_numpy(values)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 3. Backbones: MF, LightGCN, SASRec, Mamba4Rec, behind one scoring interface
+# ----------------------------------------------------------------------------------------------------------
+BACKBONES = ("mf", "lightgcn", "sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec", "ngcf")
+
+
+SEQUENTIAL_BACKBONES = ("sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec")
+
+
+class MF(nn.Module):
+    """BPR-MF (Rendle et al., UAI 2009): a user table and an item table."""
+
+    sequential = False
+
+    def __init__(self, n_users: int, n_items: int, dim: int):
+        super().__init__()
+        self.user_embedding = nn.Embedding(n_users, dim)
+        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.xavier_normal_(self.user_embedding.weight)   # RecBole BPR's init
+        nn.init.xavier_normal_(self.item_embedding.weight[1:])
+
+    def forward(self, users):
+        return self.user_embedding(users), self.item_embedding.weight   # (B, D), (I+1, D)
+
+    def ego_embeddings(self, users, items):
+        """The layer-0 embeddings the L2 penalty applies to (LightGCN paper, Eq. 15)."""
+        return self.user_embedding(users), self.item_embedding(items)
+
+
+class LightGCN(nn.Module):
+    """LightGCN (He et al., SIGIR 2020): E^(k+1) = D^-1/2 A D^-1/2 E^(k), final = mean of E^(0..K).
+
+    The normalized adjacency of the user-item training graph is built directly as a sparse COO tensor
+    (never dense: LightGCN-PyTorch#1, #15). The padding item is an isolated node.
+
+    In eval mode without grad (evaluation calls forward once per batch of rows) the propagation runs once per
+    state of the weights: `cached_propagate`. Training mode and grad mode propagate at every call.
+    """
+
+    sequential = False
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, train_user, train_item):
+        super().__init__()
+        self.n_users, self.n_layers = n_users, n_layers
+        self.user_embedding = nn.Embedding(n_users, dim)
+        self.item_embedding = nn.Embedding(n_items + 1, dim)
+        nn.init.xavier_uniform_(self.user_embedding.weight)   # RecBole / ICPNS init
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        with warnings.catch_warnings():   # "sparse CSR support is in beta": matmul and its use here are stable
+            warnings.simplefilter("ignore")
+            adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
+        self.register_buffer("adjacency", adjacency, persistent=False)
+        self.propagated = None   # (weights, adjacency, their propagated tables) of cached_propagate
+
+    def propagate_layers(self):
+        """E^(0..K) of users (K+1, U, D) and items (K+1, I+1, D); MixGCF's hop mixing reads the layers."""
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
+        layers = [ego]
+        for _ in range(self.n_layers):
+            layers.append(SymmetricSparseMatmul.apply(self.adjacency, layers[-1]))
+        stacked = torch.stack(layers)                                                  # (K+1, U+I+1, D)
+        return stacked[:, :self.n_users], stacked[:, self.n_users:]
+
+    def propagate(self):
+        users, items = self.propagate_layers()
+        return users.mean(0), items.mean(0)                                            # mean over K+1 layers
+
+    @torch.no_grad()
+    def cached_propagate(self):
+        """propagate(), recomputed only when a weight changed (value, dtype or device; the layer-0 tables, and
+        NGCF's layer weights) or the adjacency was replaced: any optimizer step, load_state_dict or .to()
+        recomputes it. The weights are compared exactly with a copy taken at the last propagation, not through
+        their `_version` counters, which fused optimizer steps (e.g. Adam(fused=True)) and writes through `.data`
+        leave unchanged. The returned tables are shared between calls: callers must not write into them."""
+        weights = torch.cat([parameter.reshape(-1) for parameter in self.parameters()])   # a copy, flat
+        cached = self.propagated
+        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != weights.dtype or \
+                cached[0].device != weights.device or not torch.equal(cached[0], weights):
+            self.propagated = (weights, self.adjacency, self.propagate())
+        return self.propagated[2]
+
+    def forward(self, users):
+        eval_no_grad = not self.training and not torch.is_grad_enabled()
+        user_table, item_table = self.cached_propagate() if eval_no_grad else self.propagate()
+        return user_table[users], item_table
+
+    def ego_embeddings(self, users, items):
+        return self.user_embedding(users), self.item_embedding(items)
+
+
+def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_item) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite graph (users first, then items) as a coalesced sparse tensor.
+    Duplicate (user, item) pairs count once."""
+    n = n_users + n_nodes_items
+    pairs = torch.unique(torch.as_tensor(train_user) * n_nodes_items + torch.as_tensor(train_item))
+    u, i = pairs // n_nodes_items, pairs % n_nodes_items + n_users
+    rows, cols = torch.cat([u, i]), torch.cat([i, u])
+    degree = torch.bincount(rows, minlength=n).float()
+    inv_sqrt = degree.pow(-0.5)
+    values = inv_sqrt[rows] * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
+
+
+class SequentialBackbone(nn.Module):
+    """Base of the sequential backbones: `encode` maps right-padded item ids (B, L) to hidden states (B, L, D).
+    With right padding, a causal model's state at position t never depends on padding (which comes after)."""
+
+    sequential = True
+
+    def __init__(self, n_items: int, dim: int, max_len: int):
+        super().__init__()
+        self.max_len = max_len
+        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+
+    def forward(self, sequences, every_position: bool = False):
+        hidden = self.encode(sequences)                                               # (B, L, D)
+        if not every_position:
+            last = (sequences > 0).sum(1).clamp(min=1) - 1                            # (B,)
+            hidden = hidden[torch.arange(len(sequences), device=hidden.device), last]  # (B, D)
+        return hidden, self.item_embedding.weight
+
+
+def normal_init_(model: nn.Module, std: float = 0.02):
+    """The S3-Rec / RecBole `init_weights` of the sequential backbones: Linear and Embedding weights N(0, std),
+    Linear biases 0, LayerNorm weight 1 and bias 0. Other parameters keep their own init."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, 0.0, std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class ResidualFFN(nn.Module):
+    """The position-wise feed-forward block of the S3-Rec code family (MDCNS `modules.Intermediate`):
+    LN(x + dropout(W2 GELU(W1 x))), inner size 4 D, no dropout between the two layers."""
+
+    def __init__(self, dim: int, dropout: float):
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Dropout(dropout))
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x):
+        return self.norm(x + self.ffn(x))
+
+
+class PositionalBackbone(SequentialBackbone):
+    """The frame the MDCNS code's `SASRec`, `Linrec` and `FMLPRecModel` share (its `models.py`, S3-Rec style):
+    dropout(LN(item embedding + learned position embedding)), then the blocks, each a causal sequence-mixing
+    sub-layer followed by `ResidualFFN` (`layers`); init `normal_init_`.
+
+    Positions count back from the last item, which always sits at position max_len - 1: the MDCNS code left-pads
+    every row to max_len and numbers the positions from the left edge. With right padding that is position
+    max_len - n + t for item t of a row of n items. Note: with every position of a sequence trained in one pass
+    (the default), the prefix ending at item j < n - 1 sees its items at positions shifted by n - 1 - j from where
+    a row holding only that prefix would put them; `--augmented-prefixes` trains one row per prefix, as the MDCNS
+    code. The padding row of the item table is zero (the MDCNS code leaves it random; it never reaches a valid
+    position here).
+
+    Everything runs on the real positions only (`Packing`; 84% of Beauty's training positions are padding at
+    L = 50): the embeddings, LayerNorms, dropouts and feed-forwards position by position on the packed (P, D),
+    the sequence-mixing sub-layers on rows of similar length at a time (`Packing.by_buckets`). Every mixer is
+    causal, so with right padding a real position never depends on the padding after it: the real positions come
+    out as the same blocks give on the padded (B, L, D) layout, and the padding's hidden states are 0."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, blocks, dropout: float):
+        super().__init__(n_items, dim, max_len)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = Dropout(dropout)
+        self.blocks = nn.ModuleList(blocks)
+        normal_init_(self)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def positions(self, sequences):                                                   # (B, L) -> (B, L)
+        """Item t of a row of n items sits at position max_len - n + t (the padding's are clamped, unused)."""
+        n = (sequences > 0).sum(1, keepdim=True)                                       # (B, 1) items per row
+        steps = torch.arange(sequences.shape[1], device=sequences.device)
+        return (steps + self.max_len - n).clamp(0, self.max_len - 1)
+
+    def layers(self):
+        """The (sequence mixer, ResidualFFN) pairs in order: LinRec's and FMLP4Rec's blocks are such pairs
+        (nn.Sequential, the MDCNS code's `LinrecTransformerLayer` / `FMLPLayer`)."""
+        return self.blocks
+
+    def encode(self, sequences):
+        packing = Packing(sequences)
+        x = self.item_embedding(packing.pack(sequences)) + self.position_embedding(packing.pack(
+            self.positions(sequences)))                                               # (P, D)
+        x = self.dropout(self.norm(x))
+        for mixer, ffn in self.layers():
+            x = ffn(mixer(x, packing))                                                 # (P, D)
+        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
+
+
+class SASRec(PositionalBackbone):
+    """SASRec (Kang & McAuley, ICDM 2018) as the field runs it (S3-Rec, RecBole, and the MDCNS code's
+    `models.SASRec` + `modules.Encoder`, the block behind every MDCNS number), `--sasrec-block s3rec`:
+
+        x_0 = Dropout(LN(E[item] + P[position]))             (PositionalBackbone)
+        a   = LN(x + Dropout(W_O · MHA(x)))                  causal multi-head attention, dropout on its weights
+        x'  = LN(a + Dropout(W_2 · GELU(W_1 a)))             feed-forward of width 4 D, GELU (erf form)
+
+    post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases; the query is the
+    hidden state at the last item, as there. Padding never reaches a real position (it comes after it, under a
+    causal mask); the code's additive -10000 mask is 0 after exp as well. So it runs on the real positions only,
+    as `PositionalBackbone` does, the attention on rows of similar length at a time (`CausalSelfAttention`)."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
+                 dropout: float = 0.5):
+        blocks = [block for _ in range(n_layers)
+                  for block in (CausalSelfAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+    def layers(self):
+        """The blocks alternate attention and ResidualFFN (the MDCNS code's `modules.Layer` as two entries)."""
+        return zip(self.blocks[0::2], self.blocks[1::2])
+
+
+class CausalSelfAttention(nn.Module):
+    """The attention sub-layer of the S3-Rec / RecBole SASRec (the MDCNS code's `modules.SelfAttention`):
+    LN(x + Dropout(W_O · softmax(q k^T / sqrt(D/H) + causal mask) v)), dropout on the attention weights too."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.attention_dropout = n_heads, dropout
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.output = nn.Linear(dim, dim)
+        self.dropout = Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x, packing: "Packing"):                                          # (P, D) packed
+        """x: the real positions of `packing`'s rows. The attention runs on rows of similar length together,
+        each bucket as wide as its longest row (`Packing.by_buckets`): a row attends within itself, so this is
+        the attention over all L positions without the padding's cost (on Beauty's training rows ~4% of it)."""
+        D, H = x.shape[1], self.n_heads
+        qkv = torch.cat([self.query(x), self.key(x), self.value(x)], 1)                # (P, 3 D)
+
+        def attend(rows):                                                              # (R, W, 3 D) -> (R, W, D)
+            R, W = rows.shape[:2]
+            q, k, v = (t.reshape(R, W, H, D // H).transpose(1, 2) for t in rows.split(D, -1))  # (R, H, W, D/H)
+            # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2,
+            # S3-Rec form)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                 dropout_p=self.attention_dropout if self.training else 0.0)
+            return out.transpose(1, 2).reshape(R, W, D)
+
+        context = packing.by_buckets(attend, qkv)                                      # (P, D)
+        return self.norm(x + self.dropout(self.output(context)))                       # post-LN residual
+
+
+def selective_scan(x, dt, A, B, C, D, lengths=None):
+    """The selective scan of Mamba (Gu & Dao 2023, Algorithm 2) with zero-order-hold A and Euler B, in PyTorch:
+
+        h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t,   h_{-1} = 0,   h_t: (Bt, d_inner, d_state)
+        y_t = h_t . C_t + D * x_t
+
+    x, dt: (Bt, L, d_inner); A: (d_inner, d_state); B, C: (Bt, L, d_state); D: (d_inner,) -> y: (Bt, L, d_inner).
+    lengths (Bt,), optional: rows are right-padded and steps t >= lengths[b] are padding; the recurrence skips
+    them (their y is D * x only), which leaves every earlier step exactly as without padding (the scan is causal)
+    and skips most of the work on short-sequence data (85% of the positions are padding on Beauty, L = 50).
+    Runs in float32 at least (like mamba_ssm's reference scan) and returns x's dtype. On CUDA with the optional
+    `mamba_ssm` package installed, its fused kernel `selective_scan_fn` computes the same thing; everywhere else
+    `_SelectiveScan` does.
+    """
+    fused = _fused_scan(x)
+    if fused is not None:
+        y = fused(*(t.transpose(1, 2).contiguous() for t in (x, dt)), A.float(),
+                  *(t.transpose(1, 2).contiguous() for t in (B, C)), D.float()).transpose(1, 2)  # (Bt, L, d)
+        if lengths is not None:
+            padding = torch.arange(x.shape[1], device=x.device) >= lengths.unsqueeze(1)  # (Bt, L)
+            y = torch.where(padding.unsqueeze(-1), x * D, y)
+        return y.to(x.dtype)
+    Bt, L, d = x.shape
+    lengths = torch.full((Bt,), L, device=x.device) if lengths is None else lengths
+    x, dt, B, C = (t.reshape(Bt * L, t.shape[-1]) for t in (x, dt, B, C))           # row b's step t at b L + t
+    return _scan_rows(x, dt, A, B, C, D, torch.arange(Bt, device=x.device) * L, lengths).view(Bt, L, d)
+
+
+class MambaBlock(nn.Module):
+    """The Mamba block (Gu & Dao 2023; `mamba_ssm.Mamba` with its defaults), without norm or residual:
+    in_proj -> (x, z); x -> causal depthwise conv -> SiLU -> selective SSM with input-dependent dt, B, C;
+    y * SiLU(z) -> out_proj. Causal: position t only sees positions <= t."""
+
+    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_inner, self.d_state, self.dt_rank = expand * dim, d_state, math.ceil(dim / 16)
+        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner)
+        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
+        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
+        self.D = nn.Parameter(torch.empty(self.d_inner))
+        self.dt_init = (dt_min, dt_max, dt_init_floor)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self):
+        """mamba_ssm's special inits: A = -(1..d_state) per channel (S4D-real), D = 1, dt_proj weight
+        U(+-dt_rank^-1/2), dt_proj bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]."""
+        dt_min, dt_max, floor = self.dt_init
+        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
+        self.A_log.copy_(torch.log(states).expand_as(self.A_log))                     # (d_inner, d_state)
+        self.D.fill_(1.0)
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        device = self.dt_proj.bias.device
+        dt = torch.exp(torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=floor)
+        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))                    # inverse of softplus
+
+    def causal_conv(self, x, packing: Packing):
+        """The depthwise causal conv1d, on packed positions: x'_t = b + sum_k w_k x_{t-k}, k < d_conv, with
+        x_{t-k} = 0 before the row's first step (the conv's left zero padding). x (P, d_inner)."""
+        w = self.conv1d.weight[:, 0].flip(1)                                           # (d_inner, d_conv): w_k
+        y = self.conv1d.bias + x * w[:, 0]
+        for k in range(1, w.shape[1]):                                                 # the kernel's taps
+            earlier = F.pad(x, (0, 0, k, 0))[:len(x)] * (packing.step >= k).unsqueeze(1)   # x_{t-k}, (P, d_inner)
+            y = y + earlier * w[:, k]
+        return y
+
+    def forward(self, hidden, packing: Packing):                                       # (P, D) packed
+        """hidden: the real positions of `packing`'s rows, packed (see `Packing`)."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (P, d_inner)
+        x = F.silu(self.causal_conv(x, packing))                                       # (P, d_inner)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = F.softplus(self.dt_proj(dt))                                              # (P, d_inner)
+        y = packed_selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, packing)  # (P, d_inner)
+        return self.out_proj(y * F.silu(z))                                            # (P, D)
+
+
+class MambaLayer(nn.Module):
+    """One Mamba4Rec layer: LN(dropout(Mamba(x)) [+ x if several layers]), then the position-wise FFN
+    LN(x + dropout(W2 dropout(GELU(W1 x)))) with inner size 4 D; on the packed real positions (`Packing`)."""
+
+    def __init__(self, dim: int, d_state: int, d_conv: int, expand: int, dropout: float, residual: bool):
+        super().__init__()
+        self.residual = residual
+        self.mamba = MambaBlock(dim, d_state, d_conv, expand)
+        self.dropout = Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(dropout),
+                                 nn.Linear(4 * dim, dim), Dropout(dropout))
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x, packing: Packing):                                           # (P, D) packed
+        y = self.dropout(self.mamba(x, packing))
+        x = self.norm(y + x if self.residual else y)
+        return self.ffn_norm(x + self.ffn(x))
+
+
+class Mamba4Rec(SequentialBackbone):
+    """Mamba4Rec (Liu et al., arXiv 2403.03900) as in its official RecBole code: embedding -> dropout ->
+    LayerNorm, then n_layers MambaLayer (residual around the Mamba block only when n_layers > 1). No positional
+    embedding: the causal conv and the scan carry the order. The selective scan is `selective_scan` (pure PyTorch;
+    mamba-ssm's CUDA kernel if installed and on CUDA). Everything runs on the real positions only (`Packing`);
+    the hidden state of a padding position is 0 (nothing reads it: queries sit at real positions).
+
+    Init as the official code's and the MDCNS code's `self.apply(init_weights)`: every Linear / Embedding weight
+    N(0, 0.02), biases 0, LayerNorm 1 / 0; the conv keeps PyTorch's default, A_log and D keep Mamba's. That apply
+    also reaches the Mamba block's dt_proj, so dt starts at softplus(~0) = 0.69 rather than Mamba's log-uniform
+    [0.001, 0.1]: the init behind the published numbers, kept. Note: the MDCNS code left-pads, so its scan runs
+    over the padding row (N(0, 0.02), LayerNorm'ed to full scale) before the first item; right padding keeps the
+    padding after the last item, where it changes nothing."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5,
+                 d_state: int = 16, d_conv: int = 4, expand: int = 2):
+        super().__init__(n_items, dim, max_len)
+        self.dropout = Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.layers = nn.ModuleList(MambaLayer(dim, d_state, d_conv, expand, dropout, residual=n_layers > 1)
+                                    for _ in range(n_layers))
+        normal_init_(self)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def encode(self, sequences):
+        packing = Packing(sequences)
+        x = self.norm(self.dropout(self.item_embedding(packing.pack(sequences))))      # (P, D)
+        for layer in self.layers:
+            x = layer(x, packing)
+        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
+
+
+def build_backbone(name: str, split: SplitData, args) -> nn.Module:
+    """The backbone `name` with the defaults of `BACKBONE_DEFAULTS` unless a flag overrides them."""
+    if name not in BACKBONES:
+        raise RecError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if (name in SEQUENTIAL_BACKBONES) != split.sequential:
+        raise RecError(f"the split was built for a {'sequential' if split.sequential else 'general'} backbone, "
+                       f"not {name}")
+    dim, layers, dropout = args.dim, args.layers, args.dropout
+    if name == "mf":
+        return MF(split.n_users, split.n_items, dim)
+    if name == "lightgcn":
+        return LightGCN(split.n_users, split.n_items, dim, layers, split.train_user, split.train_item)
+    if name == "sasrec":
+        block = SASRec if args.sasrec_block == "s3rec" else KangSASRec
+        return block(split.n_items, dim, split.max_len, layers, args.heads, dropout)
+    if name == "gru4rec":
+        return GRU4Rec(split.n_items, dim, split.max_len, layers, dropout)
+    if name == "linrec":
+        if dim % args.heads:
+            raise RecError(f"--dim {dim} is not a multiple of --heads {args.heads} (LinRec splits D into heads)")
+        return LinRec(split.n_items, dim, split.max_len, layers, args.heads, dropout)
+    if name == "fmlp4rec":
+        return FMLP4Rec(split.n_items, dim, split.max_len, layers, dropout)
+    if name == "ngcf":
+        return NGCF(split.n_users, split.n_items, dim, layers, dropout, split.train_user, split.train_item)
+    return Mamba4Rec(split.n_items, dim, split.max_len, layers, dropout)
+
+
+# Per-backbone defaults of the flags left unset (None) on the command line, with their sources.
+BACKBONE_DEFAULTS = {
+    "mf":        dict(dim=64, layers=0, dropout=0.0, heads=1, max_len=50, reg_weight=0.0),   # RecBole BPR
+    "lightgcn":  dict(dim=64, layers=3, dropout=0.0, heads=1, max_len=50, reg_weight=1e-4),  # LightGCN paper
+    "sasrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # S3-Rec, MDCNS code
+    "sasrec-kang": dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
+    "gru4rec":   dict(dim=64, layers=1, dropout=0.2, heads=1, max_len=50, reg_weight=0.0),   # RecBole GRU4Rec
+    "mamba4rec": dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS code
+    "linrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # MDCNS main.py
+    "fmlp4rec":  dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS main.py
+    "ngcf":      dict(dim=64, layers=3, dropout=0.1, heads=1, max_len=50, reg_weight=1e-5),  # ICPNS NGCF.yaml
+}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 4. Negatives and losses
+# ----------------------------------------------------------------------------------------------------------
+DENSE_NEGATIVES_MAX = 2 ** 25   # users x items up to which PositiveSets keeps the dense table of non-positives
+
+
+class PositiveSets:
+    """Each user's training items as a sorted CSR on the model's device, with exact uniform sampling of the
+    items a user has NOT interacted with.
+
+    Uniform sampling needs no rejection: with the user's positives p_0 < p_1 < ... (items 1..n), a_j = p_j - 1 - j
+    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r}.
+    Every draw is exact; one of two structures answers it, by size:
+    - users x items <= DENSE_NEGATIVES_MAX: `free` (U, I), the r-th non-positive of each user at column r (int16
+      when the items fit, else int32; the columns from the user's number of non-positives on are 0, never read).
+      A draw is one gather.
+    - larger catalogues: `below_key`, the sorted keys user * (n + 1) + a_j. A draw is one binary search,
+      O(log |positives|), whatever the user's history size.
+    The other one is None. Membership (`contains`, the rejection step of PNS and ICPNS) likewise: a gather in
+    `is_positive` (U, I+1) bool in the dense regime, a binary search in the sorted keys otherwise.
+    """
+
+    def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
+        user, item = torch.as_tensor(user).cpu(), torch.as_tensor(item).cpu()
+        if len(item) and not (1 <= int(item.min()) and int(item.max()) <= n_items):
+            raise RecError(f"item id {int(item.min()) if int(item.min()) < 1 else int(item.max())} is outside "
+                           f"1..{n_items}: item ids run 1..n_items and 0 is padding (shift 0-based ids by 1)")
+        if len(user) and not (0 <= int(user.min()) and int(user.max()) < n_users):
+            raise RecError(f"user id {int(user.min()) if int(user.min()) < 0 else int(user.max())} is outside "
+                           f"0..{n_users - 1}")
+        self.n_users, self.n_items = n_users, n_items
+        key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
+        users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
+        count = torch.bincount(users_sorted, minlength=n_users)                                   # (U,)
+        ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)])                      # (U+1,)
+        self.count, self.ptr = count.to(device), ptr.to(device)
+        self.key = key.to(device)                                                                 # (E,)
+        self.items = items_sorted.to(device)
+        below = items_sorted - 1 - (torch.arange(len(key)) - ptr[users_sorted])                  # a_j in [0, n)
+        self.free, self.below_key, self.is_positive = None, None, None
+        if n_users * n_items <= DENSE_NEGATIVES_MAX:
+            is_positive = torch.zeros(n_users * (n_items + 1), dtype=torch.bool)                 # (U * (I+1),)
+            is_positive[key] = True
+            self.is_positive = is_positive.view(n_users, n_items + 1).to(device)                 # (U, I+1)
+            # #{j : a_j <= r} at (user, r): a 1 at each (user, a_j), summed along r
+            free = torch.zeros(n_users, n_items, dtype=torch.int32)                               # (U, I)
+            free.view(-1).index_add_(0, users_sorted * n_items + below, torch.ones(len(key), dtype=torch.int32))
+            r = torch.arange(n_items, dtype=torch.int32)                                          # (I,)
+            free.cumsum_(1).add_(r + 1)                                                           # the r-th item
+            free.masked_fill_(r >= (n_items - count).unsqueeze(1), 0)                             # past the last
+            small = n_items <= torch.iinfo(torch.int16).max
+            self.free = free.to(torch.int16 if small else torch.int32).to(device)
+        else:
+            self.below_key = (users_sorted * (n_items + 1) + below).to(device)                    # sorted
+
+    def to(self, device):
+        for name in ("count", "ptr", "key", "items", "free", "below_key", "is_positive"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def contains(self, users, items):
+        """Boolean tensor: is items[...] a training positive of users[...] (broadcast)."""
+        query = users * (self.n_items + 1) + items
+        if self.is_positive is not None:
+            return self.is_positive.view(-1)[query]
+        index = torch.searchsorted(self.key, query).clamp(max=len(self.key) - 1)
+        return self.key[index] == query
+
+    def dense_mask(self, users):
+        """(B, I+1) bool, True at the users' positives and at the padding item."""
+        if self.is_positive is not None:                                   # dense regime: rows of the mask
+            mask = self.is_positive[users]                                  # (B, I+1), a copy
+            mask[:, 0] = True
+            return mask
+        mask = torch.zeros(len(users), self.n_items + 1, dtype=torch.bool, device=users.device)
+        starts, counts = self.ptr[users], self.count[users]
+        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+        offsets = torch.arange(int(counts.sum()), device=users.device) - \
+            torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+        mask[rows, self.items[torch.repeat_interleave(starts, counts) + offsets]] = True
+        mask[:, 0] = True
+        return mask
+
+    def check_can_sample(self, users):
+        full = self.count[users] >= self.n_items
+        if bool(full.any()):
+            raise RecError(f"user {int(users[full][0])} has interacted with every item, so no negative exists; "
+                           "drop such users (e.g. with --k-core) or use a larger catalogue")
+
+
+def uniform_negatives(positives: PositiveSets, users, k: int, generator: torch.Generator):
+    """RNS (Rendle et al., BPR 2009): k items per user, uniform over the items the user has not interacted
+    with in training, drawn independently (with replacement). Also the candidate pool of DNS and MDCNS (Eq. 2).
+    users (B,) -> (B, k)."""
+    positives.check_can_sample(users)
+    n_free = (positives.n_items - positives.count[users]).unsqueeze(1)                        # (B, 1)
+    u = torch.rand(len(users), k, generator=generator, device=users.device)
+    r = (u * n_free).long().clamp(max=n_free - 1)                                            # (B, k) in [0, free)
+    if positives.free is not None:                          # dense table: free[user, r] is the r-th non-positive
+        index = (users * positives.n_items).unsqueeze(1) + r                                 # (B, k) into free
+        return positives.free.view(-1).index_select(0, index.view(-1)).view_as(r).long()     # (B, k)
+    base = (users * (positives.n_items + 1)).unsqueeze(1)                                    # (B, 1)
+    below = torch.searchsorted(positives.below_key, base + r, right=True) - positives.ptr[users].unsqueeze(1)
+    return r + 1 + below                                                                     # (B, k)
+
+
+class AliasTable:
+    """Walker's alias method for G categorical distributions over items 0..I at once (O(1) per draw).
+    weights (G, I+1), non-negative, each row with positive mass."""
+
+    def __init__(self, weights: torch.Tensor):
+        weights = weights.double().cpu()
+        G, n = weights.shape
+        scaled = (weights / weights.sum(1, keepdim=True) * n).numpy().copy()   # mean 1 per row
+        accept = np.ones((G, n))
+        alias = np.tile(np.arange(n), (G, 1))
+        for g in range(G):   # Vose's construction, O(n) per distribution (G is the number of distributions)
+            small = list(np.flatnonzero(scaled[g] < 1.0))
+            large = list(np.flatnonzero(scaled[g] >= 1.0))
+            while small and large:
+                s, l = small.pop(), large.pop()
+                accept[g, s], alias[g, s] = scaled[g, s], l
+                scaled[g, l] -= 1.0 - scaled[g, s]
+                (small if scaled[g, l] < 1.0 else large).append(l)
+        self.accept = torch.from_numpy(accept).float()                          # (G, I+1)
+        self.alias = torch.from_numpy(alias).long()                             # (G, I+1)
+        self.n = n
+
+    def to(self, device):
+        self.accept, self.alias = self.accept.to(device), self.alias.to(device)
+        return self
+
+    def draw(self, rows, k: int, generator: torch.Generator):
+        """rows (B,) distribution indices -> (B, k) items."""
+        device = rows.device
+        column = torch.randint(0, self.n, (len(rows), k), generator=generator, device=device)
+        coin = torch.rand(len(rows), k, generator=generator, device=device)
+        rows = rows.unsqueeze(1).expand(-1, k)
+        keep = coin < self.accept[rows, column]
+        return torch.where(keep, column, self.alias[rows, column])
+
+
+def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, positives: PositiveSets,
+                       users, k: int, generator: torch.Generator, rounds: int = 4):
+    """k negatives per user from p(i | u) ∝ weights[group_of_user[u], i] over the items i the user has not
+    interacted with; uniform over those items when the user's positives hold all of the group's mass (the
+    ICPNS official fallback). PNS is the one-group case, ICPNS one group per community.
+
+    Exact: `rounds` of rejection from the group's alias table (an accepted draw has exactly the conditional
+    law), then every unfinished draw is finished by a masked multinomial over the user's non-positive items,
+    which is the same law. Users whose positives hold most of the mass thus never loop.
+    weights (G, I+1) with weights[:, 0] = 0; users (B,) -> (B, k).
+    """
+    positives.check_can_sample(users)
+    groups = group_of_user[users]                                                              # (B,)
+    out = torch.zeros(len(users), k, dtype=torch.long, device=users.device)
+    todo = torch.ones(len(users), k, dtype=torch.bool, device=users.device)
+    for _ in range(rounds):
+        draw = table.draw(groups, k, generator)                                                # (B, k)
+        accept = todo & ~positives.contains(users.unsqueeze(1), draw) & (draw > 0)
+        out = torch.where(accept, draw, out)
+        todo &= ~accept
+    rows = todo.any(1).nonzero().squeeze(1)
+    if len(rows):
+        masked = weights[groups[rows]].double() * ~positives.dense_mask(users[rows])           # (R, I+1)
+        empty = masked.sum(1) == 0
+        masked[empty] = (~positives.dense_mask(users[rows][empty])).double()                   # fallback: uniform
+        draws = torch.multinomial(masked, k, replacement=True, generator=generator)            # (R, k)
+        out[rows] = torch.where(todo[rows], draws, out[rows])
+    return out
+
+
+def score_items(queries, item_table, items):
+    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N), differentiable in queries and
+    item_table. `_ItemScores` computes them, and their gradients, block by block: the values are bit for bit those
+    of gathering all (P, N, D) rows at once (tests/test_backbones_extra.py)."""
+    return _ItemScores.apply(queries, item_table, items)
+
+
+def bpr_loss(positive_scores, negative_scores):
+    """BPR (Rendle et al., 2009): mean of -log sigmoid(s+ - s-); positive_scores broadcast against negatives."""
+    return -F.logsigmoid(positive_scores - negative_scores).mean()
+
+
+def bce_loss(positive_scores, negative_scores):
+    """Binary cross-entropy with one positive and its negatives (SASRec): -log s(s+) - mean log(1 - s(s-))."""
+    return -(F.logsigmoid(positive_scores).mean() + F.logsigmoid(-negative_scores).mean())
+
+
+LOSSES = {"bpr": bpr_loss, "bce": bce_loss}
+
+
+@dataclass
+class Examples:
+    """A training batch flattened to examples: one per (user, positive) pair for general backbones, one per
+    position of each sequence with a target (> 0; 0 is padding) for sequential ones. That equals prefix
+    augmentation, up to dropout, only where a position's output ignores where its row ends (Kang's SASRec,
+    GRU4Rec, Mamba4Rec); the s3rec-family blocks count positions back from a row's last item (PositionalBackbone)."""
+
+    queries: torch.Tensor      # (P, D)
+    item_table: torch.Tensor   # (I+1, D)
+    users: torch.Tensor        # (P,) whose training positives a negative must avoid
+    positives: torch.Tensor    # (P,) target items
+
+
+def examples(model: nn.Module, batch) -> Examples:
+    """Run `model` on a batch from `training_batches` and flatten it into per-example queries."""
+    if model.sequential:
+        sequences, targets, users = batch
+        queries, item_table = model(sequences, every_position=True)                   # (B, L, D)
+        keep = targets > 0                                                              # (B, L)
+        position_users = users.unsqueeze(1).expand_as(targets)[keep]                   # (P,)
+        return Examples(queries[keep], item_table, position_users, targets[keep])
+    users, items = batch
+    queries, item_table = model(users)
+    return Examples(queries, item_table, users, items)
+
+
+def training_batches(split: SplitData, batch_size: int, generator: torch.Generator, device, first: int = 0):
+    """One epoch of shuffled batches: interactions (users, items) for general backbones (interaction-uniform,
+    RecBole's convention), sequence windows (sequences, targets, users) for sequential ones. `first`: the batch to
+    start from (a resumed epoch); the epoch's order is drawn in full all the same."""
+    if split.sequential:
+        tensors = (split.train_sequences, split.train_targets, split.train_sequence_user)
+    else:
+        tensors = (split.train_user, split.train_item)
+    order = torch.randperm(len(tensors[0]), generator=generator)
+    for start in range(first * batch_size, len(order), batch_size):
+        index = order[start:start + batch_size]
+        yield tuple(t[index].to(device) for t in tensors)
+
+
+def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
+    """The batch loss of a method that only changes how negatives are drawn:
+    negatives_fn(examples, generator) -> (P, k) item ids; loss = BPR or BCE over (positive, negatives)
+    + the L2 penalty of general backbones."""
+    loss_fn = LOSSES[loss_name]
+
+    def batch_loss(model, batch, generator):
+        ex = examples(model, batch)
+        negatives = negatives_fn(ex, generator)                                          # (P, k)
+        positive_scores = (ex.queries * ex.item_table[ex.positives]).sum(-1, keepdim=True)  # (P, 1)
+        negative_scores = score_items(ex.queries, ex.item_table, negatives)              # (P, k)
+        loss = loss_fn(positive_scores, negative_scores)
+        if reg_weight and not model.sequential:
+            users, items = model.ego_embeddings(ex.users, torch.cat([ex.positives, negatives.flatten()]))
+            loss = loss + reg_weight * 0.5 * (users.pow(2).sum() + items.pow(2).sum()) / len(ex.users)
+        return loss
+
+    return batch_loss
+
+
+def training_positives(split: SplitData, device, exclude_held_out: bool = False) -> PositiveSets:
+    """Every user's training items (what no negative may be), on `device`.
+
+    exclude_held_out (--exclude-held-out): also every user's validation and test items, what the official ICPNS
+    pipeline does (RecBole-GNN's `user_positive_item_dict` is built from the whole data before the split). That
+    leaks held-out labels into training; it exists only to reproduce that pipeline, and says so on stderr. Under
+    the user split, training users have no held-out items: nothing changes."""
+    user, item = split.train_user, split.train_item
+    if exclude_held_out and split.protocol == "user":
+        print("warning: --exclude-held-out changes nothing under --split user: training users have no validation "
+              "or test items", file=sys.stderr)
+    elif exclude_held_out:
+        print("warning: --exclude-held-out: negatives also avoid each user's validation and test items, which leaks "
+              "held-out labels into training; it exists only to reproduce the official ICPNS pipeline",
+              file=sys.stderr)
+        user, item = torch.cat([user, split.held_out_user]), torch.cat([item, split.held_out_item])
+    return PositiveSets(user, item, split.n_users, split.n_items, device)
+
+
+def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain",
+                     epochs_after: int = 0) -> dict:
+    """Train `model` with one uniform negative per positive and BPR, with validation early stopping: ICPNS's
+    pre-training stage (epochs_after: `fit`'s); baselines.py's RNS trains with --loss instead. Negatives avoid
+    training items only, whatever --exclude-held-out says (the official pre-training uses RecBole's uniform
+    sampler, which does)."""
+    positives = training_positives(split, args.device)
+
+    def uniform(ex, generator):   # RNS: one uniform non-interacted item per example
+        return uniform_negatives(positives, ex.users, 1, generator)
+
+    return fit(args, split, model, standard_loss(uniform, "bpr", args.reg_weight), stage=stage,
+               epochs_after=epochs_after)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 5. Full-ranking evaluation
+# ----------------------------------------------------------------------------------------------------------
+METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
+
+
+def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
+    """Per-metric SUMS over the rows of `scores` (use `ranking_metrics` for means)."""
+    n_targets = positives.sum(1)                                                         # (B,)
+    most = max(int(n_targets.max()), 1) if len(n_targets) else 1
+    target_scores = torch.topk(scores.masked_fill(~positives, -float("inf")), most, dim=1).values  # (B, T)
+    return metric_sums(scores.masked_fill(positives, -float("inf")), target_scores, n_targets, ks)
+
+
+def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
+    """The sums over the rows of `metric_rows`."""
+    return {name: values.sum().item() for name, values in metric_rows(other_scores, target_scores, n_targets,
+                                                                       ks).items()}
+
+
+def metric_rows(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
+    """Each row's metrics (B,) from the scores of the non-targets (B, I), targets excluded (-inf), and the
+    targets' scores in descending order (B, T), of which the first n_targets (B,) of each row are real.
+
+    Tie policy (pessimistic): a target never gains from a tie. Among items with equal scores, every
+    non-target ranks before every target, so the rank of a target is 1 + #{non-targets scoring >= it} +
+    #{targets ranked before it}. A constant model therefore scores (almost) zero, not 100%
+    (mlcommons/training_policies#131).
+    """
+    ks = [int(k) for k in ks]
+    n_items = other_scores.shape[1]
+    if max(ks) > n_items:
+        raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
+    K, T, device = max(ks), target_scores.shape[1], other_scores.device
+    top_others = torch.topk(other_scores, K, dim=1).values.flip(1)                       # (B, K) ascending
+    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K): K minus the
+    # target's left insertion point in the ascending top K (the number of top-K scores strictly below it)
+    others_above = K - torch.searchsorted(top_others, target_scores)                      # (B, T)
+    rank = others_above + torch.arange(1, T + 1, device=device)                           # (B, T), 1-based
+    is_target = torch.arange(T, device=device) < n_targets.unsqueeze(1)                   # (B, T)
+    rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row
+    discount = 1.0 / torch.log2(rank.double() + 1)                                       # (B, T)
+    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=device).double()), 0)  # (K,)
+    rows = {}
+    for k in ks:
+        hit = rank <= k                                                                  # (B, T)
+        n_hit = hit.sum(1).double()
+        first = rank[:, 0]                                                               # best-ranked target
+        idcg = ideal[n_targets.clamp(min=1, max=k) - 1]
+        rows[f"recall@{k}"] = n_hit / n_targets.clamp(min=1)
+        rows[f"ndcg@{k}"] = (discount * hit).sum(1) / idcg
+        rows[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first.double(), 0.0)
+        rows[f"hit@{k}"] = (n_hit > 0).double()
+        rows[f"precision@{k}"] = n_hit / k
+    return rows
+
+
+def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
+    """Recall, NDCG, MRR, Hit and Precision at each K in `ks`, averaged over the rows, with RecBole's formulas
+    (recbole/evaluator/metrics.py) and the pessimistic tie policy of `ranking_metric_sums`.
+
+    scores:    float (rows x items); masked entries (padding, history) are -inf
+    positives: bool, same shape; every row must hold at least one positive
+    Returns {"recall@K", "ndcg@K", "mrr@K", "hit@K", "precision@K"} as unrounded floats.
+
+    recall@K = hits in top K / |targets|; ndcg@K = sum_{hits} 1/log2(rank+1) / sum_{i<=min(|targets|,K)}
+    1/log2(i+1); mrr@K = 1/rank of the first hit (0 if beyond K); hit@K = 1[any hit]; precision@K = hits / K.
+    """
+    if scores.shape != positives.shape or positives.dtype != torch.bool:
+        raise RecError("ranking_metrics needs scores and a bool positives tensor of the same shape")
+    if not bool(positives.any(1).all()):
+        raise RecError("every row passed to ranking_metrics needs at least one positive")
+    sums = ranking_metric_sums(scores, positives, ks)
+    return {name: value / len(scores) for name, value in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, masked_score: float = -float("inf"),
+             per_row: bool = False):
+    """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
+    Padding scores -inf, the row's masked (history) items `masked_score` (-inf: excluded; the MDCNS code's
+    baselines use 0); the metrics are means over the rows. With per_row=True it returns (means, values): values
+    {metric@K: float64 numpy array (R,)}, each row's metric in the order of `rows` (the paired comparisons of
+    results/aggregate.py), whose means are the means to float rounding.
+
+    Under torchrun the batches are dealt round-robin to the processes (batch b to rank b mod W), each batch's metric
+    sums are all-reduced (one process computed each, the others add zeros: exact) and every process adds them up in
+    batch order, as one process does: the metrics equal one process's to the last bit (tests/test_distributed.py).
+    Evaluation spreads over W processes once there are at least W batches (`--eval-batch-size`)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    names = [f"{m}@{int(k)}" for k in ks for m in METRICS]                               # metric_sums' order
+    starts = range(0, len(rows), batch_size)
+    sums = torch.zeros(len(starts), len(names), dtype=torch.float64, device=device)      # (batches, metrics)
+    values = torch.zeros(len(rows) if per_row else 0, len(names), dtype=torch.float64, device=device)
+    for b in range(rank(), len(starts), world_size()):
+        start, end = starts[b], min(starts[b] + batch_size, len(rows))
+        queries, item_table = model(rows.query[start:end].to(device))
+        scores = queries @ item_table.T                                                  # (B, I+1)
+        scores[:, 0] = -float("inf")
+        masked_rows, masked_items = csr_slice(rows.masked_ptr, rows.masked_items, start, end)
+        scores[masked_rows.to(device), masked_items.to(device)] = masked_score
+        target_rows, target_items = csr_slice(rows.target_ptr, rows.target_items, start, end)
+        target_rows, target_items = target_rows.to(device), target_items.to(device)
+        n_targets = rows.target_ptr[start + 1:end + 1] - rows.target_ptr[start:end]          # (B,)
+        column = torch.arange(len(target_rows)) - torch.repeat_interleave(
+            rows.target_ptr[start:end] - rows.target_ptr[start], n_targets)                  # slot within row
+        target_scores = torch.full((end - start, int(n_targets.max())), -float("inf"), device=device)
+        target_scores[target_rows, column.to(device)] = scores[target_rows, target_items]    # (B, T)
+        target_scores = target_scores.sort(dim=1, descending=True).values
+        scores[target_rows, target_items] = -float("inf")                                   # non-targets only
+        batch_rows = metric_rows(scores, target_scores, n_targets.to(device), ks)
+        sums[b] = torch.tensor([batch_rows[name].sum().item() for name in names], dtype=torch.float64)
+        if per_row:
+            values[start:end] = torch.stack([batch_rows[name] for name in names], 1)
+    model.train(was_training)
+    totals = dict.fromkeys(names, 0.0)
+    for batch_sums in all_reduce_sum(sums).tolist():                                     # in batch order
+        for name, value in zip(names, batch_sums):
+            totals[name] += value
+    means = {name: value / len(rows) for name, value in totals.items()}
+    if not per_row:
+        return means
+    values = all_reduce_sum(values).cpu().numpy()                    # each row computed by one rank, zeros elsewhere
+    return means, {name: values[:, i] for i, name in enumerate(names)}
+
+
+def csr_slice(ptr, values, start: int, end: int):
+    """(row - start, value) pairs of rows start..end-1 of a CSR."""
+    counts = ptr[start + 1:end + 1] - ptr[start:end]
+    rows = torch.repeat_interleave(torch.arange(end - start), counts)
+    return rows, values[ptr[start]:ptr[end]]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 6. The training loop: fit, train_step, finish
+# ----------------------------------------------------------------------------------------------------------
+def batch_examples(batch, sequential: bool) -> int:
+    """The training examples of a batch of `training_batches`: its targets (sequential) or its rows."""
+    return int((batch[1] > 0).sum()) if sequential else len(batch[0])
+
+
+def train_step(model: nn.Module, optimizer, batch_loss, batch, generator: torch.Generator, sequential: bool,
+               received: list) -> tuple[float, bool]:
+    """One Adam step on a global batch of `training_batches`. Returns the batch's loss and whether to stop now (a
+    signal noted in `received`, by any rank: the same answer everywhere). No step is taken when the loss is not
+    finite (the caller raises).
+
+    One process: batch_loss on the batch, backward, step.
+    Under torchrun: this rank keeps the rows of its users (`owns`), P_r of the batch's P examples, and
+    backpropagates (P_r / P) * its loss. Every batch_loss here is a mean over its batch's examples, so the ranks'
+    terms add up to the global batch's mean and their gradients, summed, to its gradient (exact up to float
+    rounding, tests/test_distributed.py), whatever the split. A rank whose share is empty still calls batch_loss
+    (samplers count their steps, ICPNS's reclustering is collective) and contributes no gradient.
+
+    Why a manual all-reduce and not DistributedDataParallel: DDP syncs the gradients of parameters reached through
+    the wrapped module's forward, while here parameters are also reached outside it: MixGCF propagates
+    LightGCN/NGCF layers itself (`propagate_layers`), the L2 term reads `ego_embeddings`, MDCNS's peer runs beside
+    its pair's forward. Summing every gradient of the optimizer's parameters after backward is exact for all of
+    them, and one flat buffer is one all-reduce per step (it also carries the loss and the stop flag). A parameter
+    without a gradient on every rank stays without one, so Adam skips it as one process would. DDP would overlap
+    the reduction with backward; on the CPU the reduction is a small part of a step (bench/README.md)."""
+    if world_size() == 1:
+        loss = batch_loss(model, batch, generator)
+        if not torch.isfinite(loss):
+            return loss.item(), bool(received)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item(), bool(received)
+    users = batch[2] if sequential else batch[0]
+    shard = tuple(t[owns(users)] for t in batch)
+    share = batch_examples(shard, sequential) / batch_examples(batch, sequential)          # P_r / P
+    optimizer.zero_grad(set_to_none=True)
+    if share > 0:
+        loss = share * batch_loss(model, shard, generator)
+        loss.backward()
+    else:   # no row of the batch is this rank's: batch_loss runs all the same, its (empty) result is dropped
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")   # e.g. torch's note on a standard deviation over no example
+            batch_loss(model, shard, generator)
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
+    flags = [p.grad is not None for p in parameters] + [loss.item() if share > 0 else 0.0, bool(received)]
+    flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
+                                     for p in parameters] + [torch.tensor(flags, device=parameters[0].device)]))
+    grads, summed = flat[:-len(flags)], flat[-len(flags):].tolist()
+    global_loss, stop = summed[-2], summed[-1] > 0
+    if not math.isfinite(global_loss):
+        return global_loss, stop
+    for p, grad, has_grad in zip(parameters, grads.split([p.numel() for p in parameters]), summed):
+        p.grad = grad.view_as(p) if has_grad else None
+    optimizer.step()
+    return global_loss, stop
+
+
+@dataclass
+class Loop:
+    """Where `fit` is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds); the
+    validations so far, the best one and the number since it (`stale`). A checkpoint keeps it as a dict."""
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+    epoch_seconds: list = field(default_factory=list)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    best_valid: dict | None = None
+    stale: int = 0
+
+
+def fit(args, split: SplitData, model: nn.Module, batch_loss, stage: str = "train", keep: dict | None = None,
+        epochs_after: int = 0, on_epoch_start=None) -> dict:
+    """Train `model` with Adam, validating every --eval-every epochs, until --epochs, until --valid-metric has not
+    improved for more than --patience validations, or at the last validation that fits --time-budget; restore the
+    best state. The test set is not touched here. A fresh optimizer every call.
+
+    batch_loss(model, batch, generator) -> scalar loss: a mean over the examples of a batch of `training_batches`.
+    on_epoch_start(model, epoch, generator): before the first batch of every epoch (1-based; not when a resumed run
+        goes on with an epoch it had begun), with the samplers' generator.
+    stage, keep, epochs_after: checkpoints, --resume, torchrun, the pace and the ETA: `TrainingRun`.
+    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds, stopped_by.
+    """
+    run = TrainingRun(args, split, model, stage, keep, epochs_after)
+    loop = run.loop
+    with deferred_signals() as received:
+        while run.stop_reason() is None:
+            epoch = loop.epoch + 1
+            model.train()
+            batches = run.epoch_batches(epoch)
+            if on_epoch_start is not None and loop.step == 0:
+                on_epoch_start(model, epoch, run.sample_generator)
+            for batch in batches:
+                loss, stop_now = train_step(model, run.optimizer, batch_loss, batch, run.sample_generator,
+                                            split.sequential, received)
+                if not math.isfinite(loss):
+                    raise run.diverged(loss, epoch)
+                loop.loss_sum, loop.step = loop.loss_sum + loss, loop.step + 1
+                run.batch_done()
+                if stop_now:
+                    raise run.interrupted(received)
+            mean_loss = run.end_epoch(epoch)
+            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop.epoch_seconds[-1]:.1f}s"
+            if epoch % args.eval_every == 0 or epoch == args.epochs:
+                valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
+                loop.history.append({"stage": stage, "epoch": epoch, "loss": mean_loss,
+                                     "seconds": sum(loop.epoch_seconds), "valid": valid})
+                line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
+                                               for k in args.ks)
+                if from_main(lambda: valid[args.valid_metric] > loop.best_score):   # rank 0 decides (torchrun)
+                    loop.best_score, loop.best_epoch, loop.best_valid = valid[args.valid_metric], epoch, valid
+                    loop.stale, run.best_state = 0, {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    line += "  *"
+                else:
+                    loop.stale += 1
+                run.save()
+            print(line + run.eta(epoch), flush=True)
+            if stop_requested(received):
+                raise run.interrupted(received)
+    return run.finished()
+
+
+def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
+    """Evaluate the restored best model on test once; write model.pt (the best state and the settings that rebuild
+    it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary.
+    Under torchrun every rank evaluates (its share) and returns the result; rank 0 alone writes."""
+    start = time.perf_counter()
+    test, test_rows = evaluate(model, split.test, args.ks, args.eval_batch_size, per_row=True)
+    if split.sequential and args.mask_history:
+        # the MDCNS code's baselines score the history 0 instead of -inf (Neg_samples_*/trainers.py, full sort):
+        # recorded beside the real test metrics, to measure what that does to a published baseline row
+        extra = {**(extra or {}), "test_history_masked_to_zero": evaluate(model, split.test, args.ks,
+                                                                          args.eval_batch_size, masked_score=0.0)}
+    result = {"method": args.method, "dataset": args.dataset, "backbone": args.backbone, "seed": args.seed,
+              "config": run_config(args), "data": split.statistics, **record, "test": test,
+              "train_seconds": sum(record["epoch_seconds"]), "eval_seconds": time.perf_counter() - start,
+              **(extra or {}), **provenance(args)}
+    path = os.path.join(args.out_dir, "results.json")
+    if is_main():
+        if not args.eval_only:
+            save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
+                             "valid": record["valid"], "state_dict": model.state_dict(),
+                             "script": os.path.basename(args.command[0]), "stopped_by": record["stopped_by"]},
+                            os.path.join(args.out_dir, "model.pt"))
+        save_test_rows(test_rows, split.test, os.path.join(args.out_dir, TEST_ROWS_FILE))
+        save_json(result, path)
+        for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
+            if os.path.exists(finished) and not args.eval_only:
+                os.remove(finished)
+    print(f"best epoch {record['best_epoch']}  test " + "  ".join(
+        f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
+    print(f"wrote {path}" + ("" if args.eval_only else " and model.pt"))
+    return result
+
+
+TEST_ROWS_FILE = "test_rows.npz"
+
+
+def rows_fingerprint(rows: EvalRows) -> str:
+    """sha256 of an evaluation part's targets (CSR): two runs whose test rows share it evaluated the same rows in
+    the same order, so their per-row results pair."""
+    digest = hashlib.sha256()
+    for part in (rows.target_ptr, rows.target_items):
+        digest.update(part.cpu().numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def save_test_rows(values: dict, rows: EvalRows, path: str):
+    """test_rows.npz beside results.json: each test row's recall@K and ndcg@K (float64, the split's row order)
+    and the rows' fingerprint; written atomically."""
+    arrays = {name: value for name, value in values.items() if name.split("@")[0] in ("recall", "ndcg")}
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        np.savez_compressed(f, fingerprint=np.array(rows_fingerprint(rows)), **arrays)
+    os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 7. The shared command line
+# ----------------------------------------------------------------------------------------------------------
+DEFAULT_BATCH_SIZE = {"general": 2048, "sequential": 128}   # examples per step when --batch-size is not given
+
+
+_UNSET = object()   # a flag not given on the command line (CommandLine.parse_args)
+
+
+def base_parser(description: str, script: str | None = None) -> CommandLine:
+    """The flags every method file shares. Flags left at None take the backbone's or dataset's default.
+    script: the method file (its __file__): the usage, results.json's `command` and the resume hint name it."""
+    parser = CommandLine(description, script or sys.argv[0])
+    data = parser.add_argument_group("data and protocol")
+    data.add_argument("--dataset", default="synthetic",
+                      help="'synthetic' (generated from --seed, offline), a registered dataset name "
+                           f"({', '.join(sorted(DATASETS))}), or a path to a CSV/TSV file user,item[,rating[,ts]]")
+    data.add_argument("--data-dir", default="data", help="where datasets are found or downloaded to, one "
+                      "folder per dataset (e.g. ../shared/data)")
+    add_data_arguments(data)
+    data.add_argument("--split", default="loo", choices=SPLITS,
+                      help="loo: leave-one-out by time (SASRec); ratio: per-user random 8:1:1 (RecBole/ICPNS, "
+                           "general backbones); user: 70/20/10 of the users (MDCNS, sequential backbones); "
+                           "user-prefixes: 80/10/10 of the users in dataset order, every prefix of a valid/test "
+                           "user evaluated (the MDCNS code's LastFM files)")
+    data.add_argument("--mask-history", default=True, action=argparse.BooleanOptionalAction,
+                      help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
+                           "--no-mask-history reproduces RecBole's sequential evaluation")
+    data.add_argument("--max-len", type=int, default=None, help="sequence length L of sequential backbones")
+    model = parser.add_argument_group("backbone")
+    model.add_argument("--backbone", default="mf", choices=BACKBONES, help="the model being trained")
+    model.add_argument("--sasrec-block", default="s3rec", choices=("s3rec", "kang"),
+                       help="s3rec: the post-LN block of S3-Rec / RecBole / the MDCNS code (GELU feed-forward of "
+                            "4 D, N(0, 0.02) init); kang: SASRec's original block (ReLU feed-forward of D, xavier "
+                            "init), whose defaults are the sasrec-kang row: SASRec's ml-1m setting")
+    model.add_argument("--dim", type=int, default=None, help="embedding size D")
+    model.add_argument("--layers", type=int, default=None,
+                       help="LightGCN propagation layers / SASRec attention blocks / GRU layers / Mamba layers")
+    model.add_argument("--heads", type=int, default=None, help="SASRec / LinRec attention heads (must divide --dim)")
+    model.add_argument("--dropout", type=float, default=None, help="dropout of sequential backbones, in [0, 1)")
+    model.add_argument("--reg-weight", type=float, default=None,
+                       help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B; general backbones only")
+    train = parser.add_argument_group("training and evaluation")
+    train.add_argument("--loss", default="bpr", choices=sorted(LOSSES), help="pairwise BPR or pointwise BCE")
+    train.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help=f"examples per step: training interactions for mf/lightgcn (default "
+                            f"{DEFAULT_BATCH_SIZE['general']}), sequences for sequential backbones (default "
+                            f"{DEFAULT_BATCH_SIZE['sequential']})")
+    train.add_argument("--augmented-prefixes", action="store_true",
+                       help="sequential backbones: train on one row per prefix (its last --max-len items), as the "
+                            "MDCNS code and RecBole do, instead of every position of a sequence in one pass; about "
+                            "examples/sequences times the forward cost (~8x on Beauty)")
+    train.add_argument("--examples-per-batch", type=int, default=None,
+                       help="sequential backbones: size the batch in training examples (the MDCNS code's 1024) "
+                            "instead of rows; sets --batch-size unless it is given")
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    train.add_argument("--seed", type=int, default=2020, help="seeds python, numpy, torch and every sampler")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                       help="auto = cuda when available")
+    train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
+    train.add_argument("--time-budget", default=None, metavar="DURATION",
+                       help="wall time the command may take, e.g. 2h, 90m, 1h30m: training stops at the last "
+                            "validation that fits, the best state is restored and evaluated, results.json says "
+                            "stopped_by \"time-budget\"; counted from the start of this command (a --resume gets its "
+                            "own)")
+    train.add_argument("--patience", type=int, default=10,
+                       help="P: stop once --valid-metric has not improved for more than P validations in a row "
+                            "(RecBole's stopping_step; P = 10 stops at the 11th)")
+    train.add_argument("--valid-metric", default="ndcg@10", help="early-stopping metric, e.g. ndcg@10, recall@20")
+    train.add_argument("--ks", default="5,10,20", help="cut-offs K of every metric, comma-separated")
+    train.add_argument("--eval-batch-size", type=int, default=1024, help="rows ranked at once")
+    train.add_argument("--out-dir", default=None,
+                       help="where results.json, model.pt, run.json and the checkpoint go; checked for writing "
+                            "before anything else (default: runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out-dir from its checkpoint.pt, with the run's own "
+                            "flags (the interrupted run prints the command); ends with exactly the uninterrupted "
+                            "run's results")
+    train.add_argument("--eval-only", default=None, metavar="PATH",
+                       help="no training: evaluate a saved model.pt, or the best state so far in a run's "
+                            "checkpoint.pt, rebuilt from its own settings, on their split and write results.json")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--exclude-held-out", action="store_true",
+                       help="negatives and candidate pools also avoid each user's validation and test items: a leak "
+                            "of held-out labels into training, only to reproduce the official ICPNS pipeline "
+                            "(RecBole-GNN's user_positive_item_dict); no effect under --split user")
+    synthetic_defaults(parser, max_len=20, epochs=10)
+    return parser
+
+
+# Settings that do not change a run's results: --resume accepts them changed, --eval-only keeps the command line's.
+WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only", "time_budget", "cache_dir", "no_cache")
+
+
+def run_config(args) -> dict:
+    """The settings of a run: every flag, resolved, and `world_size`, the number of processes that trained it
+    (results.json's `config`)."""
+    return {k: v for k, v in vars(args).items()
+            if k not in ("method", "command", "resume", "data_file", "data_sha256", "deadline", "run_file")}
+
+
+def resolve_args(args, method: str):
+    """Fill per-backbone defaults, check every flag, pick the device, check --out-dir and what it holds: all before
+    any data is read. Every problem is a RecError (one line, exit 2). Under torchrun, joins the process group
+    (`init_distributed`) once the flags are known to be good. Returns args (modified)."""
+    args.world_size = world_size()
+    start = time.perf_counter()
+    if args.resume and args.eval_only:
+        raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
+    if args.eval_only:
+        method = adopt_saved_settings(args)
+    kang = args.backbone == "sasrec" and args.sasrec_block == "kang"
+    defaults = BACKBONE_DEFAULTS["sasrec-kang" if kang else args.backbone]
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    sequential = args.backbone in SEQUENTIAL_BACKBONES
+    if not sequential and (args.augmented_prefixes or args.examples_per_batch is not None):
+        raise RecError("--augmented-prefixes and --examples-per-batch are for sequential backbones "
+                       f"({', '.join(SEQUENTIAL_BACKBONES)}), not {args.backbone}")
+    if args.batch_size is None and not (sequential and args.examples_per_batch):   # else set from the rows
+        args.batch_size = DEFAULT_BATCH_SIZE["sequential" if sequential else "general"]
+    check_flags(args)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise RecError("--device cuda was asked for but CUDA is not available here; use --device cpu")
+    args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
+        ("cpu" if args.device == "auto" else args.device)
+    init_distributed(args)
+    args.method = method
+    if args.out_dir is None:
+        stamp = from_main(time.strftime, "%Y%m%d-%H%M%S")   # one folder for all the processes of a torchrun
+        name = os.path.basename(args.dataset).replace(".", "_")
+        args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
+    from_main(check_out_dir, args)
+    if args.cache_dir and not args.no_cache and args.dataset != "synthetic":
+        from_main(check_writable, args.cache_dir, "--cache-dir")
+    args.deadline = start + duration_seconds(args.time_budget) if args.time_budget else None
+    # a fresh run's run.json: its command and settings as given, written with its first checkpoint (TrainingRun.save)
+    args.run_file = None if args.resume or args.eval_only else \
+        {"command": args.command, "method": method, "config": run_config(args)}
+    return args
+
+
+def seed_everything(seed: int):
+    """One seeding block: python, numpy, torch (CPU and CUDA). Under torchrun each process's torch stream (dropout)
+    is its own (`rank_seed`); the models start from rank 0's weights (`fit`)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(rank_seed(seed))
+
+
+def prepare(args, method: str):
+    """Resolve and check the flags, seed, load and split the data. Returns (args, split)."""
+    args = resolve_args(args, method)
+    git_commit()   # read now: the commit of the code that runs, even if the checkout moves before the run ends
+    seed_everything(args.seed)
+    if args.dataset == "synthetic":
+        data = make_synthetic(args.seed)
+    else:
+        with machine_leader_first():   # one download and one cache write per machine
+            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core,
+                                use_cache=not args.no_cache, cache_dir=args.cache_dir)
+    args.data_file, args.data_sha256 = data.data_file, data.data_sha256
+    print(data.describe())
+    split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
+                          args.mask_history)
+    s = split.statistics
+    print(f"split {args.split}: {s['train_examples']:,} training examples, {s['valid_rows']:,} validation rows, "
+          f"{s['test_rows']:,} test rows; full ranking over {split.n_items:,} items, "
+          + (("input history masked" if args.mask_history else "history not masked (RecBole)") if split.sequential
+             else "training items masked (training + validation items at test)"))
+    if max(args.ks) > split.n_items:
+        raise RecError(f"K={max(args.ks)} is larger than the number of items ({split.n_items})")
+    if split.sequential:
+        split = training_rows(args, split)
+    return args, split
+
+
+def training_rows(args, split: SplitData) -> SplitData:
+    """The sequential training rows and the batch size: every position of each sequence window in one pass
+    (default), or one row per prefix with `--augmented-prefixes`; `--examples-per-batch` sets the batch (in rows)
+    to about that many examples when `--batch-size` is not given."""
+    if args.augmented_prefixes:
+        sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
+        split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
+                                    train_sequence_user=users, prefix_rows=True)
+    n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
+    if args.batch_size is None:
+        args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))
+    split.statistics.update(train_rows=n_rows, augmented_prefixes=args.augmented_prefixes)
+    print(f"training rows: {n_rows:,} {'prefixes' if args.augmented_prefixes else 'sequence windows'}, "
+          f"{n_examples:,} examples; {args.batch_size} rows per batch (~{args.batch_size * n_examples / n_rows:.0f} "
+          "examples)")
+    return split
+
+
+# ==========================================================================================================
+# Part II: machinery that changes no number
+# ==========================================================================================================
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 8. Fast paths: each computes what a Part I function states, to float rounding (tested)
+# ----------------------------------------------------------------------------------------------------------
+class SymmetricSparseMatmul(torch.autograd.Function):
+    """A @ X for a symmetric sparse A that needs no gradient: the backward is A @ grad, so autograd never
+    transposes A (torch.sparse.mm's backward re-sorts A^T every step; this is ~4x faster on CPU)."""
+
+    @staticmethod
+    def forward(ctx, A, X):
+        ctx.A = A
+        return A @ X
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, ctx.A @ grad
+
+
+@lru_cache(maxsize=None)
+def _bernoulli_draws_uniform_doubles() -> bool:
+    """Whether this build's CPU `bernoulli_(p)` (what nn.Dropout draws its mask with) is `rand(float64) < p`: the
+    same uniforms from the same generator, consumed alike. It is where PyTorch takes its default kernel (ATen's
+    `bernoulli_scalar_kernel`: every non-Intel CPU, and builds without MKL); on Intel CPUs it takes MKL's, whose
+    masks differ. Checked once on a private generator rather than guessed from the vendor."""
+    draws = [torch.Generator().manual_seed(7) for _ in range(2)]
+    mask = torch.empty(1031).bernoulli_(0.3, generator=draws[0]).bool()
+    same = torch.equal(mask, torch.rand(1031, dtype=torch.float64, generator=draws[1]) < 0.3)
+    return same and torch.equal(draws[0].get_state(), draws[1].get_state())
+
+
+class Dropout(nn.Dropout):
+    """nn.Dropout with the same masks, values and gradients, drawn ~2.5x faster on the CPU. Where PyTorch's CPU
+    `bernoulli_` is `rand(float64) < 1 - p` (`_bernoulli_draws_uniform_doubles`), its per-element kernel costs
+    ~12 ns an element against ~4.5 ns for `torch.rand` (Mamba4Rec's seven dropouts took its forward on a Beauty
+    batch from 31 to 24 ms, bench/README.md). So the mask is drawn by `torch.rand` and then used exactly as ATen's
+    CPU dropout uses it (noise = mask / (1 - p), output = input * noise). Everywhere else (CUDA, MKL's kernel, a
+    non-contiguous input, inplace=True) it is nn.Dropout."""
+
+    def forward(self, x):
+        p = self.p
+        if not (self.training and 0 < p < 1 and x.numel() and x.device.type == "cpu" and x.is_contiguous()
+                and not self.inplace and _bernoulli_draws_uniform_doubles()):
+            return super().forward(x)
+        noise = (torch.rand(x.shape, dtype=torch.float64, device=x.device) < 1 - p).to(x.dtype).div_(1 - p)
+        return x * noise
+
+
+class Packing:
+    """The real positions of right-padded item rows (B, L): each row's steps up to its last item (at least
+    step 0, which forward() reads of an empty row), row after row, as `x[real]` for the (B, L) mask of them.
+    Mamba4Rec and the `PositionalBackbone`s (SASRec, LinRec, FMLP4Rec) compute on these P positions only, packed
+    (P, ...): their position-wise layers, dropouts and LayerNorms directly; Mamba4Rec's causal conv
+    (`MambaBlock.causal_conv`) and scan (`packed_selective_scan`) on the packed rows; the attentions and FMLP's
+    filter on rows of similar length (`by_buckets`). On Beauty (L = 50) 84% of the training positions are
+    padding. A causal model's real positions never depend on the padding after them, so they come out as in the
+    sequence layout (B, L, ...), which `unpack` restores with 0 at the padding."""
+
+    def __init__(self, sequences):
+        steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
+        self.lengths = ((sequences > 0) * steps).amax(1).clamp(min=1)                  # (B,) real steps per row
+        self.index = (steps <= self.lengths.unsqueeze(1)).view(-1).nonzero().squeeze(1)  # (P,) in B * L, row-major
+        self.starts = self.lengths.cumsum(0) - self.lengths                            # (B,) row b's step 0 in P
+        self.shape = tuple(sequences.shape)
+        self.step = self.index % self.shape[1]                                         # (P,) t of each position
+
+    def pack(self, t):                                                                 # (B, L, ...) -> (P, ...)
+        return t.reshape(-1, *t.shape[2:]).index_select(0, self.index)
+
+    def unpack(self, t):                                                               # (P, ...) -> (B, L, ...)
+        flat = t.new_zeros(self.shape[0] * self.shape[1], *t.shape[1:])
+        return flat.index_copy(0, self.index, t).view(*self.shape, *t.shape[1:])
+
+    @functools.cached_property
+    def buckets(self):
+        """The rows grouped by length, up to 8, 9-16, 17-32, ... steps, each bucket as `where` (rows, W), the
+        packed position of step t of each row, and `real` (rows, W), whether t is a real step; W is the bucket's
+        longest row. Steps past a row's length point at its step 0: a causal model's real steps never read
+        them. Computed once per batch, read by every attention layer."""
+        buckets, low, cap = [], 0, 8
+        while low < self.shape[1]:
+            rows = ((self.lengths > low) & (self.lengths <= cap)).nonzero().squeeze(1)   # (rows,)
+            if len(rows):
+                lengths = self.lengths[rows]
+                steps = torch.arange(int(lengths.max()), device=self.index.device)
+                real = steps < lengths.unsqueeze(1)                                       # (rows, W)
+                buckets.append((self.starts[rows].unsqueeze(1) + steps * real, real))    # where (rows, W)
+            low, cap = cap, 2 * cap
+        return buckets
+
+    def by_buckets(self, fn, x):                                                       # (P, *C) -> (P, *C')
+        """fn, a causal map of rows (R, W, *C) -> (R, W, *C') (step t reads steps <= t only), on the packed rows
+        x (P, *C), one bucket of `buckets` at a time: its rows gathered to (R, W, *C), their real steps written
+        back in packed order. The steps past a row's length (copies of its step 0) never reach a real step."""
+        if not self.buckets:                                                           # no rows: P = 0
+            return fn(x.unsqueeze(1))[:, 0]                                            # zero rows of one step
+        positions = torch.cat([where[real] for where, real in self.buckets])           # (P,) each position once
+        outputs = torch.cat([fn(x[where])[real] for where, real in self.buckets])      # (P, *C'), bucket order
+        return outputs.new_empty(outputs.shape).index_put((positions,), outputs)      # back in packed order
+
+
+def packed_selective_scan(x, dt, A, B, C, D, packing: Packing):
+    """`selective_scan` of `packing`'s rows, packed: x, dt (P, d_inner), B, C (P, d_state) at its real positions
+    -> y (P, d_inner). On the PyTorch path no padding is filled, read or written (Mamba4Rec's case); mamba_ssm's
+    kernel takes the sequence layout, so there the rows are unpacked around it."""
+    if _fused_scan(x) is not None:
+        x, dt, B, C = map(packing.unpack, (x, dt, B, C))
+        return packing.pack(selective_scan(x, dt, A, B, C, D, packing.lengths))
+    return _scan_rows(x, dt, A, B, C, D, packing.starts, packing.lengths)
+
+
+def _scan_rows(x, dt, A, B, C, D, starts, lengths):
+    """`_SelectiveScan` of rows stored along dim 0 of x, dt (N, d_inner), B, C (N, d_state): row b's step t at
+    starts[b] + t for t < lengths[b]; y (N, d_inner) is D x at the positions no row covers."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
+    return _SelectiveScan.apply(*inputs, starts, lengths, keep).to(x.dtype)
+
+
+def _fused_scan(x):
+    """mamba_ssm's fused CUDA `selective_scan_fn` where it applies (x on CUDA, not float64), else None."""
+    return _mamba_ssm_selective_scan() if x.is_cuda and x.dtype != torch.float64 else None
+
+
+@lru_cache(maxsize=None)
+def _mamba_ssm_selective_scan():
+    """mamba_ssm's fused CUDA `selective_scan_fn` if the package is installed, else None (it is optional)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
+
+
+_LOG2E = 1 / math.log(2)
+
+
+class _SelectiveScan(torch.autograd.Function):
+    """`selective_scan` on the CPU (or on CUDA without mamba_ssm), with a hand-written backward: the adjoint
+    recurrence run backwards in time,
+
+        G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}      (dLoss/dh_t, (d_inner, d_state) per row)
+        dLoss/d(dt_t A) = G_t exp(dt_t A) h_{t-1},    dLoss/d(dt_t B_t x_t) = G_t.
+
+    Why a loop over time steps and not a parallel scan: on a CPU thread the loop is not latency-bound but
+    bound by memory traffic and by PyTorch's per-call overhead, and every parallel form does more of both. A
+    chunked parallel scan needs exp(S_t - S_s) for every pair s <= t of a chunk (S = cumsum(dt A), kept as
+    differences so that no exponent is positive), i.e. T/2 times the exps of the loop for chunks of T steps:
+    the SSD/Mamba-2 matmul factorisation exp(S_t) exp(-S_s) needs a scalar A per head and overflows otherwise;
+    Mamba-1's A differs per (channel, state). Measured at the project's shapes (batch 128, L = 50,
+    d_inner = 128, d_state = 16, forward + backward, one thread; bench/bench_scan.py), chunks of 2 or 5 steps
+    through autograd cost ~40x this loop. What makes the loop fast instead (2.4x the blocked loop it replaced
+    in bench/bench_scan.py, ~9x with Beauty's padding):
+    - rows in groups of ~2^17 / (d_inner d_state) (64 at d = 128, n = 16), each run through all steps with its
+      state h updated in place, so the per-step tensors (512 KB) stay in the L2 cache;
+    - padding packed away: positions are stored step-major with the rows in decreasing length, so the rows
+      still running at step t are a prefix of those at t - 1 and each step works on a contiguous slice of
+      only the real positions (torch.nn.utils.rnn's PackedSequence layout);
+    - (rows, d_state, d_inner) layout: every broadcast runs along the contiguous d_inner, and the four
+      contractions are batched matmuls in their fast orientation ((1, k) @ (k, m));
+    - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward (Bt L d_inner d_state
+      floats, only the real positions' with padding), one tensor per group: 26 MB at L = 50, below glibc's 32 MB mmap
+      threshold, so it is reused instead of page-faulted afresh on every call (that costs ~3x the time of
+      filling it); exp(dt A) is recomputed: keeping it as well doubled the page faults and cost more than the
+      exps (measured). Without gradients (evaluation) no state is kept at all;
+    - exp(dt A) as exp2(dt A log2 e): PyTorch's CPU exp2 is ~2.7x cheaper than its exp (float rounding apart,
+      the same number), and the exps are most of the arithmetic.
+    Tried and slower here (bench/README.md): every non-recurrent product done once per row group on all its
+    positions instead of step by step (fewer, larger kernels; but they leave the L2 cache); the whole batch as
+    one group.
+    """
+
+    group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
+
+    @staticmethod
+    def schedule(starts, lengths, group_rows: int):
+        """Where each step of each row group lives, for rows b of lengths[b] steps stored from starts[b] on along
+        dim 0 of x. Returns index (P,): the rows' (row, step) positions in x, step-major, rows in decreasing length
+        within a step (the packed layout); and for each group of `group_rows` consecutive packed rows, one (packed
+        slice, slice of the group's states) per step until its longest row ends."""
+        L = int(lengths.max()) if len(lengths) else 0
+        order = torch.argsort(lengths, descending=True, stable=True)                  # (Bt,) longest first
+        steps = torch.arange(L, device=lengths.device)
+        running = lengths[order].unsqueeze(0) > steps.unsqueeze(1)                    # (L, Bt)
+        index = (starts[order].unsqueeze(0) + steps.unsqueeze(1))[running]            # (P,) step-major
+        counts = running.sum(1)                                                       # rows running per step
+        starts, counts = (counts.cumsum(0) - counts).tolist(), counts.tolist()
+        groups = []
+        for first in range(0, counts[0] if L else 0, group_rows):
+            steps_of_group, kept = [], 0
+            for start, count in zip(starts, counts):
+                rows = min(count, first + group_rows) - first
+                if rows <= 0:
+                    break
+                steps_of_group.append((slice(start + first, start + first + rows), slice(kept, kept + rows)))
+                kept += rows
+            groups.append(steps_of_group)
+        return index, groups
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
+        N, d = x.shape
+        n = A.shape[1]
+        index, groups = _SelectiveScan.schedule(starts, lengths, max(1, _SelectiveScan.group_elements // A.numel()))
+        xp, dtp = (t.reshape(N, 1, d).index_select(0, index) for t in (x, dt))         # (P, 1, d) packed
+        Bp = B.reshape(N, n, 1).index_select(0, index)                                 # (P, n, 1)
+        Cp = C.reshape(N, 1, n).index_select(0, index)                                 # (P, 1, n)
+        At = A.T.contiguous()                                                          # (n, d)
+        A2 = At * _LOG2E                                                               # exp(dt A) = 2^(dt A log2 e)
+        dtx = dtp * xp
+        yp = xp.new_empty(len(index), 1, d)
+        states = []                                   # per group: h_t of every step, (steps x rows, n, d)
+        for steps in groups:
+            rows0 = steps[0][1].stop
+            decay = xp.new_empty(rows0, n, d)
+            kept = xp.new_empty(steps[-1][1].stop, n, d) if keep else xp.new_empty(rows0, n, d)
+            h = None
+            for r, k in steps:
+                rows = k.stop - k.start
+                out = kept[k] if keep else kept[:rows]                                 # without a backward, in place
+                if h is None:
+                    torch.mul(dtx[r], Bp[r], out=out)                                  # h_0 = dt B x
+                else:
+                    a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                # exp(dt_t A), (rows, n, d)
+                    torch.mul(h[:rows], a, out=out).addcmul_(dtx[r], Bp[r])            # h_t = a h_{t-1} + dt B x
+                h = out
+                torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
+            if keep:
+                states.append(kept)
+        y = (x * D).index_add_(0, index, yp.view(-1, d))                               # D x + C . h, (N, d)
+        if keep:
+            ctx.save_for_backward(x, xp, dtp, At, Bp, Cp, D, index, *states)
+            ctx.groups = groups
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        x, xp, dtp, At, Bp, Cp, D, index, *states = ctx.saved_tensors
+        N, d = x.shape
+        n, P = At.shape[0], len(index)
+        A2 = At * _LOG2E
+        gyp = gy.reshape(N, 1, d).index_select(0, index)                               # (P, 1, d)
+        dtx = dtp * xp
+        Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
+        gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
+        gdtx, gdtp = xp.new_empty(P, 1, d), xp.new_empty(P, 1, d)                      # packed, (P, 1, d)
+        gAt = torch.zeros_like(At)
+        for steps, kept in zip(ctx.groups, states):
+            rows0 = steps[0][1].stop
+            G, decay = xp.new_empty(rows0, n, d), xp.new_empty(rows0, n, d)
+            gA_rows = xp.new_zeros(rows0, n, d)                                        # sum over steps of W dt
+            running = 0                          # rows of G that hold exp(dt_{t+1} A) G_{t+1} from step t + 1
+            for i in range(len(steps) - 1, -1, -1):
+                r, k = steps[i]
+                rows = k.stop - k.start
+                G[running:rows].zero_()                                                # rows whose end is here
+                Gt = G[:rows].addcmul_(Cq[r], gyp[r])                                  # G_t, (rows, n, d)
+                torch.bmm(dtx[r], Gt.transpose(1, 2), out=gBp[r])                      # sum_d G dt x
+                torch.bmm(Bq[r], Gt, out=gdtx[r])                                      # dLoss/d(dt x) = sum_n G B
+                torch.bmm(gyp[r], kept[k].transpose(1, 2), out=gCp[r])                 # sum_d h gy
+                if i == 0:
+                    gdtp[r] = 0                                                        # h_{-1} = 0: no decay term
+                    continue
+                a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                    # exp(dt_t A)
+                Gt.mul_(a)                                                             # carried to step t - 1
+                W = torch.mul(Gt, kept[steps[i - 1][1]][:rows], out=a)                 # dLoss/d(dt_t A)
+                gA_rows[:rows].addcmul_(W, dtp[r])                                     # dLoss/dA += W dt
+                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp[r])                    # dLoss/ddt: sum_n W A ...
+                running = rows
+            gAt += gA_rows.sum(0)
+        gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))  # ... + x sum_n G B
+        gx = (gy * D).index_add_(0, index, gdtx * dtp.view(P, d))                      # (N, d)
+        gdt = x.new_zeros(N, d).index_copy_(0, index, gdtp)
+        gB, gC = (x.new_zeros(N, n).index_copy_(0, index, g.view(P, n)) for g in (gBp, gCp))
+        return gx, gdt, gAt.T, gB, gC, (gy * x).sum(0), None, None, None
+
+
+class _ItemScores(torch.autograd.Function):
+    """s[p, n] = queries[p] . item_table[items[p, n]], over blocks of rows of about `block` candidates: each block's
+    item rows gathered with `index_select` (faster than advanced indexing), one batched dot product. The backward
+    is autograd's for those ops, block by block with the rows gathered again: dLoss/dqueries[p] = sum_n g[p, n] rows,
+    and the item table's gradient by `index_add_` of g[p, n] queries[p] at items[p, n], in the same order as one
+    `index_add_` over all blocks (the same sums, bit for bit). Nothing of size (P, N, D) is ever allocated: autograd's
+    own backward filled two such fresh tensors (26 MB each for Beauty's 1,024 examples x 100 candidates), and their
+    page faults and an (inner-dimension-1) batched matmul made it the largest cost of an MDCNS step
+    (bench/README.md)."""
+
+    block = 1 << 13   # candidates per block: their gathered rows take 2 MB at D = 64
+
+    @staticmethod
+    def forward(ctx, queries, item_table, items):
+        ctx.save_for_backward(queries, item_table, items)
+        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
+        return torch.cat([torch.einsum("pd,pnd->pn", q, _gather_rows(item_table, i))              # (rows, N)
+                          for q, i in zip(queries.split(rows), items.split(rows))])                # (P, N)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):                                                                       # (P, N)
+        queries, item_table, items = ctx.saved_tensors
+        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
+        grad_queries = torch.empty_like(queries) if ctx.needs_input_grad[0] else None             # (P, D)
+        grad_table = torch.zeros_like(item_table) if ctx.needs_input_grad[1] else None            # (I+1, D)
+        for start in range(0, len(queries), rows):
+            q, i, g = (t[start:start + rows] for t in (queries, items, grad))
+            if grad_queries is not None:
+                grad_queries[start:start + rows] = torch.einsum("pn,pnd->pd", g, _gather_rows(item_table, i))
+            if grad_table is not None:
+                grad_table.index_add_(0, i.reshape(-1), (g.unsqueeze(-1) * q.unsqueeze(1)).view(-1, q.shape[1]))
+        return grad_queries, grad_table, None
+
+
+def _gather_rows(item_table, items):                                                 # (R, N) -> (R, N, D)
+    return item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 9. More backbones: Kang's SASRec, GRU4Rec, LinRec, FMLP4Rec, NGCF
+# ----------------------------------------------------------------------------------------------------------
+class KangSASRec(SequentialBackbone):
+    """SASRec's original block (Kang & McAuley, ICDM 2018; SASRec.pytorch), `--sasrec-block kang`: learned
+    positions counted from the first item, embeddings scaled by sqrt(D), Q = LN(x), x = Q + causal-MHA(Q, x, x),
+    x = x + FFN(LN(x)) with a position-wise two-layer ReLU FFN of width D, padding positions zeroed after every
+    block, a final LayerNorm, xavier-normal init. SASRec's own ml-1m protocol; not the block behind the MDCNS
+    paper's numbers (see `SASRec`)."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 1,
+                 dropout: float = 0.2):
+        super().__init__(n_items, dim, max_len)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.dropout = Dropout(dropout)
+        self.attention_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
+        self.attentions = nn.ModuleList(nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
+                                        for _ in range(n_layers))
+        self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
+        self.ffns = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout),
+                                                nn.Linear(dim, dim), Dropout(dropout))
+                                  for _ in range(n_layers))
+        self.final_norm = nn.LayerNorm(dim, eps=1e-8)
+        for name, parameter in self.named_parameters():   # SASRec.pytorch: xavier_normal on every matrix
+            if parameter.dim() > 1:
+                nn.init.xavier_normal_(parameter)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    def encode(self, sequences):
+        L = sequences.shape[1]
+        keep = (sequences > 0).unsqueeze(-1)                                           # (B, L, 1)
+        x = self.item_embedding(sequences) * self.item_embedding.embedding_dim ** 0.5
+        x = self.dropout(x + self.position_embedding.weight[:L]) * keep                # (B, L, D)
+        causal = torch.ones(L, L, dtype=torch.bool, device=sequences.device).triu(1)  # True = not allowed
+        for attention_norm, attention, ffn_norm, ffn in zip(self.attention_norms, self.attentions,
+                                                            self.ffn_norms, self.ffns):
+            q = attention_norm(x)
+            x = q + attention(q, x, x, attn_mask=causal, need_weights=False)[0]
+            x = ffn_norm(x)
+            x = (x + ffn(x)) * keep
+        return self.final_norm(x)
+
+
+class GRU4Rec(SequentialBackbone):
+    """GRU4Rec (Hidasi et al., ICLR 2016) as in RecBole and the MDCNS code: embedding dropout, a GRU without
+    biases, a linear map to D; xavier-normal item embeddings, xavier-uniform GRU weights of the first layer, the
+    rest PyTorch's defaults. Note: the MDCNS code left-pads, so its GRU steps over the padding row (xavier-normal,
+    never trained) before the first item; right padding keeps the padding after the last item."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 1, dropout: float = 0.2):
+        super().__init__(n_items, dim, max_len)
+        nn.init.xavier_normal_(self.item_embedding.weight[1:])
+        self.dropout = Dropout(dropout)
+        self.gru = nn.GRU(dim, dim, n_layers, bias=False, batch_first=True)
+        nn.init.xavier_uniform_(self.gru.weight_ih_l0)
+        nn.init.xavier_uniform_(self.gru.weight_hh_l0)
+        self.output = nn.Linear(dim, dim)
+
+    def encode(self, sequences):
+        hidden, _ = self.gru(self.dropout(self.item_embedding(sequences)))             # (B, L, D)
+        return self.output(hidden)
+
+
+class LinearAttention(nn.Module):
+    """LinRec's L2-normalized linear attention (Liu et al., SIGIR 2023) as in the MDCNS code's
+    `LinrecAttention`, made causal, followed by the output projection, dropout and LN(x + .):
+
+        Q' = rho_row(ELU(Q)),  K' = rho(ELU(K))          each query / key row scaled to unit L2 norm, per head
+        original:  A = Q' (K'^T V) / sqrt(d_h)           over every position of the (left-padded) input
+        here:      A_t = Q'_t (sum_{s<=t} K'_s^T V_s) / sqrt(d_h) = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
+
+    The causal sum is computed as (Q' K'^T, kept for s <= t) V: the same numbers as the running (d_h, d_h) sums,
+    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward).
+    Q', K', V and everything after the sum are position-wise; on packed positions the sum runs on rows of
+    similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads = n_heads
+        self.query, self.key, self.value, self.output = (nn.Linear(dim, dim) for _ in range(4))
+        self.dropout = Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
+        """x: rows (B, L, D), or with `packing` the packed real positions (P, D) of its rows (`Packing`)."""
+        D = x.shape[-1]
+        d_h = D // self.n_heads
+
+        def heads(t):
+            return t.unflatten(-1, (self.n_heads, d_h))                               # (..., h, d_h)
+
+        q = F.normalize(F.elu(heads(self.query(x))), dim=-1)                          # Q' = rho_row(ELU(Q))
+        k = F.normalize(F.elu(heads(self.key(x))), dim=-1)                            # K' = rho(ELU(K))
+        qkv = torch.cat([q, k, heads(self.value(x))], -1)                              # (..., h, 3 d_h)
+
+        def attend(rows):                                               # (R, W, h, 3 d_h) -> (R, W, h, d_h)
+            q, k, v = rows.transpose(1, 2).split(d_h, -1)                              # (R, h, W, d_h) each
+            weights = (q @ k.transpose(-1, -2)).tril()                                 # (R, h, W, W): s <= t
+            # A_t = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
+            return (weights @ v / math.sqrt(d_h)).transpose(1, 2)                      # (R, W, h, d_h)
+
+        attended = attend(qkv) if packing is None else packing.by_buckets(attend, qkv)
+        return self.norm(x + self.dropout(self.output(attended.flatten(-2))))
+
+
+class LinRec(PositionalBackbone):
+    """LinRec (Liu et al., "Linear Attention Mechanism for Long-term Sequential Recommender Systems", SIGIR 2023)
+    as the MDCNS code's `Linrec` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `LinearAttention`
+    then `ResidualFFN` (its `LinrecTransformerLayer`); its attention dropout is never applied there either.
+
+    Causality: the original attention is not causal and has no padding mask: every position attends to every
+    position of the left-padded input, padding included (the mask argument is ignored). The MDCNS and LinRec
+    trainers read only the last position of each prefix, so nothing leaks there. This project trains every
+    position of a right-padded window at once (`examples`); there the original attention would let position t
+    see its own target (the input at t + 1). So the attention is made causal (`LinearAttention`). Consequences:
+    one block at position t equals the original block at the last position of the prefix i_1..i_t with no
+    padding (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks also mix later items
+    of the same prefix into earlier positions, ours never do; the original's left padding (non-zero after the
+    LayerNorm) enters its sums, ours never does; positions count back from the last item as with left
+    padding, but in one pass the earlier prefixes of a window see theirs shifted (`PositionalBackbone`); one
+    pass per window instead of one per prefix. Being causal, it runs on the real positions only
+    (`PositionalBackbone`), as the same blocks on the padded layout give them (tests/test_backbones_extra.py)."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
+                 dropout: float = 0.5):
+        blocks = [nn.Sequential(LinearAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))
+                  for _ in range(n_layers)]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+
+class CausalFilter(nn.Module):
+    """FMLP-Rec's learnable filter (Zhou et al., WWW 2022) as the MDCNS code's `FilterLayer`, made
+    causal, followed by dropout and LN(x + .). W is complex, (max_len // 2 + 1, D), init N(0, 0.02^2) per part.
+
+        original:  X~ = irfft(rfft(X, ortho) * W, ortho) over the L = max_len positions
+                      = the circular convolution of X with w = irfft(W, n=max_len) (max_len taps, per channel)
+        here:      X~_t = sum_{j=0..t} w_j X_{t-j}           the same taps, convolved linearly (no wrap-around)
+
+    At the last position of a full-length sequence both are the same sum; the original's other positions take
+    terms from later positions (wrap-around), which is what would leak under per-position training. The linear
+    convolution is a product with the lower-triangular Toeplitz matrix of the taps, (L, L) per channel: later
+    positions contribute exact zeros (FFTs of length 2L give the same sum, but only up to rounding, ~1e-6 in
+    float32, so an earlier output would move slightly with a later item). On packed positions it runs on rows
+    of similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
+
+    def __init__(self, dim: int, max_len: int, dropout: float):
+        super().__init__()
+        self.max_len = max_len
+        self.weight = nn.Parameter(torch.randn(max_len // 2 + 1, dim, 2) * 0.02)    # W as (real, imag) pairs
+        self.dropout = Dropout(dropout)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+
+    def taps(self):
+        """w = irfft(W, n=max_len): the filter in the time domain, (max_len, D); w_j weighs the item j steps back."""
+        return torch.fft.irfft(torch.view_as_complex(self.weight), n=self.max_len, dim=0)
+
+    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
+        """x: rows (B, L, D) with L <= max_len, or with `packing` the packed real positions (P, D) of its rows
+        (`Packing`). The taps depend on the lag t - s only, so rows W steps wide take the top-left (W, W) of the
+        Toeplitz matrix: the first W taps."""
+        L = x.shape[1] if packing is None else packing.shape[1]
+        lag = torch.arange(L, device=x.device)
+        lag = lag[:, None] - lag[None, :]                                              # (L, L): t - s
+        toeplitz = self.taps().T[:, lag.clamp(min=0)] * (lag >= 0)                     # (D, L, L): w_{t-s}, s <= t
+
+        def convolve(rows):                                                            # (R, W, D) -> (R, W, D)
+            W = rows.shape[1]
+            # sum_{j<=t} w_j x_{t-j}, channel by channel: (D, R, W) @ (D, W, W)^T; contiguous, as CPU bmm copies
+            # strided inputs matrix by matrix (an einsum of the same product was ~10% slower on Beauty's batches)
+            by_channel = rows.permute(2, 0, 1).contiguous() @ toeplitz[:, :W, :W].transpose(1, 2)   # (D, R, W)
+            return by_channel.permute(1, 2, 0)                                         # (R, W, D)
+
+        filtered = convolve(x) if packing is None else packing.by_buckets(convolve, x)
+        return self.norm(x + self.dropout(filtered))
+
+
+class FMLP4Rec(PositionalBackbone):
+    """FMLP-Rec (Zhou et al., "Filter-enhanced MLP is All You Need for Sequential Recommendation", WWW 2022) as
+    the MDCNS code's `FMLPRecModel` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `CausalFilter`
+    then `ResidualFFN` (its `FMLPLayer`). The filter is learned over a fixed max_len (`--max-len`), so
+    sequences may be shorter (the first taps are used) but not longer.
+
+    Causality: the original filter is a circular convolution over all max_len positions of the left-padded
+    input, so it is not causal, and padding (non-zero after the LayerNorm) enters it. FMLP-Rec's and the MDCNS
+    trainers read only the last position of each prefix, where the circular sum covers the prefix and its
+    padding only: nothing leaks there. Trained at every position of a right-padded window at once (this
+    project's `examples`), the wrap-around would hand position t its own target. So the filter is applied as a
+    causal linear convolution with the same taps (`CausalFilter`). Consequences: one block at position t equals
+    the original block at the last position of the prefix i_1..i_t left-padded with zero vectors
+    (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks mix the whole prefix into
+    every position (through the wrap-around), ours mix only earlier positions; padding never enters; positions
+    count back from the last item as with left padding, but in one pass the earlier prefixes of a window see
+    theirs shifted (`PositionalBackbone`); one pass per window instead of one per prefix. Being causal, it runs
+    on the real positions only (`PositionalBackbone`), the filter on rows of similar length, as the same blocks
+    on the padded layout give them (tests/test_backbones_extra.py)."""
+
+    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5):
+        blocks = [nn.Sequential(CausalFilter(dim, max_len, dropout), ResidualFFN(dim, dropout))
+                  for _ in range(n_layers)]
+        super().__init__(n_items, dim, max_len, blocks, dropout)
+
+
+class NGCF(LightGCN):
+    """NGCF (Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019) as RecBole-GNN's `NGCF` (the copy the
+    ICPNS code runs): LightGCN's graph L = D^-1/2 A D^-1/2 (no self-loops), tables, evaluation cache and L2 term,
+    with the paper's propagation rule, Eq. (7), with biases, then message dropout and row L2-normalization:
+
+        E^(l) = normalize(dropout(LeakyReLU_0.2((L + I) E^(l-1) W1 + b1 + (L E^(l-1) * E^(l-1)) W2 + b2)))
+        final = E^(0) || E^(1) || ... || E^(K)                   Eq. (9): concatenation, D (K + 1) wide
+
+    Init xavier_normal on the embeddings and on W1, W2, biases 0 (RecBole). Defaults of RecBole-GNN's and the ICPNS
+    code's NGCF.yaml: three layers of 64, message dropout 0.1, no node dropout (node dropout is not implemented),
+    reg_weight 1e-5. Deviations: the L2 term is the shared ½‖e⁰‖²/B on layer-0 embeddings (RecBole-GNN: the
+    unsquared norm of the final embeddings); the original TensorFlow code applies LeakyReLU to the two terms
+    separately, RecBole-GNN and we to their sum, as Eq. (7) writes it."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, dropout: float, train_user,
+                 train_item):
+        super().__init__(n_users, n_items, dim, n_layers, train_user, train_item)
+        self.sum_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))       # W1, b1
+        self.product_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))   # W2, b2
+        self.message_dropout = Dropout(dropout)
+        for parameter in self.parameters():
+            if parameter.dim() > 1:
+                nn.init.xavier_normal_(parameter)
+            else:
+                nn.init.zeros_(parameter)
+
+    def propagate(self):
+        E = torch.cat([self.user_embedding.weight, self.item_embedding.weight])        # E^(0): (U+I+1, D)
+        layers = [E]
+        for W1, W2 in zip(self.sum_transforms, self.product_transforms):
+            side = SymmetricSparseMatmul.apply(self.adjacency, E)                      # L E^(l-1)
+            E = F.leaky_relu(W1(side + E) + W2(side * E), 0.2)                         # Eq. (7)
+            E = F.normalize(self.message_dropout(E), dim=1)
+            layers.append(E)
+        final = torch.cat(layers, 1)                                                   # Eq. (9): (U+I+1, D(K+1))
+        return final[:self.n_users], final[self.n_users:]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 10. The dataset registry, readers, download and cache
 # ----------------------------------------------------------------------------------------------------------
 # `load_dataset(name)` looks in <data_dir>/<name>/ and its immediate subfolders for the accepted files, in this
 # priority: the official raw file, the official archive, a RecBole atomic `*.inter`, then the community's
@@ -212,8 +2415,6 @@ def make_synthetic(seed: int = 0, n_users: int = 600, n_items: int = 300, n_comm
 # $XDG_CACHE_HOME/negsampling/<name>/ (default ~/.cache/negsampling/<name>/); --no-cache neither reads nor writes
 # it. A cache file is <name>-<key>.npz, the key hashing each source file's path, size and modification time with
 # every preprocessing setting.
-
-
 @dataclass
 class _Columns:
     """What a reader returns: one entry per interaction row, in file order."""
@@ -488,40 +2689,75 @@ def _movielens(sep: str, description: str) -> FileFormat:
 
 
 _ML100K = _movielens("\t", "official MovieLens u.data (tab: user item rating timestamp)")
+
+
 _ML1M = _movielens("::", "official MovieLens ratings.dat (UserID::MovieID::Rating::Timestamp)")
+
+
 _AMAZON = FileFormat("official Amazon 2014 reviews (JSON lines: reviewerID, asin, overall, unixReviewTime)",
                      partial(_read_json_lines, user="reviewerID", item="asin", rating="overall", time="unixReviewTime"))
+
+
 _YELP = FileFormat("official Yelp reviews (JSON lines: user_id, business_id, stars, date)",
                    partial(_read_json_lines, user="user_id", item="business_id", rating="stars", time="date"))
+
+
 _STEAM = FileFormat("official Steam reviews (Python-literal lines: username, product_id, date)",
                     partial(_read_json_lines, user="username", item="product_id", time="date"))
+
+
 _HETREC = FileFormat("official HetRec 2011 user_taggedartists-timestamps.dat (tab: userID artistID tagID timestamp)",
                      partial(_read_delimited, sep="\t", n_fields=4, skip_header=1,
                              columns={"user": 0, "item": 1, "time": 3}))
+
+
 _GOWALLA = FileFormat("official SNAP Gowalla check-ins (tab: user, time, latitude, longitude, location)",
                       partial(_read_delimited, sep="\t", n_fields=5, columns={"user": 0, "item": 4, "time": 1}))
+
+
 _RECBOLE = FileFormat("RecBole atomic .inter", _read_recbole)
+
+
 _SEQUENCES = FileFormat("SASRec `user item` / S3-Rec `user item item ...` lines, chronological, as published",
                         _read_user_items, published=True)
+
+
 _LIGHTGCN = FileFormat("LightGCN train.txt + test.txt (`user item item ...`, no time), as published",
                        _read_user_items, published=True)
+
+
 _LIGHTGCN_LASTFM = FileFormat("LightGCN lastfm data1.txt + test1.txt (tab: user item weight, no time), as published",
                               partial(_read_delimited, sep="\t", n_fields=3, columns={"user": 0, "item": 1}),
                               published=True)
+
+
 _CUSTOM = FileFormat("custom user,item[,rating[,timestamp]] file", _read_custom)
+
 
 _GROUPLENS_TERMS = ("GroupLens: research use only; no redistribution; no commercial use without permission; "
                     "acknowledge it and cite Harper & Konstan, ACM TiiS 2015")
+
+
 _AMAZON_TERMS = ("Amazon 2014 reviews (McAuley, UCSD): no formal licence, research use only, do not redistribute; "
                  "cite He & McAuley WWW 2016 and McAuley et al. SIGIR 2015")
+
+
 _YELP_TERMS = ("Yelp Dataset License: personal, educational and academic use only; no redistribution; "
                "download it yourself after accepting the licence")
+
+
 _SNAP_AMAZON = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/"
+
+
 _LIGHTGCN_DATA = "https://raw.githubusercontent.com/kuandeng/LightGCN/master/Data/"
 
 
 _MDCNS_TABLE_2 = "MDCNS (Li et al., SIGIR 2026), Table 2"
+
+
 _LIGHTGCN_TABLE_1 = "LightGCN (He et al., SIGIR 2020), Table 1"
+
+
 def _mdcns_files(file_name: str) -> str:
     return (f"Put a RecBole atomic .inter file of it (what the official MDCNS code's MDCNS_Code/data/data_process.py "
             f"reads) or its `user item item ...` lines, one per user in time order (what that script writes), as "
@@ -638,57 +2874,6 @@ DATASETS = {
 }
 
 
-# ---------------------------------------------------------------- preprocessing
-def k_core_filter(user, item, k: int) -> np.ndarray:
-    """Boolean mask of the interactions in the k-core: repeatedly drop every interaction whose user or item has
-    fewer than k kept interactions, until nothing changes. The result is the largest subset in which every user
-    and item has >= k interactions (unique, whatever the removal order). Rows count as given: deduplicate first."""
-    user = np.unique(np.asarray(user), return_inverse=True)[1].reshape(-1)
-    item = np.unique(np.asarray(item), return_inverse=True)[1].reshape(-1)
-    keep = np.ones(len(user), dtype=bool)
-    while k > 1:
-        user_count = np.bincount(user[keep], minlength=user.max(initial=0) + 1)     # (U,)
-        item_count = np.bincount(item[keep], minlength=item.max(initial=0) + 1)     # (I,)
-        still = keep & (user_count[user] >= k) & (item_count[item] >= k)
-        if still.sum() == keep.sum():
-            break
-        keep = still
-    return keep
-
-
-def _preprocess(columns: _Columns, name: str, min_rating, k_core: int, time_window) -> tuple[Interactions, str]:
-    """Time window, duplicates (first chronological occurrence kept), rating threshold, iterative k-core: in
-    RecBole's order. Returns the interactions and a one-line summary of what each step removed."""
-    n = len(columns.user)
-    user = np.unique(columns.user, return_inverse=True)[1].reshape(-1)
-    item = np.unique(columns.item, return_inverse=True)[1].reshape(-1)
-    time = columns.time if columns.time is not None else np.zeros(n)
-    rows = np.lexsort((np.arange(n), time, user))       # per user, chronological; ties keep file order
-    log = [f"{n:,} rows"]
-
-    def step(label: str, keep: np.ndarray) -> np.ndarray:
-        if not keep.any():
-            raise RecError(f"{name}: the {label} left no interactions (before it: {len(rows):,} interactions, "
-                           f"{len(np.unique(user[rows])):,} users, {len(np.unique(item[rows])):,} items)")
-        log.append(f"{label} -{int((~keep).sum()):,}")
-        return rows[keep]
-
-    if time_window is not None and columns.time is not None:
-        rows = step(f"time window [{np.datetime64(time_window[0], 's')}, {np.datetime64(time_window[1], 's')})",
-                    (time[rows] >= time_window[0]) & (time[rows] < time_window[1]))
-    pair = user[rows].astype(np.int64) * (item.max() + 1) + item[rows]
-    first = np.zeros(len(rows), dtype=bool)
-    first[np.unique(pair, return_index=True)[1]] = True  # index of the first occurrence in chronological order
-    rows = step("duplicate filter", first)
-    if min_rating is not None:
-        rows = step(f"rating >= {min_rating:g} filter", columns.rating[rows] >= min_rating)
-    if k_core > 1:
-        rows = step(f"{k_core}-core filter", k_core_filter(user[rows], item[rows], k_core))
-    rows = np.sort(rows)                                  # file order: ids are numbered by first appearance
-    data = Interactions.from_raw(user[rows], item[rows], None if columns.time is None else time[rows], name=name)
-    return data, ", ".join(log) + f" -> {len(rows):,} interactions"
-
-
 # ---------------------------------------------------------------- download
 def download(url: str, destination_path: str, sha256: str | None = None, md5: str | None = None) -> str:
     """Fetch `url` to `destination_path` with a progress bar. The bytes go to `<destination>.part` and are renamed
@@ -785,70 +2970,6 @@ def unknown_dataset(name: str) -> RecError:
                       f"CSV/TSV file")
 
 
-def load_dataset(name_or_path: str, data_dir: str = "data", min_rating: float | None = None,
-                 k_core: int | None = None, use_cache: bool = True, cache_dir: str | None = None) -> Interactions:
-    """Load a registered dataset (see DATASETS and the table above) or a custom file, preprocessed and cached.
-
-    min_rating / k_core: None = the dataset's default for the file found (the table above); an explicit
-    min_rating on a file without ratings is an error. use_cache=False (--no-cache) neither reads nor writes the
-    cache; cache_dir (--cache-dir): its folder (default: `cache_folder`).
-    Prints one line: the file and its format, what each preprocessing step removed, the cache used, and the
-    statistics the papers publish for the dataset.
-    """
-    if os.path.isfile(name_or_path):
-        name = os.path.splitext(os.path.basename(name_or_path))[0]
-        folder = os.path.dirname(os.path.abspath(name_or_path))
-        spec = DatasetSpec("custom file", files=())
-        found = [name_or_path], _CUSTOM, None
-    elif name_or_path in DATASETS:
-        name, spec = name_or_path, DATASETS[name_or_path]
-        folder = os.path.join(data_dir, name)
-        found = _find_files(spec, folder) or _fetch(spec, name, folder)
-    else:
-        raise unknown_dataset(name_or_path)
-    paths, fmt, member = found
-    data_file = " + ".join(paths)   # results.json's provenance, as given: no machine's absolute prefix
-    if fmt.published and min_rating is not None:
-        raise RecError(f"{name}: {paths[0]} ({fmt.description}) has no ratings, so --min-rating cannot apply; "
-                       f"place the official raw file in {folder}/")
-    settings = {"min_rating": spec.min_rating if min_rating is None else min_rating,
-                "k_core": (0 if fmt.published else spec.k_core) if k_core is None else k_core,
-                "time_window": None if fmt.published else spec.time_window}
-    stats = [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
-    key = json.dumps({"version": 1, "files": stats, "member": member, "format": fmt.description, **settings})
-    cache_name = f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    where = " + ".join(_where(p, member) for p in paths)
-
-    cache_path = os.path.join(cache_folder(folder, name, cache_dir), cache_name)
-    paper = "; {:,} users, {:,} items, {:,} interactions in {}".format(*spec.published) if spec.published else ""
-    cached = _load_cache(cache_path, name) if use_cache else None
-    if cached is not None:
-        data, summary = cached
-        data.data_file = data_file
-        data.data_sha256 = data.data_sha256 or files_sha256(paths)   # caches written before it was stored: ""
-        print(f"[data] {name}: {where} ({fmt.description}); {summary}; from cache {cache_path}{paper}")
-        return data
-    try:
-        columns = fmt.read([(p, member) for p in paths])
-    except (EOFError, zipfile.BadZipFile, zlib.error, gzip.BadGzipFile) as error:
-        raise RecError(f"{where} is truncated or corrupt ({type(error).__name__}: {error}); delete it and run "
-                       f"again to download a fresh copy, or replace it by hand") from None
-    except UnicodeDecodeError as error:
-        raise RecError(f"{where}: not valid text ({error})") from None
-    if len(columns.user) == 0:
-        raise RecError(f"{name}: {where} holds no interactions")
-    if columns.rating is None and min_rating is not None:
-        raise RecError(f"{name}: {where} ({fmt.description}) has no rating column, so --min-rating cannot apply")
-    data, summary = _preprocess(columns, name, settings["min_rating"] if columns.rating is not None else None,
-                                settings["k_core"], settings["time_window"])
-    data.source = f"{where} ({fmt.description})"
-    data.data_file, data.data_sha256 = data_file, files_sha256(paths)
-    cached = _save_cache(os.path.dirname(cache_path), cache_name, data, summary) if use_cache else \
-        "not cached (--no-cache)"
-    print(f"[data] {name}: {where} ({fmt.description}); {summary}; {cached}{paper}")
-    return data
-
-
 def files_sha256(paths) -> str:
     """sha256 of the files' bytes, concatenated in order (`cat a b | sha256sum`): the provenance of a dataset."""
     digest = hashlib.sha256()
@@ -876,2215 +2997,9 @@ def _fetch(spec: DatasetSpec, name: str, folder: str):
     return _find_files(spec, folder)
 
 
-def add_data_arguments(parser) -> None:
-    """--min-rating and --k-core; their defaults depend on the dataset and the file found (see the help)."""
-    by_value = {}
-    for name, spec in DATASETS.items():
-        rule = "as published" if not spec.k_core else (
-            f"{'all ratings' if spec.min_rating is None else f'rating >= {spec.min_rating:g}'}, {spec.k_core}-core")
-        by_value.setdefault(rule, []).append(name)
-    defaults = "; ".join(f"{', '.join(names)}: {rule}" for rule, names in by_value.items())
-    parser.add_argument("--min-rating", type=float, default=None,
-                        help="keep interactions rated >= this (files with ratings only). Default per dataset on "
-                             "its official raw file: " + "; ".join(
-                                 f"{n}: {s.min_rating:g}" for n, s in DATASETS.items() if s.min_rating is not None)
-                             + " (ICPNS); all ratings elsewhere (S3-Rec, SASRec, NGCF). Community files (SASRec, "
-                               "S3-Rec, LightGCN) have no ratings: setting it for them is an error")
-    parser.add_argument("--k-core", type=int, default=None,
-                        help="iterative k-core: drop users and items with fewer than k interactions until none "
-                             "is left. Default on official raw files: " + defaults + ". Community preprocessed "
-                             "files (SASRec, S3-Rec, LightGCN) are used as published unless this is set; "
-                             "0 disables it")
-    parser.add_argument("--cache-dir", default=None, metavar="FOLDER",
-                        help="where the preprocessed dataset is cached (printed on every load); by default a "
-                             "processed/ folder beside the data, or the user's cache folder (~/.cache/negsampling) "
-                             "when the data folder is read-only")
-    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the preprocessed cache")
-
-
 # ----------------------------------------------------------------------------------------------------------
-# 3. Splits
+# 11. Checkpoints, resume and --eval-only
 # ----------------------------------------------------------------------------------------------------------
-SPLITS = ("loo", "ratio", "user", "user-prefixes")
-
-
-@dataclass
-class EvalRows:
-    """One evaluation part (valid or test): a row per evaluated user or sequence.
-
-    query:     (R,) user ids for general backbones, or (R, L) right-padded input sequences
-    targets:   CSR (target_ptr (R+1,), target_items) the row's positives
-    masked:    CSR (masked_ptr (R+1,), masked_items) items scored -inf (history); targets are never masked
-    """
-
-    query: torch.Tensor
-    target_ptr: torch.Tensor
-    target_items: torch.Tensor
-    masked_ptr: torch.Tensor
-    masked_items: torch.Tensor
-
-    def __len__(self):
-        return len(self.target_ptr) - 1
-
-
-@dataclass
-class SplitData:
-    """A dataset split under one protocol, ready for training and evaluation.
-
-    train_user, train_item: training interactions, chronological per user (general backbones iterate them)
-    train_sequences:        (S, L) right-padded inputs, train_targets (S, L) next items (0 = no target),
-                            train_sequence_user (S,): every position of a training sequence is an example
-    prefix_rows:            the training rows are one per prefix (`--augmented-prefixes`, `training_rows`), a
-                            user's in ascending target order; else sequence windows, a user's first one ending
-                            at the end of its sequence (`training_windows`)
-    valid, test:            EvalRows
-    held_out_user/item:     the validation and test interactions (every interaction not in training), read only
-                            by `training_positives` for --exclude-held-out
-    """
-
-    protocol: str
-    n_users: int
-    n_items: int
-    max_len: int
-    sequential: bool
-    train_user: torch.Tensor
-    train_item: torch.Tensor
-    train_sequences: torch.Tensor
-    train_targets: torch.Tensor
-    train_sequence_user: torch.Tensor
-    valid: EvalRows
-    test: EvalRows
-    held_out_user: torch.Tensor
-    held_out_item: torch.Tensor
-    statistics: dict = field(default_factory=dict)
-    prefix_rows: bool = False
-
-
-def split_dataset(data: Interactions, protocol: str, seed: int, sequential: bool, max_len: int = 50,
-                  mask_history: bool = True) -> SplitData:
-    """Split `data` by `protocol` and build training examples for a general or a sequential backbone.
-
-    loo   (SASRec, most sequential papers, RecBole `LS`): per user, last item -> test, second-to-last ->
-          valid, the rest -> train; a user with 2 items gives train + test, with 1 item train only
-          (RecBole's `legal = min(2, n - 1)`).
-    ratio (ICPNS, RecBole default `RS` 8:1:1 `RO`): each user's items in a seeded random order, valid and
-          test get int(0.1 n) items each, plus one taken from train when 0 < 0.1 n < 1 while train keeps > 1
-          (RecBole `_calcu_split_ids`): n = 5 -> 3/1/1, n = 15 -> 13/1/1. General backbones only.
-    user  (MDCNS): users shuffled by the seed, int(0.7 U) train, int(0.2 U) valid, the rest test; valid and
-          test users predict their last item from the rest; training users contribute every prefix.
-          Sequential backbones only (valid/test users are unseen in training).
-    user-prefixes (the MDCNS code's LastFM files): users in dataset order (no shuffle), the first int(0.8 U)
-          train, the next int(0.1 U) valid, the rest test; every prefix of a valid/test user is a row predicting
-          its next item, so a user weighs in the metrics by its length - 1 (LastFM: 4,430 / 5,780 rows).
-
-    Masking at evaluation: general backbones mask the user's training items (training + validation items at
-    test time), RecBole's rule. Sequential backbones mask the input sequence when `mask_history` (S3-Rec/MDCNS)
-    and nothing but padding otherwise (RecBole's sequential evaluation). Targets are never masked.
-    """
-    if protocol not in SPLITS:
-        raise RecError(f"unknown split {protocol!r}; choose one of {', '.join(SPLITS)}")
-    if protocol == "ratio" and sequential:
-        raise RecError("--split ratio is for general backbones (mf, lightgcn, ngcf); use --split loo or user")
-    if protocol.startswith("user") and not sequential:
-        raise RecError(f"--split {protocol} evaluates users unseen in training, which needs a sequential backbone "
-                       "(sasrec, gru4rec, mamba4rec, linrec, fmlp4rec); use --split loo or ratio")
-    user, item, n_users = data.user, data.item, data.n_users
-    length = np.bincount(user, minlength=n_users)
-    start = np.r_[0, np.cumsum(length)[:-1]]
-    rng = np.random.default_rng(seed)
-    if protocol == "loo":
-        part = loo_parts(user, data.position, length)
-    elif protocol == "ratio":
-        part = ratio_parts(user, length, start, rng)
-    else:
-        user_part = user_parts(n_users, shuffled=protocol == "user", rng=rng)
-        part = user_part[user]
-
-    train = part == 0
-    train_user, train_item = torch.from_numpy(user[train]), torch.from_numpy(item[train])
-    if sequential:
-        sequences, targets, sequence_user = training_windows(user[train], item[train], max_len)
-    else:
-        sequences = targets = torch.zeros(0, max_len, dtype=torch.long)
-        sequence_user = torch.zeros(0, dtype=torch.long)
-
-    def rows(p):
-        if protocol == "user-prefixes":
-            return prefix_eval_rows(user[part == p], item[part == p], max_len, mask_history)
-        if protocol == "user":   # the last item of each user of part p, predicted from the rest
-            users = np.flatnonzero((user_part == p) & (length >= 2))
-            inputs = [item[start[u]:start[u] + length[u] - 1] for u in users]
-            targets_ = [item[start[u] + length[u] - 1:start[u] + length[u]] for u in users]
-        else:
-            users = np.unique(user[part == p])
-            known = (part < p) | train          # everything before this part (train, + valid at test)
-            inputs = np.split(item[known], np.cumsum(np.bincount(user[known], minlength=n_users))[:-1])
-            targets_ = np.split(item[part == p], np.cumsum(np.bincount(user[part == p],
-                                                                        minlength=n_users))[:-1])
-            inputs, targets_ = [inputs[u] for u in users], [targets_[u] for u in users]
-        if sequential:
-            query = pad_right([s[-max_len:] for s in inputs], max_len)
-            masked = [np.setdiff1d(s, t) for s, t in zip(inputs, targets_)] if mask_history else \
-                [np.zeros(0, dtype=np.int64)] * len(users)
-        else:
-            query = torch.from_numpy(users.astype(np.int64))
-            masked = [np.setdiff1d(s, t) for s, t in zip(inputs, targets_)]
-        target_ptr, target_items = to_csr([np.unique(t) for t in targets_])
-        masked_ptr, masked_items = to_csr(masked)
-        return EvalRows(query, target_ptr, target_items, masked_ptr, masked_items)
-
-    split = SplitData(protocol, n_users, data.n_items, max_len, sequential, train_user, train_item,
-                      sequences, targets, sequence_user, rows(1), rows(2),
-                      torch.from_numpy(user[~train]), torch.from_numpy(item[~train]))
-    split.statistics = {**data.statistics(), "protocol": protocol, "train_interactions": int(train.sum()),
-                        "valid_rows": len(split.valid), "test_rows": len(split.test),
-                        "train_examples": int((targets > 0).sum()) if sequential else int(train.sum())}
-    if len(split.valid) == 0 or len(split.test) == 0:
-        raise RecError(f"the {protocol} split left no validation or test rows: the dataset is too small "
-                       f"({data.describe()})")
-    return split
-
-
-# The part of each interaction under each protocol: 0 train, 1 valid, 2 test (arrays in the data's order).
-def loo_parts(user: np.ndarray, position: np.ndarray, length: np.ndarray) -> np.ndarray:
-    """Leave-one-out: the last item test, the second-to-last valid; RecBole's legal = min(2, n - 1) held out."""
-    legal = np.minimum(2, length - 1)[user]
-    from_end = length[user] - 1 - position
-    return np.where(from_end < legal, 2 - from_end, 0)
-
-
-def ratio_parts(user: np.ndarray, length: np.ndarray, start: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """8:1:1 of each user's items in a random order, with RecBole's rounding (`_calcu_split_ids`)."""
-    n_valid = np.array([int(0.1 * n) for n in range(length.max() + 1)])
-    n_test = n_valid.copy()
-    n_train = np.arange(length.max() + 1) - n_valid - n_test
-    for counts, ratio in ((n_valid, 0.1), (n_test, 0.1)):   # RecBole's rounding, valid first
-        bump = (n_train > 1) & (0 < ratio * np.arange(length.max() + 1)) & (ratio * np.arange(length.max() + 1) < 1)
-        counts += bump
-        n_train -= bump
-    rank = np.argsort(np.lexsort((rng.random(len(user)), user)), kind="stable") - start[user]  # random rank
-    n_tr, n_va = n_train[length][user], n_valid[length][user]
-    return np.where(rank < n_tr, 0, np.where(rank < n_tr + n_va, 1, 2))
-
-
-def user_parts(n_users: int, shuffled: bool, rng: np.random.Generator) -> np.ndarray:
-    """The part of each user: `user`, users shuffled, 70/20/10; `user-prefixes`, users in file order, 80/10/10
-    (the MDCNS code's LastFM files: its logs' 41,251 / 4,430 / 5,780 rows are users 1-872 / 873-981 / 982-1,090
-    of LastFM.txt, in file order)."""
-    order = rng.permutation(n_users) if shuffled else np.arange(n_users)
-    train_share, valid_share = (0.7, 0.2) if shuffled else (0.8, 0.1)
-    n_train_users, n_valid_users = int(train_share * n_users), int(valid_share * n_users)
-    user_part = np.empty(n_users, dtype=np.int64)
-    user_part[order] = np.repeat([0, 1, 2], [n_train_users, n_valid_users, n_users - n_train_users - n_valid_users])
-    return user_part
-
-
-def training_windows(user: np.ndarray, item: np.ndarray, max_len: int):
-    """Every position of every training sequence as a (prefix -> next item) example, in windows of `max_len`.
-
-    A user's sequence i_1..i_n gives targets i_2..i_n. Sequences longer than max_len + 1 are cut, from the end,
-    into windows whose targets do not overlap; the first target of an earlier window sees a shorter prefix
-    than RecBole's `MAX_ITEM_LIST_LENGTH` augmentation would give it (documented in the README).
-    Returns right-padded inputs (S, L), targets (S, L) with 0 where there is no target, and the user (S,).
-    """
-    length = np.bincount(user)
-    start = np.r_[0, np.cumsum(length)[:-1]]
-    n_targets = np.maximum(length - 1, 0)
-    n_windows = -(-n_targets // max_len)                          # ceil
-    window_user = np.repeat(np.arange(len(length)), n_windows)
-    window_rank = positions_within_users(window_user)             # 0 = the window ending at the sequence end
-    end = start[window_user] + length[window_user] - window_rank * max_len        # exclusive end of targets
-    first_target = np.maximum(end - max_len, start[window_user] + 1)
-    offsets = np.arange(max_len)
-    target_index = first_target[:, None] + offsets                                 # (S, L)
-    valid = target_index < end[:, None]
-    safe = np.where(valid, target_index, 0)
-    targets = np.where(valid, item[safe], 0)
-    inputs = np.where(valid, item[safe - 1], 0)
-    return torch.from_numpy(inputs), torch.from_numpy(targets), torch.from_numpy(window_user)
-
-
-def prefix_rows(train_user, train_item, max_len: int):
-    """The MDCNS code's training rows (data/enhance.ipynb; also RecBole's prefix augmentation): every prefix of every training sequence (length
-    >= 1 before its target) as its own row, the last `max_len` items before the target, right-padded. The target
-    sits at the prefix's last position and the rest of the targets row is 0, so common's `examples` yields one
-    example per row, queried at its last position. train_user/train_item chronological per user (SplitData).
-    Returns sequences (R, L), targets (R, L), users (R,)."""
-    user, item = np.asarray(train_user), np.asarray(train_item)
-    target = np.flatnonzero(positions_within_users(user) >= 1)                  # (R,) index of each row's target
-    first = np.maximum(target - max_len, target - positions_within_users(user)[target])   # (R,) prefix start
-    index = first[:, None] + np.arange(max_len)                                  # (R, L)
-    inside = index < target[:, None]
-    sequences = np.where(inside, item[np.minimum(index, len(item) - 1)], 0)      # (R, L)
-    targets = np.zeros_like(sequences)
-    targets[np.arange(len(target)), target - first - 1] = item[target]          # the prefix's last position
-    return torch.from_numpy(sequences), torch.from_numpy(targets), torch.from_numpy(user[target])
-
-
-def prefix_eval_rows(user: np.ndarray, item: np.ndarray, max_len: int, mask_history: bool) -> EvalRows:
-    """Every (prefix -> next item) of every sequence as an evaluation row (`--split user-prefixes`): the query is
-    the prefix's last `max_len` items, the target the next item, the masked history the whole prefix (the MDCNS
-    code masks each row's items[:-1]) minus the target. user/item chronological per user."""
-    sequences, targets, _ = prefix_rows(user, item, max_len)                     # (R, L), target at its last slot
-    position = positions_within_users(user)
-    target = np.flatnonzero(position >= 1)                                       # (R,) index of each row's target
-    if mask_history:
-        entry_row = np.repeat(np.arange(len(target)), position[target])         # (H,) one entry per prefix item
-        history = item[target[entry_row] - position[target][entry_row] + positions_within_users(entry_row)]  # (H,)
-        keep = history != item[target][entry_row]                               # a target is never masked
-        counts = np.bincount(entry_row[keep], minlength=len(target))
-        masked_ptr, masked_items = torch.from_numpy(np.r_[0, np.cumsum(counts)]), torch.from_numpy(history[keep])
-    else:
-        masked_ptr, masked_items = torch.zeros(len(target) + 1, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return EvalRows(sequences, torch.arange(len(target) + 1), targets.sum(1), masked_ptr, masked_items)
-
-
-def pad_right(sequences, length: int) -> torch.Tensor:
-    out = np.zeros((len(sequences), length), dtype=np.int64)
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    if len(sequences):
-        mask = np.arange(length) < lengths[:, None]
-        out[mask] = np.concatenate(sequences) if lengths.sum() else []
-    return torch.from_numpy(out)
-
-
-def to_csr(lists):
-    lengths = np.array([len(x) for x in lists], dtype=np.int64)
-    ptr = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-    values = np.concatenate(lists).astype(np.int64) if lengths.sum() else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(ptr), torch.from_numpy(values)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 4. Backbones: one scoring interface
-#    queries, item_table = model(inputs)
-#      general backbones:    inputs = user ids (B,)              -> queries (B, D)
-#      sequential backbones: inputs = right-padded items (B, L)  -> queries (B, D) at each sequence's last item,
-#                            or (B, L, D) at every position with every_position=True
-#      item_table: (n_items + 1, D), row 0 is padding; score(query, item) = query . item_table[item]
-# ----------------------------------------------------------------------------------------------------------
-BACKBONES = ("mf", "lightgcn", "sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec", "ngcf")
-SEQUENTIAL_BACKBONES = ("sasrec", "gru4rec", "mamba4rec", "linrec", "fmlp4rec")
-
-
-class MF(nn.Module):
-    """BPR-MF (Rendle et al., UAI 2009): a user table and an item table."""
-
-    sequential = False
-
-    def __init__(self, n_users: int, n_items: int, dim: int):
-        super().__init__()
-        self.user_embedding = nn.Embedding(n_users, dim)
-        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        nn.init.xavier_normal_(self.user_embedding.weight)   # RecBole BPR's init
-        nn.init.xavier_normal_(self.item_embedding.weight[1:])
-
-    def forward(self, users):
-        return self.user_embedding(users), self.item_embedding.weight   # (B, D), (I+1, D)
-
-    def ego_embeddings(self, users, items):
-        """The layer-0 embeddings the L2 penalty applies to (LightGCN paper, Eq. 15)."""
-        return self.user_embedding(users), self.item_embedding(items)
-
-
-class LightGCN(nn.Module):
-    """LightGCN (He et al., SIGIR 2020): E^(k+1) = D^-1/2 A D^-1/2 E^(k), final = mean of E^(0..K).
-
-    The normalized adjacency of the user-item training graph is built directly as a sparse COO tensor
-    (never dense: LightGCN-PyTorch#1, #15). The padding item is an isolated node.
-
-    In eval mode without grad (evaluation calls forward once per batch of rows) the propagation runs once per
-    state of the weights: `cached_propagate`. Training mode and grad mode propagate at every call.
-    """
-
-    sequential = False
-
-    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, train_user, train_item):
-        super().__init__()
-        self.n_users, self.n_layers = n_users, n_layers
-        self.user_embedding = nn.Embedding(n_users, dim)
-        self.item_embedding = nn.Embedding(n_items + 1, dim)
-        nn.init.xavier_uniform_(self.user_embedding.weight)   # RecBole / ICPNS init
-        nn.init.xavier_uniform_(self.item_embedding.weight)
-        with warnings.catch_warnings():   # "sparse CSR support is in beta": matmul and its use here are stable
-            warnings.simplefilter("ignore")
-            adjacency = normalized_adjacency(n_users, n_items + 1, train_user, train_item).to_sparse_csr()
-        self.register_buffer("adjacency", adjacency, persistent=False)
-        self.propagated = None   # (weights, adjacency, their propagated tables) of cached_propagate
-
-    def propagate_layers(self):
-        """E^(0..K) of users (K+1, U, D) and items (K+1, I+1, D); MixGCF's hop mixing reads the layers."""
-        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])      # (U+I+1, D)
-        layers = [ego]
-        for _ in range(self.n_layers):
-            layers.append(SymmetricSparseMatmul.apply(self.adjacency, layers[-1]))
-        stacked = torch.stack(layers)                                                  # (K+1, U+I+1, D)
-        return stacked[:, :self.n_users], stacked[:, self.n_users:]
-
-    def propagate(self):
-        users, items = self.propagate_layers()
-        return users.mean(0), items.mean(0)                                            # mean over K+1 layers
-
-    @torch.no_grad()
-    def cached_propagate(self):
-        """propagate(), recomputed only when a weight changed (value, dtype or device; the layer-0 tables, and
-        NGCF's layer weights) or the adjacency was replaced: any optimizer step, load_state_dict or .to()
-        recomputes it. The weights are compared exactly with a copy taken at the last propagation, not through
-        their `_version` counters, which fused optimizer steps (e.g. Adam(fused=True)) and writes through `.data`
-        leave unchanged. The returned tables are shared between calls: callers must not write into them."""
-        weights = torch.cat([parameter.reshape(-1) for parameter in self.parameters()])   # a copy, flat
-        cached = self.propagated
-        if cached is None or cached[1] is not self.adjacency or cached[0].dtype != weights.dtype or \
-                cached[0].device != weights.device or not torch.equal(cached[0], weights):
-            self.propagated = (weights, self.adjacency, self.propagate())
-        return self.propagated[2]
-
-    def forward(self, users):
-        eval_no_grad = not self.training and not torch.is_grad_enabled()
-        user_table, item_table = self.cached_propagate() if eval_no_grad else self.propagate()
-        return user_table[users], item_table
-
-    def ego_embeddings(self, users, items):
-        return self.user_embedding(users), self.item_embedding(items)
-
-
-class SymmetricSparseMatmul(torch.autograd.Function):
-    """A @ X for a symmetric sparse A that needs no gradient: the backward is A @ grad, so autograd never
-    transposes A (torch.sparse.mm's backward re-sorts A^T every step; this is ~4x faster on CPU)."""
-
-    @staticmethod
-    def forward(ctx, A, X):
-        ctx.A = A
-        return A @ X
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, ctx.A @ grad
-
-
-def normalized_adjacency(n_users: int, n_nodes_items: int, train_user, train_item) -> torch.Tensor:
-    """D^-1/2 A D^-1/2 of the bipartite graph (users first, then items) as a coalesced sparse tensor.
-    Duplicate (user, item) pairs count once."""
-    n = n_users + n_nodes_items
-    pairs = torch.unique(torch.as_tensor(train_user) * n_nodes_items + torch.as_tensor(train_item))
-    u, i = pairs // n_nodes_items, pairs % n_nodes_items + n_users
-    rows, cols = torch.cat([u, i]), torch.cat([i, u])
-    degree = torch.bincount(rows, minlength=n).float()
-    inv_sqrt = degree.pow(-0.5)
-    values = inv_sqrt[rows] * inv_sqrt[cols]
-    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=True).coalesce()
-
-
-@lru_cache(maxsize=None)
-def _bernoulli_draws_uniform_doubles() -> bool:
-    """Whether this build's CPU `bernoulli_(p)` (what nn.Dropout draws its mask with) is `rand(float64) < p`: the
-    same uniforms from the same generator, consumed alike. It is where PyTorch takes its default kernel (ATen's
-    `bernoulli_scalar_kernel`: every non-Intel CPU, and builds without MKL); on Intel CPUs it takes MKL's, whose
-    masks differ. Checked once on a private generator rather than guessed from the vendor."""
-    draws = [torch.Generator().manual_seed(7) for _ in range(2)]
-    mask = torch.empty(1031).bernoulli_(0.3, generator=draws[0]).bool()
-    same = torch.equal(mask, torch.rand(1031, dtype=torch.float64, generator=draws[1]) < 0.3)
-    return same and torch.equal(draws[0].get_state(), draws[1].get_state())
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with the same masks, values and gradients, drawn ~2.5x faster on the CPU. Where PyTorch's CPU
-    `bernoulli_` is `rand(float64) < 1 - p` (`_bernoulli_draws_uniform_doubles`), its per-element kernel costs
-    ~12 ns an element against ~4.5 ns for `torch.rand` (Mamba4Rec's seven dropouts took its forward on a Beauty
-    batch from 31 to 24 ms, bench/README.md). So the mask is drawn by `torch.rand` and then used exactly as ATen's
-    CPU dropout uses it (noise = mask / (1 - p), output = input * noise). Everywhere else (CUDA, MKL's kernel, a
-    non-contiguous input, inplace=True) it is nn.Dropout."""
-
-    def forward(self, x):
-        p = self.p
-        if not (self.training and 0 < p < 1 and x.numel() and x.device.type == "cpu" and x.is_contiguous()
-                and not self.inplace and _bernoulli_draws_uniform_doubles()):
-            return super().forward(x)
-        noise = (torch.rand(x.shape, dtype=torch.float64, device=x.device) < 1 - p).to(x.dtype).div_(1 - p)
-        return x * noise
-
-
-class SequentialBackbone(nn.Module):
-    """Base of the sequential backbones: `encode` maps right-padded item ids (B, L) to hidden states (B, L, D).
-    With right padding, a causal model's state at position t never depends on padding (which comes after)."""
-
-    sequential = True
-
-    def __init__(self, n_items: int, dim: int, max_len: int):
-        super().__init__()
-        self.max_len = max_len
-        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
-
-    def forward(self, sequences, every_position: bool = False):
-        hidden = self.encode(sequences)                                               # (B, L, D)
-        if not every_position:
-            last = (sequences > 0).sum(1).clamp(min=1) - 1                            # (B,)
-            hidden = hidden[torch.arange(len(sequences), device=hidden.device), last]  # (B, D)
-        return hidden, self.item_embedding.weight
-
-
-def normal_init_(model: nn.Module, std: float = 0.02):
-    """The S3-Rec / RecBole `init_weights` of the sequential backbones: Linear and Embedding weights N(0, std),
-    Linear biases 0, LayerNorm weight 1 and bias 0. Other parameters keep their own init."""
-    for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, 0.0, std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-
-
-class ResidualFFN(nn.Module):
-    """The position-wise feed-forward block of the S3-Rec code family (MDCNS `modules.Intermediate`):
-    LN(x + dropout(W2 GELU(W1 x))), inner size 4 D, no dropout between the two layers."""
-
-    def __init__(self, dim: int, dropout: float):
-        super().__init__()
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), Dropout(dropout))
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x):
-        return self.norm(x + self.ffn(x))
-
-
-class PositionalBackbone(SequentialBackbone):
-    """The frame the MDCNS code's `SASRec`, `Linrec` and `FMLPRecModel` share (its `models.py`, S3-Rec style):
-    dropout(LN(item embedding + learned position embedding)), then the blocks, each a causal sequence-mixing
-    sub-layer followed by `ResidualFFN` (`layers`); init `normal_init_`.
-
-    Positions count back from the last item, which always sits at position max_len - 1: the MDCNS code left-pads
-    every row to max_len and numbers the positions from the left edge. With right padding that is position
-    max_len - n + t for item t of a row of n items. Note: with every position of a sequence trained in one pass
-    (the default), the prefix ending at item j < n - 1 sees its items at positions shifted by n - 1 - j from where
-    a row holding only that prefix would put them; `--augmented-prefixes` trains one row per prefix, as the MDCNS
-    code. The padding row of the item table is zero (the MDCNS code leaves it random; it never reaches a valid
-    position here).
-
-    Everything runs on the real positions only (`Packing`; 84% of Beauty's training positions are padding at
-    L = 50): the embeddings, LayerNorms, dropouts and feed-forwards position by position on the packed (P, D),
-    the sequence-mixing sub-layers on rows of similar length at a time (`Packing.by_buckets`). Every mixer is
-    causal, so with right padding a real position never depends on the padding after it: the real positions come
-    out as the same blocks give on the padded (B, L, D) layout, and the padding's hidden states are 0."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, blocks, dropout: float):
-        super().__init__(n_items, dim, max_len)
-        self.position_embedding = nn.Embedding(max_len, dim)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.dropout = Dropout(dropout)
-        self.blocks = nn.ModuleList(blocks)
-        normal_init_(self)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def positions(self, sequences):                                                   # (B, L) -> (B, L)
-        """Item t of a row of n items sits at position max_len - n + t (the padding's are clamped, unused)."""
-        n = (sequences > 0).sum(1, keepdim=True)                                       # (B, 1) items per row
-        steps = torch.arange(sequences.shape[1], device=sequences.device)
-        return (steps + self.max_len - n).clamp(0, self.max_len - 1)
-
-    def layers(self):
-        """The (sequence mixer, ResidualFFN) pairs in order: LinRec's and FMLP4Rec's blocks are such pairs
-        (nn.Sequential, the MDCNS code's `LinrecTransformerLayer` / `FMLPLayer`)."""
-        return self.blocks
-
-    def encode(self, sequences):
-        packing = Packing(sequences)
-        x = self.item_embedding(packing.pack(sequences)) + self.position_embedding(packing.pack(
-            self.positions(sequences)))                                               # (P, D)
-        x = self.dropout(self.norm(x))
-        for mixer, ffn in self.layers():
-            x = ffn(mixer(x, packing))                                                 # (P, D)
-        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
-
-
-class SASRec(PositionalBackbone):
-    """SASRec (Kang & McAuley, ICDM 2018) as the field runs it (S3-Rec, RecBole, and the MDCNS code's
-    `models.SASRec` + `modules.Encoder`, the block behind every MDCNS number), `--sasrec-block s3rec`:
-
-        x_0 = Dropout(LN(E[item] + P[position]))             (PositionalBackbone)
-        a   = LN(x + Dropout(W_O · MHA(x)))                  causal multi-head attention, dropout on its weights
-        x'  = LN(a + Dropout(W_2 · GELU(W_1 a)))             feed-forward of width 4 D, GELU (erf form)
-
-    post-LayerNorm (eps 1e-12), N(0, 0.02) init of every Linear / Embedding weight, zero biases; the query is the
-    hidden state at the last item, as there. Padding never reaches a real position (it comes after it, under a
-    causal mask); the code's additive -10000 mask is 0 after exp as well. So it runs on the real positions only,
-    as `PositionalBackbone` does, the attention on rows of similar length at a time (`CausalSelfAttention`)."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
-                 dropout: float = 0.5):
-        blocks = [block for _ in range(n_layers)
-                  for block in (CausalSelfAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))]
-        super().__init__(n_items, dim, max_len, blocks, dropout)
-
-    def layers(self):
-        """The blocks alternate attention and ResidualFFN (the MDCNS code's `modules.Layer` as two entries)."""
-        return zip(self.blocks[0::2], self.blocks[1::2])
-
-
-class CausalSelfAttention(nn.Module):
-    """The attention sub-layer of the S3-Rec / RecBole SASRec (the MDCNS code's `modules.SelfAttention`):
-    LN(x + Dropout(W_O · softmax(q k^T / sqrt(D/H) + causal mask) v)), dropout on the attention weights too."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads, self.attention_dropout = n_heads, dropout
-        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.output = nn.Linear(dim, dim)
-        self.dropout = Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x, packing: "Packing"):                                          # (P, D) packed
-        """x: the real positions of `packing`'s rows. The attention runs on rows of similar length together,
-        each bucket as wide as its longest row (`Packing.by_buckets`): a row attends within itself, so this is
-        the attention over all L positions without the padding's cost (on Beauty's training rows ~4% of it)."""
-        D, H = x.shape[1], self.n_heads
-        qkv = torch.cat([self.query(x), self.key(x), self.value(x)], 1)                # (P, 3 D)
-
-        def attend(rows):                                                              # (R, W, 3 D) -> (R, W, D)
-            R, W = rows.shape[:2]
-            q, k, v = (t.reshape(R, W, H, D // H).transpose(1, 2) for t in rows.split(D, -1))  # (R, H, W, D/H)
-            # softmax(q k^T / sqrt(D/H) + causal mask) v, dropout on the attention weights (SASRec Eq. 2,
-            # S3-Rec form)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                 dropout_p=self.attention_dropout if self.training else 0.0)
-            return out.transpose(1, 2).reshape(R, W, D)
-
-        context = packing.by_buckets(attend, qkv)                                      # (P, D)
-        return self.norm(x + self.dropout(self.output(context)))                       # post-LN residual
-
-
-class KangSASRec(SequentialBackbone):
-    """SASRec's original block (Kang & McAuley, ICDM 2018; SASRec.pytorch), `--sasrec-block kang`: learned
-    positions counted from the first item, embeddings scaled by sqrt(D), Q = LN(x), x = Q + causal-MHA(Q, x, x),
-    x = x + FFN(LN(x)) with a position-wise two-layer ReLU FFN of width D, padding positions zeroed after every
-    block, a final LayerNorm, xavier-normal init. SASRec's own ml-1m protocol; not the block behind the MDCNS
-    paper's numbers (see `SASRec`)."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 1,
-                 dropout: float = 0.2):
-        super().__init__(n_items, dim, max_len)
-        self.position_embedding = nn.Embedding(max_len, dim)
-        self.dropout = Dropout(dropout)
-        self.attention_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
-        self.attentions = nn.ModuleList(nn.MultiheadAttention(dim, n_heads, dropout=dropout, batch_first=True)
-                                        for _ in range(n_layers))
-        self.ffn_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-8) for _ in range(n_layers))
-        self.ffns = nn.ModuleList(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), Dropout(dropout),
-                                                nn.Linear(dim, dim), Dropout(dropout))
-                                  for _ in range(n_layers))
-        self.final_norm = nn.LayerNorm(dim, eps=1e-8)
-        for name, parameter in self.named_parameters():   # SASRec.pytorch: xavier_normal on every matrix
-            if parameter.dim() > 1:
-                nn.init.xavier_normal_(parameter)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def encode(self, sequences):
-        L = sequences.shape[1]
-        keep = (sequences > 0).unsqueeze(-1)                                           # (B, L, 1)
-        x = self.item_embedding(sequences) * self.item_embedding.embedding_dim ** 0.5
-        x = self.dropout(x + self.position_embedding.weight[:L]) * keep                # (B, L, D)
-        causal = torch.ones(L, L, dtype=torch.bool, device=sequences.device).triu(1)  # True = not allowed
-        for attention_norm, attention, ffn_norm, ffn in zip(self.attention_norms, self.attentions,
-                                                            self.ffn_norms, self.ffns):
-            q = attention_norm(x)
-            x = q + attention(q, x, x, attn_mask=causal, need_weights=False)[0]
-            x = ffn_norm(x)
-            x = (x + ffn(x)) * keep
-        return self.final_norm(x)
-
-
-class GRU4Rec(SequentialBackbone):
-    """GRU4Rec (Hidasi et al., ICLR 2016) as in RecBole and the MDCNS code: embedding dropout, a GRU without
-    biases, a linear map to D; xavier-normal item embeddings, xavier-uniform GRU weights of the first layer, the
-    rest PyTorch's defaults. Note: the MDCNS code left-pads, so its GRU steps over the padding row (xavier-normal,
-    never trained) before the first item; right padding keeps the padding after the last item."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 1, dropout: float = 0.2):
-        super().__init__(n_items, dim, max_len)
-        nn.init.xavier_normal_(self.item_embedding.weight[1:])
-        self.dropout = Dropout(dropout)
-        self.gru = nn.GRU(dim, dim, n_layers, bias=False, batch_first=True)
-        nn.init.xavier_uniform_(self.gru.weight_ih_l0)
-        nn.init.xavier_uniform_(self.gru.weight_hh_l0)
-        self.output = nn.Linear(dim, dim)
-
-    def encode(self, sequences):
-        hidden, _ = self.gru(self.dropout(self.item_embedding(sequences)))             # (B, L, D)
-        return self.output(hidden)
-
-
-class Packing:
-    """The real positions of right-padded item rows (B, L): each row's steps up to its last item (at least
-    step 0, which forward() reads of an empty row), row after row, as `x[real]` for the (B, L) mask of them.
-    Mamba4Rec and the `PositionalBackbone`s (SASRec, LinRec, FMLP4Rec) compute on these P positions only, packed
-    (P, ...): their position-wise layers, dropouts and LayerNorms directly; Mamba4Rec's causal conv
-    (`MambaBlock.causal_conv`) and scan (`packed_selective_scan`) on the packed rows; the attentions and FMLP's
-    filter on rows of similar length (`by_buckets`). On Beauty (L = 50) 84% of the training positions are
-    padding. A causal model's real positions never depend on the padding after them, so they come out as in the
-    sequence layout (B, L, ...), which `unpack` restores with 0 at the padding."""
-
-    def __init__(self, sequences):
-        steps = torch.arange(1, sequences.shape[1] + 1, device=sequences.device)
-        self.lengths = ((sequences > 0) * steps).amax(1).clamp(min=1)                  # (B,) real steps per row
-        self.index = (steps <= self.lengths.unsqueeze(1)).view(-1).nonzero().squeeze(1)  # (P,) in B * L, row-major
-        self.starts = self.lengths.cumsum(0) - self.lengths                            # (B,) row b's step 0 in P
-        self.shape = tuple(sequences.shape)
-        self.step = self.index % self.shape[1]                                         # (P,) t of each position
-
-    def pack(self, t):                                                                 # (B, L, ...) -> (P, ...)
-        return t.reshape(-1, *t.shape[2:]).index_select(0, self.index)
-
-    def unpack(self, t):                                                               # (P, ...) -> (B, L, ...)
-        flat = t.new_zeros(self.shape[0] * self.shape[1], *t.shape[1:])
-        return flat.index_copy(0, self.index, t).view(*self.shape, *t.shape[1:])
-
-    @functools.cached_property
-    def buckets(self):
-        """The rows grouped by length, up to 8, 9-16, 17-32, ... steps, each bucket as `where` (rows, W), the
-        packed position of step t of each row, and `real` (rows, W), whether t is a real step; W is the bucket's
-        longest row. Steps past a row's length point at its step 0: a causal model's real steps never read
-        them. Computed once per batch, read by every attention layer."""
-        buckets, low, cap = [], 0, 8
-        while low < self.shape[1]:
-            rows = ((self.lengths > low) & (self.lengths <= cap)).nonzero().squeeze(1)   # (rows,)
-            if len(rows):
-                lengths = self.lengths[rows]
-                steps = torch.arange(int(lengths.max()), device=self.index.device)
-                real = steps < lengths.unsqueeze(1)                                       # (rows, W)
-                buckets.append((self.starts[rows].unsqueeze(1) + steps * real, real))    # where (rows, W)
-            low, cap = cap, 2 * cap
-        return buckets
-
-    def by_buckets(self, fn, x):                                                       # (P, *C) -> (P, *C')
-        """fn, a causal map of rows (R, W, *C) -> (R, W, *C') (step t reads steps <= t only), on the packed rows
-        x (P, *C), one bucket of `buckets` at a time: its rows gathered to (R, W, *C), their real steps written
-        back in packed order. The steps past a row's length (copies of its step 0) never reach a real step."""
-        if not self.buckets:                                                           # no rows: P = 0
-            return fn(x.unsqueeze(1))[:, 0]                                            # zero rows of one step
-        positions = torch.cat([where[real] for where, real in self.buckets])           # (P,) each position once
-        outputs = torch.cat([fn(x[where])[real] for where, real in self.buckets])      # (P, *C'), bucket order
-        return outputs.new_empty(outputs.shape).index_put((positions,), outputs)      # back in packed order
-
-
-def selective_scan(x, dt, A, B, C, D, lengths=None):
-    """The selective scan of Mamba (Gu & Dao 2023, Algorithm 2) with zero-order-hold A and Euler B, in PyTorch:
-
-        h_t = exp(dt_t * A) * h_{t-1} + dt_t * B_t * x_t,   h_{-1} = 0,   h_t: (Bt, d_inner, d_state)
-        y_t = h_t . C_t + D * x_t
-
-    x, dt: (Bt, L, d_inner); A: (d_inner, d_state); B, C: (Bt, L, d_state); D: (d_inner,) -> y: (Bt, L, d_inner).
-    lengths (Bt,), optional: rows are right-padded and steps t >= lengths[b] are padding; the recurrence skips
-    them (their y is D * x only), which leaves every earlier step exactly as without padding (the scan is causal)
-    and skips most of the work on short-sequence data (85% of the positions are padding on Beauty, L = 50).
-    Runs in float32 at least (like mamba_ssm's reference scan) and returns x's dtype. On CUDA with the optional
-    `mamba_ssm` package installed, its fused kernel `selective_scan_fn` computes the same thing; everywhere else
-    `_SelectiveScan` does.
-    """
-    fused = _fused_scan(x)
-    if fused is not None:
-        y = fused(*(t.transpose(1, 2).contiguous() for t in (x, dt)), A.float(),
-                  *(t.transpose(1, 2).contiguous() for t in (B, C)), D.float()).transpose(1, 2)  # (Bt, L, d)
-        if lengths is not None:
-            padding = torch.arange(x.shape[1], device=x.device) >= lengths.unsqueeze(1)  # (Bt, L)
-            y = torch.where(padding.unsqueeze(-1), x * D, y)
-        return y.to(x.dtype)
-    Bt, L, d = x.shape
-    lengths = torch.full((Bt,), L, device=x.device) if lengths is None else lengths
-    x, dt, B, C = (t.reshape(Bt * L, t.shape[-1]) for t in (x, dt, B, C))           # row b's step t at b L + t
-    return _scan_rows(x, dt, A, B, C, D, torch.arange(Bt, device=x.device) * L, lengths).view(Bt, L, d)
-
-
-def packed_selective_scan(x, dt, A, B, C, D, packing: Packing):
-    """`selective_scan` of `packing`'s rows, packed: x, dt (P, d_inner), B, C (P, d_state) at its real positions
-    -> y (P, d_inner). On the PyTorch path no padding is filled, read or written (Mamba4Rec's case); mamba_ssm's
-    kernel takes the sequence layout, so there the rows are unpacked around it."""
-    if _fused_scan(x) is not None:
-        x, dt, B, C = map(packing.unpack, (x, dt, B, C))
-        return packing.pack(selective_scan(x, dt, A, B, C, D, packing.lengths))
-    return _scan_rows(x, dt, A, B, C, D, packing.starts, packing.lengths)
-
-
-def _scan_rows(x, dt, A, B, C, D, starts, lengths):
-    """`_SelectiveScan` of rows stored along dim 0 of x, dt (N, d_inner), B, C (N, d_state): row b's step t at
-    starts[b] + t for t < lengths[b]; y (N, d_inner) is D x at the positions no row covers."""
-    work = torch.promote_types(x.dtype, torch.float32)
-    inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
-    keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    return _SelectiveScan.apply(*inputs, starts, lengths, keep).to(x.dtype)
-
-
-def _fused_scan(x):
-    """mamba_ssm's fused CUDA `selective_scan_fn` where it applies (x on CUDA, not float64), else None."""
-    return _mamba_ssm_selective_scan() if x.is_cuda and x.dtype != torch.float64 else None
-
-
-@lru_cache(maxsize=None)
-def _mamba_ssm_selective_scan():
-    """mamba_ssm's fused CUDA `selective_scan_fn` if the package is installed, else None (it is optional)."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError:
-        return None
-    return selective_scan_fn
-
-
-_LOG2E = 1 / math.log(2)
-
-
-class _SelectiveScan(torch.autograd.Function):
-    """`selective_scan` on the CPU (or on CUDA without mamba_ssm), with a hand-written backward: the adjoint
-    recurrence run backwards in time,
-
-        G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}      (dLoss/dh_t, (d_inner, d_state) per row)
-        dLoss/d(dt_t A) = G_t exp(dt_t A) h_{t-1},    dLoss/d(dt_t B_t x_t) = G_t.
-
-    Why a loop over time steps and not a parallel scan: on a CPU thread the loop is not latency-bound but
-    bound by memory traffic and by PyTorch's per-call overhead, and every parallel form does more of both. A
-    chunked parallel scan needs exp(S_t - S_s) for every pair s <= t of a chunk (S = cumsum(dt A), kept as
-    differences so that no exponent is positive), i.e. T/2 times the exps of the loop for chunks of T steps:
-    the SSD/Mamba-2 matmul factorisation exp(S_t) exp(-S_s) needs a scalar A per head and overflows otherwise;
-    Mamba-1's A differs per (channel, state). Measured at the project's shapes (batch 128, L = 50,
-    d_inner = 128, d_state = 16, forward + backward, one thread; bench/bench_scan.py), chunks of 2 or 5 steps
-    through autograd cost ~40x this loop. What makes the loop fast instead (2.4x the blocked loop it replaced
-    in bench/bench_scan.py, ~9x with Beauty's padding):
-    - rows in groups of ~2^17 / (d_inner d_state) (64 at d = 128, n = 16), each run through all steps with its
-      state h updated in place, so the per-step tensors (512 KB) stay in the L2 cache;
-    - padding packed away: positions are stored step-major with the rows in decreasing length, so the rows
-      still running at step t are a prefix of those at t - 1 and each step works on a contiguous slice of
-      only the real positions (torch.nn.utils.rnn's PackedSequence layout);
-    - (rows, d_state, d_inner) layout: every broadcast runs along the contiguous d_inner, and the four
-      contractions are batched matmuls in their fast orientation ((1, k) @ (k, m));
-    - the states h_t are the only (.., d_state, d_inner) tensors kept for the backward (Bt L d_inner d_state
-      floats, only the real positions' with padding), one tensor per group: 26 MB at L = 50, below glibc's 32 MB mmap
-      threshold, so it is reused instead of page-faulted afresh on every call (that costs ~3x the time of
-      filling it); exp(dt A) is recomputed: keeping it as well doubled the page faults and cost more than the
-      exps (measured). Without gradients (evaluation) no state is kept at all;
-    - exp(dt A) as exp2(dt A log2 e): PyTorch's CPU exp2 is ~2.7x cheaper than its exp (float rounding apart,
-      the same number), and the exps are most of the arithmetic.
-    Tried and slower here (bench/README.md): every non-recurrent product done once per row group on all its
-    positions instead of step by step (fewer, larger kernels; but they leave the L2 cache); the whole batch as
-    one group.
-    """
-
-    group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
-
-    @staticmethod
-    def schedule(starts, lengths, group_rows: int):
-        """Where each step of each row group lives, for rows b of lengths[b] steps stored from starts[b] on along
-        dim 0 of x. Returns index (P,): the rows' (row, step) positions in x, step-major, rows in decreasing length
-        within a step (the packed layout); and for each group of `group_rows` consecutive packed rows, one (packed
-        slice, slice of the group's states) per step until its longest row ends."""
-        L = int(lengths.max()) if len(lengths) else 0
-        order = torch.argsort(lengths, descending=True, stable=True)                  # (Bt,) longest first
-        steps = torch.arange(L, device=lengths.device)
-        running = lengths[order].unsqueeze(0) > steps.unsqueeze(1)                    # (L, Bt)
-        index = (starts[order].unsqueeze(0) + steps.unsqueeze(1))[running]            # (P,) step-major
-        counts = running.sum(1)                                                       # rows running per step
-        starts, counts = (counts.cumsum(0) - counts).tolist(), counts.tolist()
-        groups = []
-        for first in range(0, counts[0] if L else 0, group_rows):
-            steps_of_group, kept = [], 0
-            for start, count in zip(starts, counts):
-                rows = min(count, first + group_rows) - first
-                if rows <= 0:
-                    break
-                steps_of_group.append((slice(start + first, start + first + rows), slice(kept, kept + rows)))
-                kept += rows
-            groups.append(steps_of_group)
-        return index, groups
-
-    @staticmethod
-    def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
-        N, d = x.shape
-        n = A.shape[1]
-        index, groups = _SelectiveScan.schedule(starts, lengths, max(1, _SelectiveScan.group_elements // A.numel()))
-        xp, dtp = (t.reshape(N, 1, d).index_select(0, index) for t in (x, dt))         # (P, 1, d) packed
-        Bp = B.reshape(N, n, 1).index_select(0, index)                                 # (P, n, 1)
-        Cp = C.reshape(N, 1, n).index_select(0, index)                                 # (P, 1, n)
-        At = A.T.contiguous()                                                          # (n, d)
-        A2 = At * _LOG2E                                                               # exp(dt A) = 2^(dt A log2 e)
-        dtx = dtp * xp
-        yp = xp.new_empty(len(index), 1, d)
-        states = []                                   # per group: h_t of every step, (steps x rows, n, d)
-        for steps in groups:
-            rows0 = steps[0][1].stop
-            decay = xp.new_empty(rows0, n, d)
-            kept = xp.new_empty(steps[-1][1].stop, n, d) if keep else xp.new_empty(rows0, n, d)
-            h = None
-            for r, k in steps:
-                rows = k.stop - k.start
-                out = kept[k] if keep else kept[:rows]                                 # without a backward, in place
-                if h is None:
-                    torch.mul(dtx[r], Bp[r], out=out)                                  # h_0 = dt B x
-                else:
-                    a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                # exp(dt_t A), (rows, n, d)
-                    torch.mul(h[:rows], a, out=out).addcmul_(dtx[r], Bp[r])            # h_t = a h_{t-1} + dt B x
-                h = out
-                torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
-            if keep:
-                states.append(kept)
-        y = (x * D).index_add_(0, index, yp.view(-1, d))                               # D x + C . h, (N, d)
-        if keep:
-            ctx.save_for_backward(x, xp, dtp, At, Bp, Cp, D, index, *states)
-            ctx.groups = groups
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gy):
-        x, xp, dtp, At, Bp, Cp, D, index, *states = ctx.saved_tensors
-        N, d = x.shape
-        n, P = At.shape[0], len(index)
-        A2 = At * _LOG2E
-        gyp = gy.reshape(N, 1, d).index_select(0, index)                               # (P, 1, d)
-        dtx = dtp * xp
-        Bq, Cq = Bp.transpose(1, 2), Cp.transpose(1, 2)                                # (P, 1, n), (P, n, 1)
-        gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
-        gdtx, gdtp = xp.new_empty(P, 1, d), xp.new_empty(P, 1, d)                      # packed, (P, 1, d)
-        gAt = torch.zeros_like(At)
-        for steps, kept in zip(ctx.groups, states):
-            rows0 = steps[0][1].stop
-            G, decay = xp.new_empty(rows0, n, d), xp.new_empty(rows0, n, d)
-            gA_rows = xp.new_zeros(rows0, n, d)                                        # sum over steps of W dt
-            running = 0                          # rows of G that hold exp(dt_{t+1} A) G_{t+1} from step t + 1
-            for i in range(len(steps) - 1, -1, -1):
-                r, k = steps[i]
-                rows = k.stop - k.start
-                G[running:rows].zero_()                                                # rows whose end is here
-                Gt = G[:rows].addcmul_(Cq[r], gyp[r])                                  # G_t, (rows, n, d)
-                torch.bmm(dtx[r], Gt.transpose(1, 2), out=gBp[r])                      # sum_d G dt x
-                torch.bmm(Bq[r], Gt, out=gdtx[r])                                      # dLoss/d(dt x) = sum_n G B
-                torch.bmm(gyp[r], kept[k].transpose(1, 2), out=gCp[r])                 # sum_d h gy
-                if i == 0:
-                    gdtp[r] = 0                                                        # h_{-1} = 0: no decay term
-                    continue
-                a = torch.mul(dtp[r], A2, out=decay[:rows]).exp2_()                    # exp(dt_t A)
-                Gt.mul_(a)                                                             # carried to step t - 1
-                W = torch.mul(Gt, kept[steps[i - 1][1]][:rows], out=a)                 # dLoss/d(dt_t A)
-                gA_rows[:rows].addcmul_(W, dtp[r])                                     # dLoss/dA += W dt
-                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp[r])                    # dLoss/ddt: sum_n W A ...
-                running = rows
-            gAt += gA_rows.sum(0)
-        gdtx, gdtp = gdtx.view(P, d), gdtp.view(P, d).addcmul_(gdtx.view(P, d), xp.view(P, d))  # ... + x sum_n G B
-        gx = (gy * D).index_add_(0, index, gdtx * dtp.view(P, d))                      # (N, d)
-        gdt = x.new_zeros(N, d).index_copy_(0, index, gdtp)
-        gB, gC = (x.new_zeros(N, n).index_copy_(0, index, g.view(P, n)) for g in (gBp, gCp))
-        return gx, gdt, gAt.T, gB, gC, (gy * x).sum(0), None, None, None
-
-
-class MambaBlock(nn.Module):
-    """The Mamba block (Gu & Dao 2023; `mamba_ssm.Mamba` with its defaults), without norm or residual:
-    in_proj -> (x, z); x -> causal depthwise conv -> SiLU -> selective SSM with input-dependent dt, B, C;
-    y * SiLU(z) -> out_proj. Causal: position t only sees positions <= t."""
-
-    def __init__(self, dim: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
-                 dt_min: float = 1e-3, dt_max: float = 1e-1, dt_init_floor: float = 1e-4):
-        super().__init__()
-        self.d_inner, self.d_state, self.dt_rank = expand * dim, d_state, math.ceil(dim / 16)
-        self.in_proj = nn.Linear(dim, 2 * self.d_inner, bias=False)
-        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
-        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
-        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner)
-        self.out_proj = nn.Linear(self.d_inner, dim, bias=False)
-        self.A_log = nn.Parameter(torch.empty(self.d_inner, d_state))
-        self.D = nn.Parameter(torch.empty(self.d_inner))
-        self.dt_init = (dt_min, dt_max, dt_init_floor)
-        self.reset_ssm_parameters()
-
-    @torch.no_grad()
-    def reset_ssm_parameters(self):
-        """mamba_ssm's special inits: A = -(1..d_state) per channel (S4D-real), D = 1, dt_proj weight
-        U(+-dt_rank^-1/2), dt_proj bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]."""
-        dt_min, dt_max, floor = self.dt_init
-        states = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=self.A_log.device)
-        self.A_log.copy_(torch.log(states).expand_as(self.A_log))                     # (d_inner, d_state)
-        self.D.fill_(1.0)
-        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
-        device = self.dt_proj.bias.device
-        dt = torch.exp(torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
-                       + math.log(dt_min)).clamp(min=floor)
-        self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))                    # inverse of softplus
-
-    def causal_conv(self, x, packing: Packing):
-        """The depthwise causal conv1d, on packed positions: x'_t = b + sum_k w_k x_{t-k}, k < d_conv, with
-        x_{t-k} = 0 before the row's first step (the conv's left zero padding). x (P, d_inner)."""
-        w = self.conv1d.weight[:, 0].flip(1)                                           # (d_inner, d_conv): w_k
-        y = self.conv1d.bias + x * w[:, 0]
-        for k in range(1, w.shape[1]):                                                 # the kernel's taps
-            earlier = F.pad(x, (0, 0, k, 0))[:len(x)] * (packing.step >= k).unsqueeze(1)   # x_{t-k}, (P, d_inner)
-            y = y + earlier * w[:, k]
-        return y
-
-    def forward(self, hidden, packing: Packing):                                       # (P, D) packed
-        """hidden: the real positions of `packing`'s rows, packed (see `Packing`)."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (P, d_inner)
-        x = F.silu(self.causal_conv(x, packing))                                       # (P, d_inner)
-        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = F.softplus(self.dt_proj(dt))                                              # (P, d_inner)
-        y = packed_selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, packing)  # (P, d_inner)
-        return self.out_proj(y * F.silu(z))                                            # (P, D)
-
-
-class MambaLayer(nn.Module):
-    """One Mamba4Rec layer: LN(dropout(Mamba(x)) [+ x if several layers]), then the position-wise FFN
-    LN(x + dropout(W2 dropout(GELU(W1 x)))) with inner size 4 D; on the packed real positions (`Packing`)."""
-
-    def __init__(self, dim: int, d_state: int, d_conv: int, expand: int, dropout: float, residual: bool):
-        super().__init__()
-        self.residual = residual
-        self.mamba = MambaBlock(dim, d_state, d_conv, expand)
-        self.dropout = Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.ffn = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(dropout),
-                                 nn.Linear(4 * dim, dim), Dropout(dropout))
-        self.ffn_norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x, packing: Packing):                                           # (P, D) packed
-        y = self.dropout(self.mamba(x, packing))
-        x = self.norm(y + x if self.residual else y)
-        return self.ffn_norm(x + self.ffn(x))
-
-
-class Mamba4Rec(SequentialBackbone):
-    """Mamba4Rec (Liu et al., arXiv 2403.03900) as in its official RecBole code: embedding -> dropout ->
-    LayerNorm, then n_layers MambaLayer (residual around the Mamba block only when n_layers > 1). No positional
-    embedding: the causal conv and the scan carry the order. The selective scan is `selective_scan` (pure PyTorch;
-    mamba-ssm's CUDA kernel if installed and on CUDA). Everything runs on the real positions only (`Packing`);
-    the hidden state of a padding position is 0 (nothing reads it: queries sit at real positions).
-
-    Init as the official code's and the MDCNS code's `self.apply(init_weights)`: every Linear / Embedding weight
-    N(0, 0.02), biases 0, LayerNorm 1 / 0; the conv keeps PyTorch's default, A_log and D keep Mamba's. That apply
-    also reaches the Mamba block's dt_proj, so dt starts at softplus(~0) = 0.69 rather than Mamba's log-uniform
-    [0.001, 0.1]: the init behind the published numbers, kept. Note: the MDCNS code left-pads, so its scan runs
-    over the padding row (N(0, 0.02), LayerNorm'ed to full scale) before the first item; right padding keeps the
-    padding after the last item, where it changes nothing."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5,
-                 d_state: int = 16, d_conv: int = 4, expand: int = 2):
-        super().__init__(n_items, dim, max_len)
-        self.dropout = Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-        self.layers = nn.ModuleList(MambaLayer(dim, d_state, d_conv, expand, dropout, residual=n_layers > 1)
-                                    for _ in range(n_layers))
-        normal_init_(self)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
-
-    def encode(self, sequences):
-        packing = Packing(sequences)
-        x = self.norm(self.dropout(self.item_embedding(packing.pack(sequences))))      # (P, D)
-        for layer in self.layers:
-            x = layer(x, packing)
-        return packing.unpack(x)                                                       # (B, L, D), 0 at padding
-
-
-class LinearAttention(nn.Module):
-    """LinRec's L2-normalized linear attention (Liu et al., SIGIR 2023) as in the MDCNS code's
-    `LinrecAttention`, made causal, followed by the output projection, dropout and LN(x + .):
-
-        Q' = rho_row(ELU(Q)),  K' = rho(ELU(K))          each query / key row scaled to unit L2 norm, per head
-        original:  A = Q' (K'^T V) / sqrt(d_h)           over every position of the (left-padded) input
-        here:      A_t = Q'_t (sum_{s<=t} K'_s^T V_s) / sqrt(d_h) = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
-
-    The causal sum is computed as (Q' K'^T, kept for s <= t) V: the same numbers as the running (d_h, d_h) sums,
-    and cheaper at L = 50 (L^2 d_h vs L d_h^2 per head, and no (L, d_h, d_h) tensor to keep for the backward).
-    Q', K', V and everything after the sum are position-wise; on packed positions the sum runs on rows of
-    similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float):
-        super().__init__()
-        self.n_heads = n_heads
-        self.query, self.key, self.value, self.output = (nn.Linear(dim, dim) for _ in range(4))
-        self.dropout = Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
-        """x: rows (B, L, D), or with `packing` the packed real positions (P, D) of its rows (`Packing`)."""
-        D = x.shape[-1]
-        d_h = D // self.n_heads
-
-        def heads(t):
-            return t.unflatten(-1, (self.n_heads, d_h))                               # (..., h, d_h)
-
-        q = F.normalize(F.elu(heads(self.query(x))), dim=-1)                          # Q' = rho_row(ELU(Q))
-        k = F.normalize(F.elu(heads(self.key(x))), dim=-1)                            # K' = rho(ELU(K))
-        qkv = torch.cat([q, k, heads(self.value(x))], -1)                              # (..., h, 3 d_h)
-
-        def attend(rows):                                               # (R, W, h, 3 d_h) -> (R, W, h, d_h)
-            q, k, v = rows.transpose(1, 2).split(d_h, -1)                              # (R, h, W, d_h) each
-            weights = (q @ k.transpose(-1, -2)).tril()                                 # (R, h, W, W): s <= t
-            # A_t = sum_{s<=t} (Q'_t . K'_s) V_s / sqrt(d_h)
-            return (weights @ v / math.sqrt(d_h)).transpose(1, 2)                      # (R, W, h, d_h)
-
-        attended = attend(qkv) if packing is None else packing.by_buckets(attend, qkv)
-        return self.norm(x + self.dropout(self.output(attended.flatten(-2))))
-
-
-class LinRec(PositionalBackbone):
-    """LinRec (Liu et al., "Linear Attention Mechanism for Long-term Sequential Recommender Systems", SIGIR 2023)
-    as the MDCNS code's `Linrec` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `LinearAttention`
-    then `ResidualFFN` (its `LinrecTransformerLayer`); its attention dropout is never applied there either.
-
-    Causality: the original attention is not causal and has no padding mask: every position attends to every
-    position of the left-padded input, padding included (the mask argument is ignored). The MDCNS and LinRec
-    trainers read only the last position of each prefix, so nothing leaks there. This project trains every
-    position of a right-padded window at once (`examples`); there the original attention would let position t
-    see its own target (the input at t + 1). So the attention is made causal (`LinearAttention`). Consequences:
-    one block at position t equals the original block at the last position of the prefix i_1..i_t with no
-    padding (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks also mix later items
-    of the same prefix into earlier positions, ours never do; the original's left padding (non-zero after the
-    LayerNorm) enters its sums, ours never does; positions count back from the last item as with left
-    padding, but in one pass the earlier prefixes of a window see theirs shifted (`PositionalBackbone`); one
-    pass per window instead of one per prefix. Being causal, it runs on the real positions only
-    (`PositionalBackbone`), as the same blocks on the padded layout give them (tests/test_backbones_extra.py)."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, n_heads: int = 2,
-                 dropout: float = 0.5):
-        blocks = [nn.Sequential(LinearAttention(dim, n_heads, dropout), ResidualFFN(dim, dropout))
-                  for _ in range(n_layers)]
-        super().__init__(n_items, dim, max_len, blocks, dropout)
-
-
-class CausalFilter(nn.Module):
-    """FMLP-Rec's learnable filter (Zhou et al., WWW 2022) as the MDCNS code's `FilterLayer`, made
-    causal, followed by dropout and LN(x + .). W is complex, (max_len // 2 + 1, D), init N(0, 0.02^2) per part.
-
-        original:  X~ = irfft(rfft(X, ortho) * W, ortho) over the L = max_len positions
-                      = the circular convolution of X with w = irfft(W, n=max_len) (max_len taps, per channel)
-        here:      X~_t = sum_{j=0..t} w_j X_{t-j}           the same taps, convolved linearly (no wrap-around)
-
-    At the last position of a full-length sequence both are the same sum; the original's other positions take
-    terms from later positions (wrap-around), which is what would leak under per-position training. The linear
-    convolution is a product with the lower-triangular Toeplitz matrix of the taps, (L, L) per channel: later
-    positions contribute exact zeros (FFTs of length 2L give the same sum, but only up to rounding, ~1e-6 in
-    float32, so an earlier output would move slightly with a later item). On packed positions it runs on rows
-    of similar length at a time (`Packing.by_buckets`), each bucket as wide as its longest row."""
-
-    def __init__(self, dim: int, max_len: int, dropout: float):
-        super().__init__()
-        self.max_len = max_len
-        self.weight = nn.Parameter(torch.randn(max_len // 2 + 1, dim, 2) * 0.02)    # W as (real, imag) pairs
-        self.dropout = Dropout(dropout)
-        self.norm = nn.LayerNorm(dim, eps=1e-12)
-
-    def taps(self):
-        """w = irfft(W, n=max_len): the filter in the time domain, (max_len, D); w_j weighs the item j steps back."""
-        return torch.fft.irfft(torch.view_as_complex(self.weight), n=self.max_len, dim=0)
-
-    def forward(self, x, packing: Packing | None = None):                              # (B, L, D) or (P, D)
-        """x: rows (B, L, D) with L <= max_len, or with `packing` the packed real positions (P, D) of its rows
-        (`Packing`). The taps depend on the lag t - s only, so rows W steps wide take the top-left (W, W) of the
-        Toeplitz matrix: the first W taps."""
-        L = x.shape[1] if packing is None else packing.shape[1]
-        lag = torch.arange(L, device=x.device)
-        lag = lag[:, None] - lag[None, :]                                              # (L, L): t - s
-        toeplitz = self.taps().T[:, lag.clamp(min=0)] * (lag >= 0)                     # (D, L, L): w_{t-s}, s <= t
-
-        def convolve(rows):                                                            # (R, W, D) -> (R, W, D)
-            W = rows.shape[1]
-            # sum_{j<=t} w_j x_{t-j}, channel by channel: (D, R, W) @ (D, W, W)^T; contiguous, as CPU bmm copies
-            # strided inputs matrix by matrix (an einsum of the same product was ~10% slower on Beauty's batches)
-            by_channel = rows.permute(2, 0, 1).contiguous() @ toeplitz[:, :W, :W].transpose(1, 2)   # (D, R, W)
-            return by_channel.permute(1, 2, 0)                                         # (R, W, D)
-
-        filtered = convolve(x) if packing is None else packing.by_buckets(convolve, x)
-        return self.norm(x + self.dropout(filtered))
-
-
-class FMLP4Rec(PositionalBackbone):
-    """FMLP-Rec (Zhou et al., "Filter-enhanced MLP is All You Need for Sequential Recommendation", WWW 2022) as
-    the MDCNS code's `FMLPRecModel` (MDCNS Table 4): `PositionalBackbone` with n_layers blocks of `CausalFilter`
-    then `ResidualFFN` (its `FMLPLayer`). The filter is learned over a fixed max_len (`--max-len`), so
-    sequences may be shorter (the first taps are used) but not longer.
-
-    Causality: the original filter is a circular convolution over all max_len positions of the left-padded
-    input, so it is not causal, and padding (non-zero after the LayerNorm) enters it. FMLP-Rec's and the MDCNS
-    trainers read only the last position of each prefix, where the circular sum covers the prefix and its
-    padding only: nothing leaks there. Trained at every position of a right-padded window at once (this
-    project's `examples`), the wrap-around would hand position t its own target. So the filter is applied as a
-    causal linear convolution with the same taps (`CausalFilter`). Consequences: one block at position t equals
-    the original block at the last position of the prefix i_1..i_t left-padded with zero vectors
-    (tests/test_backbones_extra.py); with stacked blocks, the original's lower blocks mix the whole prefix into
-    every position (through the wrap-around), ours mix only earlier positions; padding never enters; positions
-    count back from the last item as with left padding, but in one pass the earlier prefixes of a window see
-    theirs shifted (`PositionalBackbone`); one pass per window instead of one per prefix. Being causal, it runs
-    on the real positions only (`PositionalBackbone`), the filter on rows of similar length, as the same blocks
-    on the padded layout give them (tests/test_backbones_extra.py)."""
-
-    def __init__(self, n_items: int, dim: int, max_len: int, n_layers: int = 2, dropout: float = 0.5):
-        blocks = [nn.Sequential(CausalFilter(dim, max_len, dropout), ResidualFFN(dim, dropout))
-                  for _ in range(n_layers)]
-        super().__init__(n_items, dim, max_len, blocks, dropout)
-
-
-class NGCF(LightGCN):
-    """NGCF (Wang et al., "Neural Graph Collaborative Filtering", SIGIR 2019) as RecBole-GNN's `NGCF` (the copy the
-    ICPNS code runs): LightGCN's graph L = D^-1/2 A D^-1/2 (no self-loops), tables, evaluation cache and L2 term,
-    with the paper's propagation rule, Eq. (7), with biases, then message dropout and row L2-normalization:
-
-        E^(l) = normalize(dropout(LeakyReLU_0.2((L + I) E^(l-1) W1 + b1 + (L E^(l-1) * E^(l-1)) W2 + b2)))
-        final = E^(0) || E^(1) || ... || E^(K)                   Eq. (9): concatenation, D (K + 1) wide
-
-    Init xavier_normal on the embeddings and on W1, W2, biases 0 (RecBole). Defaults of RecBole-GNN's and the ICPNS
-    code's NGCF.yaml: three layers of 64, message dropout 0.1, no node dropout (node dropout is not implemented),
-    reg_weight 1e-5. Deviations: the L2 term is the shared ½‖e⁰‖²/B on layer-0 embeddings (RecBole-GNN: the
-    unsquared norm of the final embeddings); the original TensorFlow code applies LeakyReLU to the two terms
-    separately, RecBole-GNN and we to their sum, as Eq. (7) writes it."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int, n_layers: int, dropout: float, train_user,
-                 train_item):
-        super().__init__(n_users, n_items, dim, n_layers, train_user, train_item)
-        self.sum_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))       # W1, b1
-        self.product_transforms = nn.ModuleList(nn.Linear(dim, dim) for _ in range(n_layers))   # W2, b2
-        self.message_dropout = Dropout(dropout)
-        for parameter in self.parameters():
-            if parameter.dim() > 1:
-                nn.init.xavier_normal_(parameter)
-            else:
-                nn.init.zeros_(parameter)
-
-    def propagate(self):
-        E = torch.cat([self.user_embedding.weight, self.item_embedding.weight])        # E^(0): (U+I+1, D)
-        layers = [E]
-        for W1, W2 in zip(self.sum_transforms, self.product_transforms):
-            side = SymmetricSparseMatmul.apply(self.adjacency, E)                      # L E^(l-1)
-            E = F.leaky_relu(W1(side + E) + W2(side * E), 0.2)                         # Eq. (7)
-            E = F.normalize(self.message_dropout(E), dim=1)
-            layers.append(E)
-        final = torch.cat(layers, 1)                                                   # Eq. (9): (U+I+1, D(K+1))
-        return final[:self.n_users], final[self.n_users:]
-
-
-def build_backbone(name: str, split: SplitData, args) -> nn.Module:
-    """The backbone `name` with the defaults of `BACKBONE_DEFAULTS` unless a flag overrides them."""
-    if name not in BACKBONES:
-        raise RecError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
-    if (name in SEQUENTIAL_BACKBONES) != split.sequential:
-        raise RecError(f"the split was built for a {'sequential' if split.sequential else 'general'} backbone, "
-                       f"not {name}")
-    dim, layers, dropout = args.dim, args.layers, args.dropout
-    if name == "mf":
-        return MF(split.n_users, split.n_items, dim)
-    if name == "lightgcn":
-        return LightGCN(split.n_users, split.n_items, dim, layers, split.train_user, split.train_item)
-    if name == "sasrec":
-        block = SASRec if args.sasrec_block == "s3rec" else KangSASRec
-        return block(split.n_items, dim, split.max_len, layers, args.heads, dropout)
-    if name == "gru4rec":
-        return GRU4Rec(split.n_items, dim, split.max_len, layers, dropout)
-    if name == "linrec":
-        if dim % args.heads:
-            raise RecError(f"--dim {dim} is not a multiple of --heads {args.heads} (LinRec splits D into heads)")
-        return LinRec(split.n_items, dim, split.max_len, layers, args.heads, dropout)
-    if name == "fmlp4rec":
-        return FMLP4Rec(split.n_items, dim, split.max_len, layers, dropout)
-    if name == "ngcf":
-        return NGCF(split.n_users, split.n_items, dim, layers, dropout, split.train_user, split.train_item)
-    return Mamba4Rec(split.n_items, dim, split.max_len, layers, dropout)
-
-
-# Per-backbone defaults of the flags left unset (None) on the command line, with their sources.
-BACKBONE_DEFAULTS = {
-    "mf":        dict(dim=64, layers=0, dropout=0.0, heads=1, max_len=50, reg_weight=0.0),   # RecBole BPR
-    "lightgcn":  dict(dim=64, layers=3, dropout=0.0, heads=1, max_len=50, reg_weight=1e-4),  # LightGCN paper
-    "sasrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # S3-Rec, MDCNS code
-    "sasrec-kang": dict(dim=50, layers=2, dropout=0.2, heads=1, max_len=200, reg_weight=0.0),  # SASRec ml-1m
-    "gru4rec":   dict(dim=64, layers=1, dropout=0.2, heads=1, max_len=50, reg_weight=0.0),   # RecBole GRU4Rec
-    "mamba4rec": dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS code
-    "linrec":    dict(dim=64, layers=2, dropout=0.5, heads=2, max_len=50, reg_weight=0.0),   # MDCNS main.py
-    "fmlp4rec":  dict(dim=64, layers=2, dropout=0.5, heads=1, max_len=50, reg_weight=0.0),   # MDCNS main.py
-    "ngcf":      dict(dim=64, layers=3, dropout=0.1, heads=1, max_len=50, reg_weight=1e-5),  # ICPNS NGCF.yaml
-}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 5. Negative-sampling plumbing shared by every method
-# ----------------------------------------------------------------------------------------------------------
-DENSE_NEGATIVES_MAX = 2 ** 25   # users x items up to which PositiveSets keeps the dense table of non-positives
-
-
-class PositiveSets:
-    """Each user's training items as a sorted CSR on the model's device, with exact uniform sampling of the
-    items a user has NOT interacted with.
-
-    Uniform sampling needs no rejection: with the user's positives p_0 < p_1 < ... (items 1..n), a_j = p_j - 1 - j
-    counts the non-positives below p_j, so the r-th non-positive (r = 0, 1, ...) is r + 1 + #{j : a_j <= r}.
-    Every draw is exact; one of two structures answers it, by size:
-    - users x items <= DENSE_NEGATIVES_MAX: `free` (U, I), the r-th non-positive of each user at column r (int16
-      when the items fit, else int32; the columns from the user's number of non-positives on are 0, never read).
-      A draw is one gather.
-    - larger catalogues: `below_key`, the sorted keys user * (n + 1) + a_j. A draw is one binary search,
-      O(log |positives|), whatever the user's history size.
-    The other one is None. Membership (`contains`, the rejection step of PNS and ICPNS) likewise: a gather in
-    `is_positive` (U, I+1) bool in the dense regime, a binary search in the sorted keys otherwise.
-    """
-
-    def __init__(self, user, item, n_users: int, n_items: int, device="cpu"):
-        user, item = torch.as_tensor(user).cpu(), torch.as_tensor(item).cpu()
-        if len(item) and not (1 <= int(item.min()) and int(item.max()) <= n_items):
-            raise RecError(f"item id {int(item.min()) if int(item.min()) < 1 else int(item.max())} is outside "
-                           f"1..{n_items}: item ids run 1..n_items and 0 is padding (shift 0-based ids by 1)")
-        if len(user) and not (0 <= int(user.min()) and int(user.max()) < n_users):
-            raise RecError(f"user id {int(user.min()) if int(user.min()) < 0 else int(user.max())} is outside "
-                           f"0..{n_users - 1}")
-        self.n_users, self.n_items = n_users, n_items
-        key = torch.unique(user * (n_items + 1) + item)                     # sorted, duplicates removed
-        users_sorted, items_sorted = key // (n_items + 1), key % (n_items + 1)
-        count = torch.bincount(users_sorted, minlength=n_users)                                   # (U,)
-        ptr = torch.cat([torch.zeros(1, dtype=torch.long), count.cumsum(0)])                      # (U+1,)
-        self.count, self.ptr = count.to(device), ptr.to(device)
-        self.key = key.to(device)                                                                 # (E,)
-        self.items = items_sorted.to(device)
-        below = items_sorted - 1 - (torch.arange(len(key)) - ptr[users_sorted])                  # a_j in [0, n)
-        self.free, self.below_key, self.is_positive = None, None, None
-        if n_users * n_items <= DENSE_NEGATIVES_MAX:
-            is_positive = torch.zeros(n_users * (n_items + 1), dtype=torch.bool)                 # (U * (I+1),)
-            is_positive[key] = True
-            self.is_positive = is_positive.view(n_users, n_items + 1).to(device)                 # (U, I+1)
-            # #{j : a_j <= r} at (user, r): a 1 at each (user, a_j), summed along r
-            free = torch.zeros(n_users, n_items, dtype=torch.int32)                               # (U, I)
-            free.view(-1).index_add_(0, users_sorted * n_items + below, torch.ones(len(key), dtype=torch.int32))
-            r = torch.arange(n_items, dtype=torch.int32)                                          # (I,)
-            free.cumsum_(1).add_(r + 1)                                                           # the r-th item
-            free.masked_fill_(r >= (n_items - count).unsqueeze(1), 0)                             # past the last
-            small = n_items <= torch.iinfo(torch.int16).max
-            self.free = free.to(torch.int16 if small else torch.int32).to(device)
-        else:
-            self.below_key = (users_sorted * (n_items + 1) + below).to(device)                    # sorted
-
-    def to(self, device):
-        for name in ("count", "ptr", "key", "items", "free", "below_key", "is_positive"):
-            if getattr(self, name) is not None:
-                setattr(self, name, getattr(self, name).to(device))
-        return self
-
-    def contains(self, users, items):
-        """Boolean tensor: is items[...] a training positive of users[...] (broadcast)."""
-        query = users * (self.n_items + 1) + items
-        if self.is_positive is not None:
-            return self.is_positive.view(-1)[query]
-        index = torch.searchsorted(self.key, query).clamp(max=len(self.key) - 1)
-        return self.key[index] == query
-
-    def dense_mask(self, users):
-        """(B, I+1) bool, True at the users' positives and at the padding item."""
-        if self.is_positive is not None:                                   # dense regime: rows of the mask
-            mask = self.is_positive[users]                                  # (B, I+1), a copy
-            mask[:, 0] = True
-            return mask
-        mask = torch.zeros(len(users), self.n_items + 1, dtype=torch.bool, device=users.device)
-        starts, counts = self.ptr[users], self.count[users]
-        rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-        offsets = torch.arange(int(counts.sum()), device=users.device) - \
-            torch.repeat_interleave(counts.cumsum(0) - counts, counts)
-        mask[rows, self.items[torch.repeat_interleave(starts, counts) + offsets]] = True
-        mask[:, 0] = True
-        return mask
-
-    def check_can_sample(self, users):
-        full = self.count[users] >= self.n_items
-        if bool(full.any()):
-            raise RecError(f"user {int(users[full][0])} has interacted with every item, so no negative exists; "
-                           "drop such users (e.g. with --k-core) or use a larger catalogue")
-
-
-def uniform_negatives(positives: PositiveSets, users, k: int, generator: torch.Generator):
-    """RNS (Rendle et al., BPR 2009): k items per user, uniform over the items the user has not interacted
-    with in training, drawn independently (with replacement). Also the candidate pool of DNS and MDCNS (Eq. 2).
-    users (B,) -> (B, k)."""
-    positives.check_can_sample(users)
-    n_free = (positives.n_items - positives.count[users]).unsqueeze(1)                        # (B, 1)
-    u = torch.rand(len(users), k, generator=generator, device=users.device)
-    r = (u * n_free).long().clamp(max=n_free - 1)                                            # (B, k) in [0, free)
-    if positives.free is not None:                          # dense table: free[user, r] is the r-th non-positive
-        index = (users * positives.n_items).unsqueeze(1) + r                                 # (B, k) into free
-        return positives.free.view(-1).index_select(0, index.view(-1)).view_as(r).long()     # (B, k)
-    base = (users * (positives.n_items + 1)).unsqueeze(1)                                    # (B, 1)
-    below = torch.searchsorted(positives.below_key, base + r, right=True) - positives.ptr[users].unsqueeze(1)
-    return r + 1 + below                                                                     # (B, k)
-
-
-class AliasTable:
-    """Walker's alias method for G categorical distributions over items 0..I at once (O(1) per draw).
-    weights (G, I+1), non-negative, each row with positive mass."""
-
-    def __init__(self, weights: torch.Tensor):
-        weights = weights.double().cpu()
-        G, n = weights.shape
-        scaled = (weights / weights.sum(1, keepdim=True) * n).numpy().copy()   # mean 1 per row
-        accept = np.ones((G, n))
-        alias = np.tile(np.arange(n), (G, 1))
-        for g in range(G):   # Vose's construction, O(n) per distribution (G is the number of distributions)
-            small = list(np.flatnonzero(scaled[g] < 1.0))
-            large = list(np.flatnonzero(scaled[g] >= 1.0))
-            while small and large:
-                s, l = small.pop(), large.pop()
-                accept[g, s], alias[g, s] = scaled[g, s], l
-                scaled[g, l] -= 1.0 - scaled[g, s]
-                (small if scaled[g, l] < 1.0 else large).append(l)
-        self.accept = torch.from_numpy(accept).float()                          # (G, I+1)
-        self.alias = torch.from_numpy(alias).long()                             # (G, I+1)
-        self.n = n
-
-    def to(self, device):
-        self.accept, self.alias = self.accept.to(device), self.alias.to(device)
-        return self
-
-    def draw(self, rows, k: int, generator: torch.Generator):
-        """rows (B,) distribution indices -> (B, k) items."""
-        device = rows.device
-        column = torch.randint(0, self.n, (len(rows), k), generator=generator, device=device)
-        coin = torch.rand(len(rows), k, generator=generator, device=device)
-        rows = rows.unsqueeze(1).expand(-1, k)
-        keep = coin < self.accept[rows, column]
-        return torch.where(keep, column, self.alias[rows, column])
-
-
-def weighted_negatives(weights: torch.Tensor, table: AliasTable, group_of_user, positives: PositiveSets,
-                       users, k: int, generator: torch.Generator, rounds: int = 4):
-    """k negatives per user from p(i | u) ∝ weights[group_of_user[u], i] over the items i the user has not
-    interacted with; uniform over those items when the user's positives hold all of the group's mass (the
-    ICPNS official fallback). PNS is the one-group case, ICPNS one group per community.
-
-    Exact: `rounds` of rejection from the group's alias table (an accepted draw has exactly the conditional
-    law), then every unfinished draw is finished by a masked multinomial over the user's non-positive items,
-    which is the same law. Users whose positives hold most of the mass thus never loop.
-    weights (G, I+1) with weights[:, 0] = 0; users (B,) -> (B, k).
-    """
-    positives.check_can_sample(users)
-    groups = group_of_user[users]                                                              # (B,)
-    out = torch.zeros(len(users), k, dtype=torch.long, device=users.device)
-    todo = torch.ones(len(users), k, dtype=torch.bool, device=users.device)
-    for _ in range(rounds):
-        draw = table.draw(groups, k, generator)                                                # (B, k)
-        accept = todo & ~positives.contains(users.unsqueeze(1), draw) & (draw > 0)
-        out = torch.where(accept, draw, out)
-        todo &= ~accept
-    rows = todo.any(1).nonzero().squeeze(1)
-    if len(rows):
-        masked = weights[groups[rows]].double() * ~positives.dense_mask(users[rows])           # (R, I+1)
-        empty = masked.sum(1) == 0
-        masked[empty] = (~positives.dense_mask(users[rows][empty])).double()                   # fallback: uniform
-        draws = torch.multinomial(masked, k, replacement=True, generator=generator)            # (R, k)
-        out[rows] = torch.where(todo[rows], draws, out[rows])
-    return out
-
-
-def score_items(queries, item_table, items):
-    """Dot-product scores of candidate items: queries (P, D), items (P, N) -> (P, N), differentiable in queries and
-    item_table. `_ItemScores` computes them, and their gradients, block by block: the values are bit for bit those
-    of gathering all (P, N, D) rows at once (tests/test_backbones_extra.py)."""
-    return _ItemScores.apply(queries, item_table, items)
-
-
-class _ItemScores(torch.autograd.Function):
-    """s[p, n] = queries[p] . item_table[items[p, n]], over blocks of rows of about `block` candidates: each block's
-    item rows gathered with `index_select` (faster than advanced indexing), one batched dot product. The backward
-    is autograd's for those ops, block by block with the rows gathered again: dLoss/dqueries[p] = sum_n g[p, n] rows,
-    and the item table's gradient by `index_add_` of g[p, n] queries[p] at items[p, n], in the same order as one
-    `index_add_` over all blocks (the same sums, bit for bit). Nothing of size (P, N, D) is ever allocated: autograd's
-    own backward filled two such fresh tensors (26 MB each for Beauty's 1,024 examples x 100 candidates), and their
-    page faults and an (inner-dimension-1) batched matmul made it the largest cost of an MDCNS step
-    (bench/README.md)."""
-
-    block = 1 << 13   # candidates per block: their gathered rows take 2 MB at D = 64
-
-    @staticmethod
-    def forward(ctx, queries, item_table, items):
-        ctx.save_for_backward(queries, item_table, items)
-        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
-        return torch.cat([torch.einsum("pd,pnd->pn", q, _gather_rows(item_table, i))              # (rows, N)
-                          for q, i in zip(queries.split(rows), items.split(rows))])                # (P, N)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):                                                                       # (P, N)
-        queries, item_table, items = ctx.saved_tensors
-        rows = max(1, _ItemScores.block // max(1, items.shape[1]))
-        grad_queries = torch.empty_like(queries) if ctx.needs_input_grad[0] else None             # (P, D)
-        grad_table = torch.zeros_like(item_table) if ctx.needs_input_grad[1] else None            # (I+1, D)
-        for start in range(0, len(queries), rows):
-            q, i, g = (t[start:start + rows] for t in (queries, items, grad))
-            if grad_queries is not None:
-                grad_queries[start:start + rows] = torch.einsum("pn,pnd->pd", g, _gather_rows(item_table, i))
-            if grad_table is not None:
-                grad_table.index_add_(0, i.reshape(-1), (g.unsqueeze(-1) * q.unsqueeze(1)).view(-1, q.shape[1]))
-        return grad_queries, grad_table, None
-
-
-def _gather_rows(item_table, items):                                                 # (R, N) -> (R, N, D)
-    return item_table.index_select(0, items.reshape(-1)).view(*items.shape, item_table.shape[1])
-
-
-def bpr_loss(positive_scores, negative_scores):
-    """BPR (Rendle et al., 2009): mean of -log sigmoid(s+ - s-); positive_scores broadcast against negatives."""
-    return -F.logsigmoid(positive_scores - negative_scores).mean()
-
-
-def bce_loss(positive_scores, negative_scores):
-    """Binary cross-entropy with one positive and its negatives (SASRec): -log s(s+) - mean log(1 - s(s-))."""
-    return -(F.logsigmoid(positive_scores).mean() + F.logsigmoid(-negative_scores).mean())
-
-
-LOSSES = {"bpr": bpr_loss, "bce": bce_loss}
-
-
-@dataclass
-class Examples:
-    """A training batch flattened to examples: one per (user, positive) pair for general backbones, one per
-    position of each sequence with a target (> 0; 0 is padding) for sequential ones. That equals prefix
-    augmentation, up to dropout, only where a position's output ignores where its row ends (Kang's SASRec,
-    GRU4Rec, Mamba4Rec); the s3rec-family blocks count positions back from a row's last item (PositionalBackbone)."""
-
-    queries: torch.Tensor      # (P, D)
-    item_table: torch.Tensor   # (I+1, D)
-    users: torch.Tensor        # (P,) whose training positives a negative must avoid
-    positives: torch.Tensor    # (P,) target items
-
-
-def examples(model: nn.Module, batch) -> Examples:
-    """Run `model` on a batch from `training_batches` and flatten it into per-example queries."""
-    if model.sequential:
-        sequences, targets, users = batch
-        queries, item_table = model(sequences, every_position=True)                   # (B, L, D)
-        keep = targets > 0                                                              # (B, L)
-        position_users = users.unsqueeze(1).expand_as(targets)[keep]                   # (P,)
-        return Examples(queries[keep], item_table, position_users, targets[keep])
-    users, items = batch
-    queries, item_table = model(users)
-    return Examples(queries, item_table, users, items)
-
-
-def training_batches(split: SplitData, batch_size: int, generator: torch.Generator, device, first: int = 0):
-    """One epoch of shuffled batches: interactions (users, items) for general backbones (interaction-uniform,
-    RecBole's convention), sequence windows (sequences, targets, users) for sequential ones. `first`: the batch to
-    start from (a resumed epoch); the epoch's order is drawn in full all the same."""
-    if split.sequential:
-        tensors = (split.train_sequences, split.train_targets, split.train_sequence_user)
-    else:
-        tensors = (split.train_user, split.train_item)
-    order = torch.randperm(len(tensors[0]), generator=generator)
-    for start in range(first * batch_size, len(order), batch_size):
-        index = order[start:start + batch_size]
-        yield tuple(t[index].to(device) for t in tensors)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 6. Full-ranking evaluation
-# ----------------------------------------------------------------------------------------------------------
-METRICS = ("recall", "ndcg", "mrr", "hit", "precision")
-
-
-def ranking_metric_sums(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
-    """Per-metric SUMS over the rows of `scores` (use `ranking_metrics` for means)."""
-    n_targets = positives.sum(1)                                                         # (B,)
-    most = max(int(n_targets.max()), 1) if len(n_targets) else 1
-    target_scores = torch.topk(scores.masked_fill(~positives, -float("inf")), most, dim=1).values  # (B, T)
-    return metric_sums(scores.masked_fill(positives, -float("inf")), target_scores, n_targets, ks)
-
-
-def metric_sums(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
-    """The sums over the rows of `metric_rows`."""
-    return {name: values.sum().item() for name, values in metric_rows(other_scores, target_scores, n_targets,
-                                                                       ks).items()}
-
-
-def metric_rows(other_scores: torch.Tensor, target_scores: torch.Tensor, n_targets: torch.Tensor, ks) -> dict:
-    """Each row's metrics (B,) from the scores of the non-targets (B, I), targets excluded (-inf), and the
-    targets' scores in descending order (B, T), of which the first n_targets (B,) of each row are real.
-
-    Tie policy (pessimistic): a target never gains from a tie. Among items with equal scores, every
-    non-target ranks before every target, so the rank of a target is 1 + #{non-targets scoring >= it} +
-    #{targets ranked before it}. A constant model therefore scores (almost) zero, not 100%
-    (mlcommons/training_policies#131).
-    """
-    ks = [int(k) for k in ks]
-    n_items = other_scores.shape[1]
-    if max(ks) > n_items:
-        raise RecError(f"K={max(ks)} is larger than the number of items ({n_items})")
-    K, T, device = max(ks), target_scores.shape[1], other_scores.device
-    top_others = torch.topk(other_scores, K, dim=1).values.flip(1)                       # (B, K) ascending
-    # #{non-targets scoring >= the target}, capped at K (a capped count already means rank > K): K minus the
-    # target's left insertion point in the ascending top K (the number of top-K scores strictly below it)
-    others_above = K - torch.searchsorted(top_others, target_scores)                      # (B, T)
-    rank = others_above + torch.arange(1, T + 1, device=device)                           # (B, T), 1-based
-    is_target = torch.arange(T, device=device) < n_targets.unsqueeze(1)                   # (B, T)
-    rank = torch.where(is_target, rank, torch.full_like(rank, n_items + 1))               # ascending per row
-    discount = 1.0 / torch.log2(rank.double() + 1)                                       # (B, T)
-    ideal = torch.cumsum(1.0 / torch.log2(torch.arange(2, K + 2, device=device).double()), 0)  # (K,)
-    rows = {}
-    for k in ks:
-        hit = rank <= k                                                                  # (B, T)
-        n_hit = hit.sum(1).double()
-        first = rank[:, 0]                                                               # best-ranked target
-        idcg = ideal[n_targets.clamp(min=1, max=k) - 1]
-        rows[f"recall@{k}"] = n_hit / n_targets.clamp(min=1)
-        rows[f"ndcg@{k}"] = (discount * hit).sum(1) / idcg
-        rows[f"mrr@{k}"] = torch.where(first <= k, 1.0 / first.double(), 0.0)
-        rows[f"hit@{k}"] = (n_hit > 0).double()
-        rows[f"precision@{k}"] = n_hit / k
-    return rows
-
-
-def ranking_metrics(scores: torch.Tensor, positives: torch.Tensor, ks) -> dict:
-    """Recall, NDCG, MRR, Hit and Precision at each K in `ks`, averaged over the rows, with RecBole's formulas
-    (recbole/evaluator/metrics.py) and the pessimistic tie policy of `ranking_metric_sums`.
-
-    scores:    float (rows x items); masked entries (padding, history) are -inf
-    positives: bool, same shape; every row must hold at least one positive
-    Returns {"recall@K", "ndcg@K", "mrr@K", "hit@K", "precision@K"} as unrounded floats.
-
-    recall@K = hits in top K / |targets|; ndcg@K = sum_{hits} 1/log2(rank+1) / sum_{i<=min(|targets|,K)}
-    1/log2(i+1); mrr@K = 1/rank of the first hit (0 if beyond K); hit@K = 1[any hit]; precision@K = hits / K.
-    """
-    if scores.shape != positives.shape or positives.dtype != torch.bool:
-        raise RecError("ranking_metrics needs scores and a bool positives tensor of the same shape")
-    if not bool(positives.any(1).all()):
-        raise RecError("every row passed to ranking_metrics needs at least one positive")
-    sums = ranking_metric_sums(scores, positives, ks)
-    return {name: value / len(scores) for name, value in sums.items()}
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, rows: EvalRows, ks, batch_size: int = 1024, masked_score: float = -float("inf"),
-             per_row: bool = False):
-    """Full ranking of all items for every row of `rows` on the model's device, in batches of rows.
-    Padding scores -inf, the row's masked (history) items `masked_score` (-inf: excluded; the MDCNS code's
-    baselines use 0); the metrics are means over the rows. With per_row=True it returns (means, values): values
-    {metric@K: float64 numpy array (R,)}, each row's metric in the order of `rows` (the paired comparisons of
-    results/aggregate.py), whose means are the means to float rounding.
-
-    Under torchrun the batches are dealt round-robin to the processes (batch b to rank b mod W), each batch's metric
-    sums are all-reduced (one process computed each, the others add zeros: exact) and every process adds them up in
-    batch order, as one process does: the metrics equal one process's to the last bit (tests/test_distributed.py).
-    Evaluation spreads over W processes once there are at least W batches (`--eval-batch-size`)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    names = [f"{m}@{int(k)}" for k in ks for m in METRICS]                               # metric_sums' order
-    starts = range(0, len(rows), batch_size)
-    sums = torch.zeros(len(starts), len(names), dtype=torch.float64, device=device)      # (batches, metrics)
-    values = torch.zeros(len(rows) if per_row else 0, len(names), dtype=torch.float64, device=device)
-    for b in range(rank(), len(starts), world_size()):
-        start, end = starts[b], min(starts[b] + batch_size, len(rows))
-        queries, item_table = model(rows.query[start:end].to(device))
-        scores = queries @ item_table.T                                                  # (B, I+1)
-        scores[:, 0] = -float("inf")
-        masked_rows, masked_items = csr_slice(rows.masked_ptr, rows.masked_items, start, end)
-        scores[masked_rows.to(device), masked_items.to(device)] = masked_score
-        target_rows, target_items = csr_slice(rows.target_ptr, rows.target_items, start, end)
-        target_rows, target_items = target_rows.to(device), target_items.to(device)
-        n_targets = rows.target_ptr[start + 1:end + 1] - rows.target_ptr[start:end]          # (B,)
-        column = torch.arange(len(target_rows)) - torch.repeat_interleave(
-            rows.target_ptr[start:end] - rows.target_ptr[start], n_targets)                  # slot within row
-        target_scores = torch.full((end - start, int(n_targets.max())), -float("inf"), device=device)
-        target_scores[target_rows, column.to(device)] = scores[target_rows, target_items]    # (B, T)
-        target_scores = target_scores.sort(dim=1, descending=True).values
-        scores[target_rows, target_items] = -float("inf")                                   # non-targets only
-        batch_rows = metric_rows(scores, target_scores, n_targets.to(device), ks)
-        sums[b] = torch.tensor([batch_rows[name].sum().item() for name in names], dtype=torch.float64)
-        if per_row:
-            values[start:end] = torch.stack([batch_rows[name] for name in names], 1)
-    model.train(was_training)
-    totals = dict.fromkeys(names, 0.0)
-    for batch_sums in all_reduce_sum(sums).tolist():                                     # in batch order
-        for name, value in zip(names, batch_sums):
-            totals[name] += value
-    means = {name: value / len(rows) for name, value in totals.items()}
-    if not per_row:
-        return means
-    values = all_reduce_sum(values).cpu().numpy()                    # each row computed by one rank, zeros elsewhere
-    return means, {name: values[:, i] for i, name in enumerate(names)}
-
-
-def csr_slice(ptr, values, start: int, end: int):
-    """(row - start, value) pairs of rows start..end-1 of a CSR."""
-    counts = ptr[start + 1:end + 1] - ptr[start:end]
-    rows = torch.repeat_interleave(torch.arange(end - start), counts)
-    return rows, values[ptr[start]:ptr[end]]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# 7. Command line, seeding, the training loop and its checkpoints, results.json and model.pt
-# ----------------------------------------------------------------------------------------------------------
-DEFAULT_BATCH_SIZE = {"general": 2048, "sequential": 128}   # examples per step when --batch-size is not given
-_UNSET = object()   # a flag not given on the command line (CommandLine.parse_args)
-
-
-class CommandLine(argparse.ArgumentParser):
-    """argparse as every script here uses it: a usage error is one `error:` line (exit 2); each flag's help states
-    its default once (`_DefaultsHelp`); some flags take other defaults with `--dataset synthetic`
-    (`synthetic_defaults`); the parsed namespace keeps the command line (`args.command`: the script, then argv)."""
-
-    def __init__(self, description: str, script: str):
-        super().__init__(prog=os.path.basename(script), description=description, formatter_class=_DefaultsHelp)
-        self.script = script
-
-    def error(self, message):
-        if rank() == 0:   # under torchrun every process parses the same command line: one of them says it
-            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
-        sys.exit(2)
-
-    def _check_value(self, action, value):
-        """A value outside a flag's choices (--backbone, --sampler, ...): the error names the closest one."""
-        if action.choices is not None and value not in action.choices:
-            choices = [str(choice) for choice in action.choices]
-            close = difflib.get_close_matches(str(value).lower(), choices, n=1)
-            self.error(f"argument {'/'.join(action.option_strings)}: invalid choice {value!r}"
-                       + (f"; did you mean {close[0]!r}?" if close else "") + f" (choose from {', '.join(choices)})")
-
-    def parse_args(self, args=None, namespace=None):
-        argv = list(sys.argv[1:] if args is None else args)
-        parsed = super().parse_args(argv, namespace)
-        # a second parse into a namespace pre-filled with _UNSET: argparse keeps what it finds there for the flags
-        # that are not given, so the flags still _UNSET are the ones left at their defaults
-        given = super().parse_args(argv, argparse.Namespace(**{a.dest: _UNSET for a in self._actions}))
-        if parsed.dataset == "synthetic":
-            for action in self._actions:
-                if hasattr(action, "synthetic_default") and getattr(given, action.dest) is _UNSET:
-                    setattr(parsed, action.dest, action.synthetic_default)
-        parsed.command = [os.path.relpath(self.script), *argv]   # as typed from here: `python <script> ...`
-        return parsed
-
-
-class _DefaultsHelp(argparse.HelpFormatter):
-    """Appends each flag's default to its help once: the script's own value, the per-backbone values of a flag left
-    at None (from BACKBONE_DEFAULTS, so they cannot drift), and the value `--dataset synthetic` gives it. A help that
-    already speaks of its default is left alone, and None is never printed."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or action.default is False or \
-                "default" in text.lower():
-            return text   # (a store_true flag is off unless given: no default to state)
-        parts = [per_backbone_default(action.dest) if action.default is None else str(action.default)]
-        if hasattr(action, "synthetic_default"):
-            parts.append(f"{action.synthetic_default} with --dataset synthetic")
-        parts = [p for p in parts if p]
-        return text + (f" (default: {'; '.join(parts)})".replace("%", "%%") if parts else "")
-
-
-def _plain(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def per_backbone_default(dest: str) -> str | None:
-    """'sasrec 50, others 64': a flag's BACKBONE_DEFAULTS, each value once (None for a flag not in the table)."""
-    groups = {}
-    for backbone, row in BACKBONE_DEFAULTS.items():
-        if dest in row:
-            groups.setdefault(row[dest], []).append(backbone)
-    if len(groups) <= 1:
-        return next(map(_plain, groups), None)
-    usual = max(groups, key=lambda value: len(groups[value]))
-    return ", ".join([f"{'/'.join(names)} {_plain(value)}" for value, names in groups.items() if value != usual]
-                     + [f"others {_plain(usual)}"])
-
-
-def parser_action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
-    """The action of the flag stored in `dest` (to reword the help of a shared flag in one script)."""
-    return next(action for action in parser._actions if action.dest == dest)
-
-
-def synthetic_defaults(parser: argparse.ArgumentParser, **values):
-    """Defaults that only `--dataset synthetic` takes, so the offline demo finishes in seconds; a flag given on the
-    command line wins, and each flag's help states its value."""
-    for dest, value in values.items():
-        parser_action(parser, dest).synthetic_default = value
-
-
-def base_parser(description: str, script: str | None = None) -> CommandLine:
-    """The flags every method file shares. Flags left at None take the backbone's or dataset's default.
-    script: the method file (its __file__): the usage, results.json's `command` and the resume hint name it."""
-    parser = CommandLine(description, script or sys.argv[0])
-    data = parser.add_argument_group("data and protocol")
-    data.add_argument("--dataset", default="synthetic",
-                      help="'synthetic' (generated from --seed, offline), a registered dataset name "
-                           f"({', '.join(sorted(DATASETS))}), or a path to a CSV/TSV file user,item[,rating[,ts]]")
-    data.add_argument("--data-dir", default="data", help="where datasets are found or downloaded to, one "
-                      "folder per dataset (e.g. ../shared/data)")
-    add_data_arguments(data)
-    data.add_argument("--split", default="loo", choices=SPLITS,
-                      help="loo: leave-one-out by time (SASRec); ratio: per-user random 8:1:1 (RecBole/ICPNS, "
-                           "general backbones); user: 70/20/10 of the users (MDCNS, sequential backbones); "
-                           "user-prefixes: 80/10/10 of the users in dataset order, every prefix of a valid/test "
-                           "user evaluated (the MDCNS code's LastFM files)")
-    data.add_argument("--mask-history", default=True, action=argparse.BooleanOptionalAction,
-                      help="sequential evaluation: score the input sequence's items -inf (S3-Rec/MDCNS); "
-                           "--no-mask-history reproduces RecBole's sequential evaluation")
-    data.add_argument("--max-len", type=int, default=None, help="sequence length L of sequential backbones")
-    model = parser.add_argument_group("backbone")
-    model.add_argument("--backbone", default="mf", choices=BACKBONES, help="the model being trained")
-    model.add_argument("--sasrec-block", default="s3rec", choices=("s3rec", "kang"),
-                       help="s3rec: the post-LN block of S3-Rec / RecBole / the MDCNS code (GELU feed-forward of "
-                            "4 D, N(0, 0.02) init); kang: SASRec's original block (ReLU feed-forward of D, xavier "
-                            "init), whose defaults are the sasrec-kang row: SASRec's ml-1m setting")
-    model.add_argument("--dim", type=int, default=None, help="embedding size D")
-    model.add_argument("--layers", type=int, default=None,
-                       help="LightGCN propagation layers / SASRec attention blocks / GRU layers / Mamba layers")
-    model.add_argument("--heads", type=int, default=None, help="SASRec / LinRec attention heads (must divide --dim)")
-    model.add_argument("--dropout", type=float, default=None, help="dropout of sequential backbones, in [0, 1)")
-    model.add_argument("--reg-weight", type=float, default=None,
-                       help="L2 weight on the batch's layer-0 embeddings, 1/2 sum ||e||^2 / B; general backbones only")
-    train = parser.add_argument_group("training and evaluation")
-    train.add_argument("--loss", default="bpr", choices=sorted(LOSSES), help="pairwise BPR or pointwise BCE")
-    train.add_argument("--epochs", type=int, default=200, help="maximum training epochs")
-    train.add_argument("--batch-size", type=int, default=None,
-                       help=f"examples per step: training interactions for mf/lightgcn (default "
-                            f"{DEFAULT_BATCH_SIZE['general']}), sequences for sequential backbones (default "
-                            f"{DEFAULT_BATCH_SIZE['sequential']})")
-    train.add_argument("--augmented-prefixes", action="store_true",
-                       help="sequential backbones: train on one row per prefix (its last --max-len items), as the "
-                            "MDCNS code and RecBole do, instead of every position of a sequence in one pass; about "
-                            "examples/sequences times the forward cost (~8x on Beauty)")
-    train.add_argument("--examples-per-batch", type=int, default=None,
-                       help="sequential backbones: size the batch in training examples (the MDCNS code's 1024) "
-                            "instead of rows; sets --batch-size unless it is given")
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    train.add_argument("--seed", type=int, default=2020, help="seeds python, numpy, torch and every sampler")
-    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                       help="auto = cuda when available")
-    train.add_argument("--eval-every", type=int, default=1, help="validate every E epochs")
-    train.add_argument("--time-budget", default=None, metavar="DURATION",
-                       help="wall time the command may take, e.g. 2h, 90m, 1h30m: training stops at the last "
-                            "validation that fits, the best state is restored and evaluated, results.json says "
-                            "stopped_by \"time-budget\"; counted from the start of this command (a --resume gets its "
-                            "own)")
-    train.add_argument("--patience", type=int, default=10,
-                       help="P: stop once --valid-metric has not improved for more than P validations in a row "
-                            "(RecBole's stopping_step; P = 10 stops at the 11th)")
-    train.add_argument("--valid-metric", default="ndcg@10", help="early-stopping metric, e.g. ndcg@10, recall@20")
-    train.add_argument("--ks", default="5,10,20", help="cut-offs K of every metric, comma-separated")
-    train.add_argument("--eval-batch-size", type=int, default=1024, help="rows ranked at once")
-    train.add_argument("--out-dir", default=None,
-                       help="where results.json, model.pt, run.json and the checkpoint go; checked for writing "
-                            "before anything else (default: runs/<method>-<dataset>-<backbone>-<seed>-<time>/)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the interrupted run in --out-dir from its checkpoint.pt, with the run's own "
-                            "flags (the interrupted run prints the command); ends with exactly the uninterrupted "
-                            "run's results")
-    train.add_argument("--eval-only", default=None, metavar="PATH",
-                       help="no training: evaluate a saved model.pt, or the best state so far in a run's "
-                            "checkpoint.pt, rebuilt from its own settings, on their split and write results.json")
-    train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("--exclude-held-out", action="store_true",
-                       help="negatives and candidate pools also avoid each user's validation and test items: a leak "
-                            "of held-out labels into training, only to reproduce the official ICPNS pipeline "
-                            "(RecBole-GNN's user_positive_item_dict); no effect under --split user")
-    synthetic_defaults(parser, max_len=20, epochs=10)
-    return parser
-
-
-# Settings that do not change a run's results: --resume accepts them changed, --eval-only keeps the command line's.
-WHERE_AND_HOW = ("out_dir", "data_dir", "quiet", "eval_only", "time_budget", "cache_dir", "no_cache")
-
-
-def run_config(args) -> dict:
-    """The settings of a run: every flag, resolved, and `world_size`, the number of processes that trained it
-    (results.json's `config`)."""
-    return {k: v for k, v in vars(args).items()
-            if k not in ("method", "command", "resume", "data_file", "data_sha256", "deadline", "run_file")}
-
-
-def resolve_args(args, method: str):
-    """Fill per-backbone defaults, check every flag, pick the device, check --out-dir and what it holds: all before
-    any data is read. Every problem is a RecError (one line, exit 2). Under torchrun, joins the process group
-    (`init_distributed`) once the flags are known to be good. Returns args (modified)."""
-    args.world_size = world_size()
-    start = time.perf_counter()
-    if args.resume and args.eval_only:
-        raise RecError("--resume continues a training run; --eval-only trains nothing: use one of them")
-    if args.eval_only:
-        method = adopt_saved_settings(args)
-    kang = args.backbone == "sasrec" and args.sasrec_block == "kang"
-    defaults = BACKBONE_DEFAULTS["sasrec-kang" if kang else args.backbone]
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-    sequential = args.backbone in SEQUENTIAL_BACKBONES
-    if not sequential and (args.augmented_prefixes or args.examples_per_batch is not None):
-        raise RecError("--augmented-prefixes and --examples-per-batch are for sequential backbones "
-                       f"({', '.join(SEQUENTIAL_BACKBONES)}), not {args.backbone}")
-    if args.batch_size is None and not (sequential and args.examples_per_batch):   # else set from the rows
-        args.batch_size = DEFAULT_BATCH_SIZE["sequential" if sequential else "general"]
-    check_flags(args)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise RecError("--device cuda was asked for but CUDA is not available here; use --device cpu")
-    args.device = "cuda" if args.device == "auto" and torch.cuda.is_available() else \
-        ("cpu" if args.device == "auto" else args.device)
-    init_distributed(args)
-    args.method = method
-    if args.out_dir is None:
-        stamp = from_main(time.strftime, "%Y%m%d-%H%M%S")   # one folder for all the processes of a torchrun
-        name = os.path.basename(args.dataset).replace(".", "_")
-        args.out_dir = os.path.join("runs", f"{method}-{name}-{args.backbone}-{args.seed}-{stamp}")
-    from_main(check_out_dir, args)
-    if args.cache_dir and not args.no_cache and args.dataset != "synthetic":
-        from_main(check_writable, args.cache_dir, "--cache-dir")
-    args.deadline = start + duration_seconds(args.time_budget) if args.time_budget else None
-    # a fresh run's run.json: its command and settings as given, written with its first checkpoint (TrainingRun.save)
-    args.run_file = None if args.resume or args.eval_only else \
-        {"command": args.command, "method": method, "config": run_config(args)}
-    return args
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_flags(args):
-    """The ranges of the shared flags (a method file checks its own flags the same way before `prepare`)."""
-    if args.dataset != "synthetic" and args.dataset not in DATASETS and not os.path.isfile(args.dataset):
-        raise unknown_dataset(args.dataset)
-    for name, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RecError(f"{_flag(name)} must be a finite number, got {value}")
-    try:
-        args.ks = sorted({int(k) for k in (args.ks if isinstance(args.ks, list) else str(args.ks).split(","))})
-    except ValueError:
-        raise RecError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
-    if min(args.ks) < 1:
-        raise RecError("--ks must be positive")
-    metric, _, k = args.valid_metric.partition("@")
-    if metric not in METRICS or not k.isdigit() or int(k) not in args.ks:
-        raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
-                       f"--ks ({args.ks})")
-    for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size", "heads",
-                 "examples_per_batch"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:   # None: batch_size set from the rows
-            raise RecError(f"{_flag(name)} must be at least 1, got {getattr(args, name)}")
-    for name in ("patience", "layers", "reg_weight"):
-        if getattr(args, name) < 0:
-            raise RecError(f"{_flag(name)} must be at least 0, got {getattr(args, name)}")
-    if args.k_core is not None and args.k_core < 0:
-        raise RecError(f"--k-core must be at least 0 (0 disables it), got {args.k_core}")
-    if args.backbone in SEQUENTIAL_BACKBONES and args.layers < 1:
-        raise RecError(f"{args.backbone} needs --layers of at least 1, got {args.layers}")
-    if args.backbone in ("sasrec", "linrec") and args.dim % args.heads:
-        raise RecError(f"--heads {args.heads} must divide --dim {args.dim} (each head gets dim / heads features)")
-    if not 0 <= args.dropout < 1:
-        raise RecError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.lr <= 0:
-        raise RecError(f"--lr must be positive, got {args.lr}")
-    if not 0 <= args.seed <= 2 ** 32 - 1:
-        raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
-    if args.time_budget is not None and not duration_seconds(args.time_budget) > 0:
-        raise RecError(f"--time-budget must be more than 0, got {args.time_budget}")
-
-
-def check_writable(folder: str, flag: str):
-    """Raise a RecError unless `folder` can be created and written now; the folders this creates go again."""
-    created, missing = [], os.path.abspath(folder)   # the folders missing now, deepest first
-    while not os.path.exists(missing):
-        created, missing = created + [missing], os.path.dirname(missing)
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise RecError(f"{flag} {folder} cannot be created or written ({error.strerror or error}); choose a "
-                       f"writable folder") from None
-    finally:
-        for made in created:
-            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
-                os.rmdir(made)
-
-
-def check_out_dir(args):
-    """Check that --out-dir can be created and written now, not after hours of training (the folders this creates
-    go again: a run writes nothing before it trains, `TrainingRun.save`); then what it holds must fit the command:
-    --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must not
-    overwrite one. (Under torchrun rank 0 alone runs this: `resolve_args`.)"""
-    out = args.out_dir
-    if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
-        raise RecError("--resume needs --out-dir, the folder of the interrupted run")
-    if args.resume and not os.path.isdir(out):
-        raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
-    check_writable(out, "--out-dir")
-    checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
-    if args.resume:
-        if not os.path.isfile(checkpoint):
-            finished = os.path.isfile(os.path.join(out, "results.json"))
-            raise RecError(f"--resume: {out} has no checkpoint.pt" + (
-                " but a results.json: the run has finished" if finished else
-                ": the run was stopped before its first checkpoint; run it again without --resume"))
-        if not os.path.isfile(run_file):
-            raise RecError(f"--resume: {out} has a checkpoint.pt but no run.json (the run's settings); start the run "
-                           f"again in a new --out-dir")
-        with open(run_file) as f:
-            saved = json.load(f)
-        now, then = run_config(args), saved["config"]
-        if now["world_size"] != then["world_size"]:
-            raise RecError(f"--resume with {now['world_size']} process(es); the run was started with "
-                           f"{then['world_size']}, whose random streams the checkpoint holds: resume it with "
-                           f"{then['world_size']} (torchrun --nproc_per_node; 1 = python <script>)")
-        # a setting the run did not record is a flag added since: the run had it off (None, 0, False)
-        changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {then.get(k)!r})"
-                   for k in sorted(now.keys() | then.keys())
-                   if k not in WHERE_AND_HOW and now.get(k) != then.get(k) and (k in then or now[k])]
-        if changed:
-            raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
-                           f"Resume with the run's own command: {resume_command(saved['command'], out)}")
-    elif not args.eval_only:
-        if os.path.exists(checkpoint):
-            raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
-                           f"choose another --out-dir")
-
-
-def seed_everything(seed: int):
-    """One seeding block: python, numpy, torch (CPU and CUDA). Under torchrun each process's torch stream (dropout)
-    is its own (`rank_seed`); the models start from rank 0's weights (`fit`)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(rank_seed(seed))
-
-
-def prepare(args, method: str):
-    """Resolve and check the flags, seed, load and split the data. Returns (args, split)."""
-    args = resolve_args(args, method)
-    git_commit()   # read now: the commit of the code that runs, even if the checkout moves before the run ends
-    seed_everything(args.seed)
-    if args.dataset == "synthetic":
-        data = make_synthetic(args.seed)
-    else:
-        with machine_leader_first():   # one download and one cache write per machine
-            data = load_dataset(args.dataset, args.data_dir, min_rating=args.min_rating, k_core=args.k_core,
-                                use_cache=not args.no_cache, cache_dir=args.cache_dir)
-    args.data_file, args.data_sha256 = data.data_file, data.data_sha256
-    print(data.describe())
-    split = split_dataset(data, args.split, args.seed, args.backbone in SEQUENTIAL_BACKBONES, args.max_len,
-                          args.mask_history)
-    s = split.statistics
-    print(f"split {args.split}: {s['train_examples']:,} training examples, {s['valid_rows']:,} validation rows, "
-          f"{s['test_rows']:,} test rows; full ranking over {split.n_items:,} items, "
-          + (("input history masked" if args.mask_history else "history not masked (RecBole)") if split.sequential
-             else "training items masked (training + validation items at test)"))
-    if max(args.ks) > split.n_items:
-        raise RecError(f"K={max(args.ks)} is larger than the number of items ({split.n_items})")
-    if split.sequential:
-        split = training_rows(args, split)
-    return args, split
-
-
-def training_rows(args, split: SplitData) -> SplitData:
-    """The sequential training rows and the batch size: every position of each sequence window in one pass
-    (default), or one row per prefix with `--augmented-prefixes`; `--examples-per-batch` sets the batch (in rows)
-    to about that many examples when `--batch-size` is not given."""
-    if args.augmented_prefixes:
-        sequences, targets, users = prefix_rows(split.train_user, split.train_item, split.max_len)
-        split = dataclasses.replace(split, train_sequences=sequences, train_targets=targets,
-                                    train_sequence_user=users, prefix_rows=True)
-    n_rows, n_examples = len(split.train_sequences), int((split.train_targets > 0).sum())
-    if args.batch_size is None:
-        args.batch_size = max(1, round(args.examples_per_batch * n_rows / n_examples))
-    split.statistics.update(train_rows=n_rows, augmented_prefixes=args.augmented_prefixes)
-    print(f"training rows: {n_rows:,} {'prefixes' if args.augmented_prefixes else 'sequence windows'}, "
-          f"{n_examples:,} examples; {args.batch_size} rows per batch (~{args.batch_size * n_examples / n_rows:.0f} "
-          "examples)")
-    return split
-
-
-# ---------------------------------------------------------------- more than one process (torchrun)
-# `python <script>` is one process and nothing here acts. `torchrun --nproc_per_node W <script>` starts W processes
-# (ranks 0..W-1, with RANK, LOCAL_RANK and WORLD_SIZE in their environment) that join one process group (NCCL on
-# CUDA, each rank on the GPU of its LOCAL_RANK; gloo on the CPU) and share one run:
-# - training: every rank draws the same global batch of --batch-size rows (the same order generator) and takes the
-#   rows of the users it owns, user % W == rank (`owns`); gradients are summed across the ranks before every step
-#   (`train_step`), so the step is one process's on the whole batch. A rank's samplers have their own generator
-#   (`fit`) and keep per-user state for its own users only.
-# - evaluation: batches of rows dealt round-robin, metric sums all-reduced: one process's metrics (`evaluate`).
-# - decisions and files: rank 0 alone reads and writes the run's files (run.json, checkpoint.pt, model.pt,
-#   results.json, ICPNS's pretrained.pt), runs ICPNS's k-means and decides early stopping; the others receive its
-#   result (`from_main`). Only rank 0 prints. Inputs (the data, --pretrained, --eval-only) are read by every rank:
-#   on several machines each needs its copy.
-def world_size() -> int:
-    """The processes of this run: the process group's size, else torchrun's WORLD_SIZE (1 for `python <script>`)."""
-    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
-
-
-def is_main() -> bool:
-    """Rank 0, the process that prints and writes files (True for `python <script>`)."""
-    return rank() == 0
-
-
-def rank_seed(seed: int) -> int:
-    """The seed of this process's own random streams (dropout, samplers): `seed` in one process and in rank 0, a
-    32-bit seed mixed from (seed, rank) in the other ranks (numpy's SeedSequence). torch's CPU generator keeps only
-    the low 32 bits of a seed, so seed + rank * 2^32 would give every rank the same stream."""
-    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
-
-
-def init_distributed(args):
-    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with --device cuda (this rank on the GPU of its
-    LOCAL_RANK), gloo on the CPU; ranks other than 0 print nothing. Sets args.world_size."""
-    if world_size() > 1 and not dist.is_initialized():
-        if args.device == "cuda":
-            local_rank = int(os.environ.get("LOCAL_RANK", 0))
-            if local_rank >= torch.cuda.device_count():
-                raise RecError(f"torchrun started more processes on this machine than it has GPUs "
-                               f"({torch.cuda.device_count()}); lower --nproc_per_node, or use --device cpu")
-            torch.cuda.set_device(local_rank)
-        # the others may wait long for rank 0 (a first load of a large dataset, k-means, a checkpoint): 1 hour
-        dist.init_process_group("nccl" if args.device == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
-        if rank() > 0:
-            sys.stdout = open(os.devnull, "w")
-    args.world_size = world_size()
-
-
-def leave_process_group():
-    """Under torchrun, destroy the process group once every rank is done with it (`run_cli`). Left to the exit, the
-    gloo worker threads may still hold the last collective's tensors while Python finalizes; freeing them then
-    takes the GIL, the interpreter ends that thread, and the process aborts: `terminate called without an active
-    exception`, SIGABRT, a finished run reported failed (pytorch/pytorch#190489; tests/test_distributed.py)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def owns(users) -> torch.Tensor:
-    """Bool mask of the users this rank owns, user % world_size == rank: its rows of every training batch and the
-    users of its samplers' per-user state (all of them in one process)."""
-    return users % world_size() == rank()
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum of `tensor` over the ranks (NCCL reduces on the GPU: a CPU tensor goes there and back)."""
-    if world_size() == 1:
-        return tensor
-    moved = tensor.to("cuda" if dist.get_backend() == "nccl" else tensor.device)
-    dist.all_reduce(moved)
-    return moved.to(tensor.device)
-
-
-def _on_cpu(value):
-    """`value` with every tensor in it (through dicts, lists and tuples) moved to the CPU, to send to another rank."""
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {key: _on_cpu(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_on_cpu(item) for item in value)
-    return value
-
-
-def from_main(fn, *args, **kwargs):
-    """fn(*args, **kwargs) computed by rank 0 alone (files, k-means, a decision); every rank returns its result
-    (tensors arrive on the CPU) or raises the RecError it raised. One process: fn(*args, **kwargs)."""
-    if world_size() == 1:
-        return fn(*args, **kwargs)
-    outcome, raised = [None, None], None   # (result, error message)
-    if rank() == 0:
-        try:
-            outcome[0] = _on_cpu(fn(*args, **kwargs))
-        except RecError as error:
-            outcome[1], raised = str(error), error
-    dist.broadcast_object_list(outcome, src=0)
-    if raised is not None:
-        raise raised
-    if outcome[1] is not None:
-        error = RecError(outcome[1])
-        error.said_by_rank_0 = True   # run_cli: rank 0 prints it
-        raise error
-    return outcome[0]
-
-
-@contextlib.contextmanager
-def machine_leader_first():
-    """Under torchrun the first process of each machine (LOCAL_RANK 0) runs the block before the others of that
-    machine, which then find what it wrote (a download, the data cache)."""
-    leader = int(os.environ.get("LOCAL_RANK", 0)) == 0
-    if world_size() > 1 and not leader:
-        dist.barrier()
-    yield
-    if world_size() > 1 and leader:
-        dist.barrier()
-
-
-def broadcast_parameters(model: nn.Module):
-    """Every rank's parameters become rank 0's (DistributedDataParallel does the same when it wraps a model)."""
-    if world_size() == 1:
-        return
-    parameters = list(model.parameters())
-    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
-    dist.broadcast(flat, src=0)
-    with torch.no_grad():
-        for p, value in zip(parameters, flat.split([p.numel() for p in parameters])):
-            p.copy_(value.view_as(p))
-
-
-def stop_requested(received: list) -> bool:
-    """Whether any rank noted a signal (`deferred_signals`): the same answer on every rank."""
-    if world_size() == 1:
-        return bool(received)
-    return bool(all_reduce_sum(torch.tensor([float(bool(received))])).item() > 0)
-
-
-def batch_examples(batch, sequential: bool) -> int:
-    """The training examples of a batch of `training_batches`: its targets (sequential) or its rows."""
-    return int((batch[1] > 0).sum()) if sequential else len(batch[0])
-
-
-def train_step(model: nn.Module, optimizer, batch_loss, batch, generator: torch.Generator, sequential: bool,
-               received: list) -> tuple[float, bool]:
-    """One Adam step on a global batch of `training_batches`. Returns the batch's loss and whether to stop now (a
-    signal noted in `received`, by any rank: the same answer everywhere). No step is taken when the loss is not
-    finite (the caller raises).
-
-    One process: batch_loss on the batch, backward, step.
-    Under torchrun: this rank keeps the rows of its users (`owns`), P_r of the batch's P examples, and
-    backpropagates (P_r / P) * its loss. Every batch_loss here is a mean over its batch's examples, so the ranks'
-    terms add up to the global batch's mean and their gradients, summed, to its gradient (exact up to float
-    rounding, tests/test_distributed.py), whatever the split. A rank whose share is empty still calls batch_loss
-    (samplers count their steps, ICPNS's reclustering is collective) and contributes no gradient.
-
-    Why a manual all-reduce and not DistributedDataParallel: DDP syncs the gradients of parameters reached through
-    the wrapped module's forward, while here parameters are also reached outside it: MixGCF propagates
-    LightGCN/NGCF layers itself (`propagate_layers`), the L2 term reads `ego_embeddings`, MDCNS's peer runs beside
-    its pair's forward. Summing every gradient of the optimizer's parameters after backward is exact for all of
-    them, and one flat buffer is one all-reduce per step (it also carries the loss and the stop flag). A parameter
-    without a gradient on every rank stays without one, so Adam skips it as one process would. DDP would overlap
-    the reduction with backward; on the CPU the reduction is a small part of a step (bench/README.md)."""
-    if world_size() == 1:
-        loss = batch_loss(model, batch, generator)
-        if not torch.isfinite(loss):
-            return loss.item(), bool(received)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.item(), bool(received)
-    users = batch[2] if sequential else batch[0]
-    shard = tuple(t[owns(users)] for t in batch)
-    share = batch_examples(shard, sequential) / batch_examples(batch, sequential)          # P_r / P
-    optimizer.zero_grad(set_to_none=True)
-    if share > 0:
-        loss = share * batch_loss(model, shard, generator)
-        loss.backward()
-    else:   # no row of the batch is this rank's: batch_loss runs all the same, its (empty) result is dropped
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")   # e.g. torch's note on a standard deviation over no example
-            batch_loss(model, shard, generator)
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    flags = [p.grad is not None for p in parameters] + [loss.item() if share > 0 else 0.0, bool(received)]
-    flat = all_reduce_sum(torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
-                                     for p in parameters] + [torch.tensor(flags, device=parameters[0].device)]))
-    grads, summed = flat[:-len(flags)], flat[-len(flags):].tolist()
-    global_loss, stop = summed[-2], summed[-1] > 0
-    if not math.isfinite(global_loss):
-        return global_loss, stop
-    for p, grad, has_grad in zip(parameters, grads.split([p.numel() for p in parameters]), summed):
-        p.grad = grad.view_as(p) if has_grad else None
-    optimizer.step()
-    return global_loss, stop
-
-
 # ---------------------------------------------------------------- checkpoints
 class Interrupted(Exception):
     """SIGINT or SIGTERM stopped the run at a clean point; the message says how to resume. Exit 128 + signum."""
@@ -3340,12 +3255,12 @@ class TrainingRun:
     Checkpoints. After every validation, <out-dir>/checkpoint.pt receives (atomically) all the rest of the run
     depends on: the model, the optimizer, where the loop is (`Loop`), the best state, every random state (python,
     numpy, torch, the batch-order and sampler generators), `keep` and the stage; the first one also writes run.json,
-    the run's command and settings as `resolve_args` recorded them (`args.run_file`). SIGINT or SIGTERM finishes the current step, writes the
-    checkpoint and raises `Interrupted`. With --resume and a checkpoint of this `stage`, the loop goes on from the
-    checkpoint and computes exactly what the uninterrupted run computes (tests/test_checkpoint.py stops runs and
-    compares).
+    the run's command and settings as `resolve_args` recorded them (`args.run_file`). SIGINT or SIGTERM finishes
+    the current step, writes the checkpoint and raises `Interrupted`. With --resume and a checkpoint of this
+    `stage`, the loop goes on from the checkpoint and computes exactly what the uninterrupted run computes
+    (tests/test_checkpoint.py stops runs and compares).
 
-    Under torchrun (see "more than one process" above): the ranks start from rank 0's weights, each step is
+    Under torchrun (see "more than one process" below): the ranks start from rank 0's weights, each step is
     `train_step` on this rank's share of the global batch, its samplers draw from its own generator
     (`rank_seed(seed + 1)`), rank 0 decides early stopping and --time-budget, a signal to any rank stops all of them
     after the same step, and the checkpoint holds every rank's random states and `keep` (`save_checkpoint`)."""
@@ -3480,215 +3395,6 @@ class TrainingRun:
                 "epoch_seconds": loop.epoch_seconds, "stopped_by": self.stopped_by}
 
 
-@dataclass
-class Loop:
-    """Where `fit` is: `epoch` epochs done, then `step` batches of the next one (their loss sum and seconds); the
-    validations so far, the best one and the number since it (`stale`). A checkpoint keeps it as a dict."""
-    epoch: int = 0
-    step: int = 0
-    loss_sum: float = 0.0
-    seconds: float = 0.0
-    history: list = field(default_factory=list)
-    epoch_seconds: list = field(default_factory=list)
-    best_score: float = -1.0
-    best_epoch: int = 0
-    best_valid: dict | None = None
-    stale: int = 0
-
-
-def fit(args, split: SplitData, model: nn.Module, batch_loss, stage: str = "train", keep: dict | None = None,
-        epochs_after: int = 0, on_epoch_start=None) -> dict:
-    """Train `model` with Adam, validating every --eval-every epochs, until --epochs, until --valid-metric has not
-    improved for more than --patience validations, or at the last validation that fits --time-budget; restore the
-    best state. The test set is not touched here. A fresh optimizer every call.
-
-    batch_loss(model, batch, generator) -> scalar loss: a mean over the examples of a batch of `training_batches`.
-    on_epoch_start(model, epoch, generator): before the first batch of every epoch (1-based; not when a resumed run
-        goes on with an epoch it had begun), with the samplers' generator.
-    stage, keep, epochs_after: checkpoints, --resume, torchrun, the pace and the ETA: `TrainingRun`.
-    Returns the record of the run: history, best_epoch, valid (best metrics), epoch_seconds, stopped_by.
-    """
-    run = TrainingRun(args, split, model, stage, keep, epochs_after)
-    loop = run.loop
-    with deferred_signals() as received:
-        while run.stop_reason() is None:
-            epoch = loop.epoch + 1
-            model.train()
-            batches = run.epoch_batches(epoch)
-            if on_epoch_start is not None and loop.step == 0:
-                on_epoch_start(model, epoch, run.sample_generator)
-            for batch in batches:
-                loss, stop_now = train_step(model, run.optimizer, batch_loss, batch, run.sample_generator,
-                                            split.sequential, received)
-                if not math.isfinite(loss):
-                    raise run.diverged(loss, epoch)
-                loop.loss_sum, loop.step = loop.loss_sum + loss, loop.step + 1
-                run.batch_done()
-                if stop_now:
-                    raise run.interrupted(received)
-            mean_loss = run.end_epoch(epoch)
-            line = f"{stage} epoch {epoch:3d}  loss {mean_loss:.4f}  {loop.epoch_seconds[-1]:.1f}s"
-            if epoch % args.eval_every == 0 or epoch == args.epochs:
-                valid = evaluate(model, split.valid, args.ks, args.eval_batch_size)
-                loop.history.append({"stage": stage, "epoch": epoch, "loss": mean_loss,
-                                     "seconds": sum(loop.epoch_seconds), "valid": valid})
-                line += "  valid " + "  ".join(f"{m}@{k} {valid[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg")
-                                               for k in args.ks)
-                if from_main(lambda: valid[args.valid_metric] > loop.best_score):   # rank 0 decides (torchrun)
-                    loop.best_score, loop.best_epoch, loop.best_valid = valid[args.valid_metric], epoch, valid
-                    loop.stale, run.best_state = 0, {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    line += "  *"
-                else:
-                    loop.stale += 1
-                run.save()
-            print(line + run.eta(epoch), flush=True)
-            if stop_requested(received):
-                raise run.interrupted(received)
-    return run.finished()
-
-
-def standard_loss(negatives_fn, loss_name: str, reg_weight: float = 0.0):
-    """The batch loss of a method that only changes how negatives are drawn:
-    negatives_fn(examples, generator) -> (P, k) item ids; loss = BPR or BCE over (positive, negatives)
-    + the L2 penalty of general backbones."""
-    loss_fn = LOSSES[loss_name]
-
-    def batch_loss(model, batch, generator):
-        ex = examples(model, batch)
-        negatives = negatives_fn(ex, generator)                                          # (P, k)
-        positive_scores = (ex.queries * ex.item_table[ex.positives]).sum(-1, keepdim=True)  # (P, 1)
-        negative_scores = score_items(ex.queries, ex.item_table, negatives)              # (P, k)
-        loss = loss_fn(positive_scores, negative_scores)
-        if reg_weight and not model.sequential:
-            users, items = model.ego_embeddings(ex.users, torch.cat([ex.positives, negatives.flatten()]))
-            loss = loss + reg_weight * 0.5 * (users.pow(2).sum() + items.pow(2).sum()) / len(ex.users)
-        return loss
-
-    return batch_loss
-
-
-def training_positives(split: SplitData, device, exclude_held_out: bool = False) -> PositiveSets:
-    """Every user's training items (what no negative may be), on `device`.
-
-    exclude_held_out (--exclude-held-out): also every user's validation and test items, what the official ICPNS
-    pipeline does (RecBole-GNN's `user_positive_item_dict` is built from the whole data before the split). That
-    leaks held-out labels into training; it exists only to reproduce that pipeline, and says so on stderr. Under
-    the user split, training users have no held-out items: nothing changes."""
-    user, item = split.train_user, split.train_item
-    if exclude_held_out and split.protocol == "user":
-        print("warning: --exclude-held-out changes nothing under --split user: training users have no validation "
-              "or test items", file=sys.stderr)
-    elif exclude_held_out:
-        print("warning: --exclude-held-out: negatives also avoid each user's validation and test items, which leaks "
-              "held-out labels into training; it exists only to reproduce the official ICPNS pipeline",
-              file=sys.stderr)
-        user, item = torch.cat([user, split.held_out_user]), torch.cat([item, split.held_out_item])
-    return PositiveSets(user, item, split.n_users, split.n_items, device)
-
-
-def pretrain_uniform(args, split: SplitData, model: nn.Module, stage: str = "pretrain",
-                     epochs_after: int = 0) -> dict:
-    """Train `model` with one uniform negative per positive and BPR, with validation early stopping: ICPNS's
-    pre-training stage (epochs_after: `fit`'s); baselines.py's RNS trains with --loss instead. Negatives avoid
-    training items only, whatever --exclude-held-out says (the official pre-training uses RecBole's uniform
-    sampler, which does)."""
-    positives = training_positives(split, args.device)
-
-    def uniform(ex, generator):   # RNS: one uniform non-interacted item per example
-        return uniform_negatives(positives, ex.users, 1, generator)
-
-    return fit(args, split, model, standard_loss(uniform, "bpr", args.reg_weight), stage=stage,
-               epochs_after=epochs_after)
-
-
-def finish(args, split: SplitData, model: nn.Module, record: dict, extra: dict | None = None) -> dict:
-    """Evaluate the restored best model on test once; write model.pt (the best state and the settings that rebuild
-    it) and results.json (with the run's provenance), each atomically; drop the checkpoint; print the summary.
-    Under torchrun every rank evaluates (its share) and returns the result; rank 0 alone writes."""
-    start = time.perf_counter()
-    test, test_rows = evaluate(model, split.test, args.ks, args.eval_batch_size, per_row=True)
-    if split.sequential and args.mask_history:
-        # the MDCNS code's baselines score the history 0 instead of -inf (Neg_samples_*/trainers.py, full sort):
-        # recorded beside the real test metrics, to measure what that does to a published baseline row
-        extra = {**(extra or {}), "test_history_masked_to_zero": evaluate(model, split.test, args.ks,
-                                                                          args.eval_batch_size, masked_score=0.0)}
-    result = {"method": args.method, "dataset": args.dataset, "backbone": args.backbone, "seed": args.seed,
-              "config": run_config(args), "data": split.statistics, **record, "test": test,
-              "train_seconds": sum(record["epoch_seconds"]), "eval_seconds": time.perf_counter() - start,
-              **(extra or {}), **provenance(args)}
-    path = os.path.join(args.out_dir, "results.json")
-    if is_main():
-        if not args.eval_only:
-            save_atomically({"method": args.method, "config": run_config(args), "best_epoch": record["best_epoch"],
-                             "valid": record["valid"], "state_dict": model.state_dict(),
-                             "script": os.path.basename(args.command[0]), "stopped_by": record["stopped_by"]},
-                            os.path.join(args.out_dir, "model.pt"))
-        save_test_rows(test_rows, split.test, os.path.join(args.out_dir, TEST_ROWS_FILE))
-        save_json(result, path)
-        for finished in (checkpoint_path(args), os.path.join(args.out_dir, "run.json")):
-            if os.path.exists(finished) and not args.eval_only:
-                os.remove(finished)
-    print(f"best epoch {record['best_epoch']}  test " + "  ".join(
-        f"{m}@{k} {test[f'{m}@{k}']:.4f}" for m in ("recall", "ndcg", "mrr") for k in args.ks))
-    print(f"wrote {path}" + ("" if args.eval_only else " and model.pt"))
-    return result
-
-
-TEST_ROWS_FILE = "test_rows.npz"
-
-
-def rows_fingerprint(rows: EvalRows) -> str:
-    """sha256 of an evaluation part's targets (CSR): two runs whose test rows share it evaluated the same rows in
-    the same order, so their per-row results pair."""
-    digest = hashlib.sha256()
-    for part in (rows.target_ptr, rows.target_items):
-        digest.update(part.cpu().numpy().astype(np.int64).tobytes())
-    return digest.hexdigest()
-
-
-def save_test_rows(values: dict, rows: EvalRows, path: str):
-    """test_rows.npz beside results.json: each test row's recall@K and ndcg@K (float64, the split's row order)
-    and the rows' fingerprint; written atomically."""
-    arrays = {name: value for name, value in values.items() if name.split("@")[0] in ("recall", "ndcg")}
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        np.savez_compressed(f, fingerprint=np.array(rows_fingerprint(rows)), **arrays)
-    os.replace(path + ".tmp", path)
-
-
-def provenance(args) -> dict:
-    """What produced a result: the command line, the versions, the machine, the code's commit, the data file and
-    its hash."""
-    return {"command": args.command,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
-            "machine": machine(args.device), "git_commit": git_commit(), "data_file": args.data_file,
-            "data_sha256": args.data_sha256}
-
-
-def machine(device) -> dict:
-    """The hardware a run's seconds were measured on: CPU model, cores, threads torch used, GPU if one ran it."""
-    cpu = f"{platform.machine()} CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
-
-
-@functools.lru_cache(maxsize=None)
-def git_commit() -> str | None:
-    """The commit checked out where this file lives when first asked (`prepare`, before a run); None outside a
-    git checkout or without git."""
-    try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                                capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() if result.returncode == 0 else None
-
-
 def read_model_file(path: str) -> dict:
     """What --eval-only evaluates, as `finish` writes a model.pt: method, config, best_epoch, valid, state_dict,
     script, stopped_by (the last two absent from older files). A run's checkpoint.pt (stopped, or still running)
@@ -3759,6 +3465,370 @@ def evaluate_saved(args, split: SplitData, model: nn.Module) -> dict:
     return {"history": [], "best_epoch": saved["best_epoch"], "epoch_seconds": [],
             "valid": evaluate(model, split.valid, args.ks, args.eval_batch_size),
             "stopped_by": saved.get("stopped_by")}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 12. More than one process (torchrun)
+# ----------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- more than one process (torchrun)
+# `python <script>` is one process and nothing here acts. `torchrun --nproc_per_node W <script>` starts W processes
+# (ranks 0..W-1, with RANK, LOCAL_RANK and WORLD_SIZE in their environment) that join one process group (NCCL on
+# CUDA, each rank on the GPU of its LOCAL_RANK; gloo on the CPU) and share one run:
+# - training: every rank draws the same global batch of --batch-size rows (the same order generator) and takes the
+#   rows of the users it owns, user % W == rank (`owns`); gradients are summed across the ranks before every step
+#   (`train_step`), so the step is one process's on the whole batch. A rank's samplers have their own generator
+#   (`fit`) and keep per-user state for its own users only.
+# - evaluation: batches of rows dealt round-robin, metric sums all-reduced: one process's metrics (`evaluate`).
+# - decisions and files: rank 0 alone reads and writes the run's files (run.json, checkpoint.pt, model.pt,
+#   results.json, ICPNS's pretrained.pt), runs ICPNS's k-means and decides early stopping; the others receive its
+#   result (`from_main`). Only rank 0 prints. Inputs (the data, --pretrained, --eval-only) are read by every rank:
+#   on several machines each needs its copy.
+def world_size() -> int:
+    """The processes of this run: the process group's size, else torchrun's WORLD_SIZE (1 for `python <script>`)."""
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    """Rank 0, the process that prints and writes files (True for `python <script>`)."""
+    return rank() == 0
+
+
+def rank_seed(seed: int) -> int:
+    """The seed of this process's own random streams (dropout, samplers): `seed` in one process and in rank 0, a
+    32-bit seed mixed from (seed, rank) in the other ranks (numpy's SeedSequence). torch's CPU generator keeps only
+    the low 32 bits of a seed, so seed + rank * 2^32 would give every rank the same stream."""
+    return seed if rank() == 0 else int(np.random.SeedSequence([seed, rank()]).generate_state(1)[0])
+
+
+def init_distributed(args):
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL with --device cuda (this rank on the GPU of its
+    LOCAL_RANK), gloo on the CPU; ranks other than 0 print nothing. Sets args.world_size."""
+    if world_size() > 1 and not dist.is_initialized():
+        if args.device == "cuda":
+            local_rank = int(os.environ.get("LOCAL_RANK", 0))
+            if local_rank >= torch.cuda.device_count():
+                raise RecError(f"torchrun started more processes on this machine than it has GPUs "
+                               f"({torch.cuda.device_count()}); lower --nproc_per_node, or use --device cpu")
+            torch.cuda.set_device(local_rank)
+        # the others may wait long for rank 0 (a first load of a large dataset, k-means, a checkpoint): 1 hour
+        dist.init_process_group("nccl" if args.device == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+        if rank() > 0:
+            sys.stdout = open(os.devnull, "w")
+    args.world_size = world_size()
+
+
+def leave_process_group():
+    """Under torchrun, destroy the process group once every rank is done with it (`run_cli`). Left to the exit, the
+    gloo worker threads may still hold the last collective's tensors while Python finalizes; freeing them then
+    takes the GIL, the interpreter ends that thread, and the process aborts: `terminate called without an active
+    exception`, SIGABRT, a finished run reported failed (pytorch/pytorch#190489; tests/test_distributed.py)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def owns(users) -> torch.Tensor:
+    """Bool mask of the users this rank owns, user % world_size == rank: its rows of every training batch and the
+    users of its samplers' per-user state (all of them in one process)."""
+    return users % world_size() == rank()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """The sum of `tensor` over the ranks (NCCL reduces on the GPU: a CPU tensor goes there and back)."""
+    if world_size() == 1:
+        return tensor
+    moved = tensor.to("cuda" if dist.get_backend() == "nccl" else tensor.device)
+    dist.all_reduce(moved)
+    return moved.to(tensor.device)
+
+
+def _on_cpu(value):
+    """`value` with every tensor in it (through dicts, lists and tuples) moved to the CPU, to send to another rank."""
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {key: _on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(item) for item in value)
+    return value
+
+
+def from_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) computed by rank 0 alone (files, k-means, a decision); every rank returns its result
+    (tensors arrive on the CPU) or raises the RecError it raised. One process: fn(*args, **kwargs)."""
+    if world_size() == 1:
+        return fn(*args, **kwargs)
+    outcome, raised = [None, None], None   # (result, error message)
+    if rank() == 0:
+        try:
+            outcome[0] = _on_cpu(fn(*args, **kwargs))
+        except RecError as error:
+            outcome[1], raised = str(error), error
+    dist.broadcast_object_list(outcome, src=0)
+    if raised is not None:
+        raise raised
+    if outcome[1] is not None:
+        error = RecError(outcome[1])
+        error.said_by_rank_0 = True   # run_cli: rank 0 prints it
+        raise error
+    return outcome[0]
+
+
+@contextlib.contextmanager
+def machine_leader_first():
+    """Under torchrun the first process of each machine (LOCAL_RANK 0) runs the block before the others of that
+    machine, which then find what it wrote (a download, the data cache)."""
+    leader = int(os.environ.get("LOCAL_RANK", 0)) == 0
+    if world_size() > 1 and not leader:
+        dist.barrier()
+    yield
+    if world_size() > 1 and leader:
+        dist.barrier()
+
+
+def broadcast_parameters(model: nn.Module):
+    """Every rank's parameters become rank 0's (DistributedDataParallel does the same when it wraps a model)."""
+    if world_size() == 1:
+        return
+    parameters = list(model.parameters())
+    flat = torch.cat([p.detach().reshape(-1) for p in parameters])
+    dist.broadcast(flat, src=0)
+    with torch.no_grad():
+        for p, value in zip(parameters, flat.split([p.numel() for p in parameters])):
+            p.copy_(value.view_as(p))
+
+
+def stop_requested(received: list) -> bool:
+    """Whether any rank noted a signal (`deferred_signals`): the same answer on every rank."""
+    if world_size() == 1:
+        return bool(received)
+    return bool(all_reduce_sum(torch.tensor([float(bool(received))])).item() > 0)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# 13. Help, errors and provenance
+# ----------------------------------------------------------------------------------------------------------
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_flags(args):
+    """The ranges of the shared flags (a method file checks its own flags the same way before `prepare`)."""
+    if args.dataset != "synthetic" and args.dataset not in DATASETS and not os.path.isfile(args.dataset):
+        raise unknown_dataset(args.dataset)
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecError(f"{_flag(name)} must be a finite number, got {value}")
+    try:
+        args.ks = sorted({int(k) for k in (args.ks if isinstance(args.ks, list) else str(args.ks).split(","))})
+    except ValueError:
+        raise RecError(f"--ks must be comma-separated integers, got {args.ks!r}") from None
+    if min(args.ks) < 1:
+        raise RecError("--ks must be positive")
+    metric, _, k = args.valid_metric.partition("@")
+    if metric not in METRICS or not k.isdigit() or int(k) not in args.ks:
+        raise RecError(f"--valid-metric {args.valid_metric!r} must be one of {', '.join(METRICS)} at a K of "
+                       f"--ks ({args.ks})")
+    for name in ("epochs", "batch_size", "dim", "eval_every", "max_len", "eval_batch_size", "heads",
+                 "examples_per_batch"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:   # None: batch_size set from the rows
+            raise RecError(f"{_flag(name)} must be at least 1, got {getattr(args, name)}")
+    for name in ("patience", "layers", "reg_weight"):
+        if getattr(args, name) < 0:
+            raise RecError(f"{_flag(name)} must be at least 0, got {getattr(args, name)}")
+    if args.k_core is not None and args.k_core < 0:
+        raise RecError(f"--k-core must be at least 0 (0 disables it), got {args.k_core}")
+    if args.backbone in SEQUENTIAL_BACKBONES and args.layers < 1:
+        raise RecError(f"{args.backbone} needs --layers of at least 1, got {args.layers}")
+    if args.backbone in ("sasrec", "linrec") and args.dim % args.heads:
+        raise RecError(f"--heads {args.heads} must divide --dim {args.dim} (each head gets dim / heads features)")
+    if not 0 <= args.dropout < 1:
+        raise RecError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.lr <= 0:
+        raise RecError(f"--lr must be positive, got {args.lr}")
+    if not 0 <= args.seed <= 2 ** 32 - 1:
+        raise RecError(f"--seed must be in [0, 2^32 - 1] (numpy's seed range), got {args.seed}")
+    if args.time_budget is not None and not duration_seconds(args.time_budget) > 0:
+        raise RecError(f"--time-budget must be more than 0, got {args.time_budget}")
+
+
+class CommandLine(argparse.ArgumentParser):
+    """argparse as every script here uses it: a usage error is one `error:` line (exit 2); each flag's help states
+    its default once (`_DefaultsHelp`); some flags take other defaults with `--dataset synthetic`
+    (`synthetic_defaults`); the parsed namespace keeps the command line (`args.command`: the script, then argv)."""
+
+    def __init__(self, description: str, script: str):
+        super().__init__(prog=os.path.basename(script), description=description, formatter_class=_DefaultsHelp)
+        self.script = script
+
+    def error(self, message):
+        if rank() == 0:   # under torchrun every process parses the same command line: one of them says it
+            print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def _check_value(self, action, value):
+        """A value outside a flag's choices (--backbone, --sampler, ...): the error names the closest one."""
+        if action.choices is not None and value not in action.choices:
+            choices = [str(choice) for choice in action.choices]
+            close = difflib.get_close_matches(str(value).lower(), choices, n=1)
+            self.error(f"argument {'/'.join(action.option_strings)}: invalid choice {value!r}"
+                       + (f"; did you mean {close[0]!r}?" if close else "") + f" (choose from {', '.join(choices)})")
+
+    def parse_args(self, args=None, namespace=None):
+        argv = list(sys.argv[1:] if args is None else args)
+        parsed = super().parse_args(argv, namespace)
+        # a second parse into a namespace pre-filled with _UNSET: argparse keeps what it finds there for the flags
+        # that are not given, so the flags still _UNSET are the ones left at their defaults
+        given = super().parse_args(argv, argparse.Namespace(**{a.dest: _UNSET for a in self._actions}))
+        if parsed.dataset == "synthetic":
+            for action in self._actions:
+                if hasattr(action, "synthetic_default") and getattr(given, action.dest) is _UNSET:
+                    setattr(parsed, action.dest, action.synthetic_default)
+        parsed.command = [os.path.relpath(self.script), *argv]   # as typed from here: `python <script> ...`
+        return parsed
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Appends each flag's default to its help once: the script's own value, the per-backbone values of a flag left
+    at None (from BACKBONE_DEFAULTS, so they cannot drift), and the value `--dataset synthetic` gives it. A help that
+    already speaks of its default is left alone, and None is never printed."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or action.default is False or \
+                "default" in text.lower():
+            return text   # (a store_true flag is off unless given: no default to state)
+        parts = [per_backbone_default(action.dest) if action.default is None else str(action.default)]
+        if hasattr(action, "synthetic_default"):
+            parts.append(f"{action.synthetic_default} with --dataset synthetic")
+        parts = [p for p in parts if p]
+        return text + (f" (default: {'; '.join(parts)})".replace("%", "%%") if parts else "")
+
+
+def _plain(value) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def per_backbone_default(dest: str) -> str | None:
+    """'sasrec 50, others 64': a flag's BACKBONE_DEFAULTS, each value once (None for a flag not in the table)."""
+    groups = {}
+    for backbone, row in BACKBONE_DEFAULTS.items():
+        if dest in row:
+            groups.setdefault(row[dest], []).append(backbone)
+    if len(groups) <= 1:
+        return next(map(_plain, groups), None)
+    usual = max(groups, key=lambda value: len(groups[value]))
+    return ", ".join([f"{'/'.join(names)} {_plain(value)}" for value, names in groups.items() if value != usual]
+                     + [f"others {_plain(usual)}"])
+
+
+def parser_action(parser: argparse.ArgumentParser, dest: str) -> argparse.Action:
+    """The action of the flag stored in `dest` (to reword the help of a shared flag in one script)."""
+    return next(action for action in parser._actions if action.dest == dest)
+
+
+def synthetic_defaults(parser: argparse.ArgumentParser, **values):
+    """Defaults that only `--dataset synthetic` takes, so the offline demo finishes in seconds; a flag given on the
+    command line wins, and each flag's help states its value."""
+    for dest, value in values.items():
+        parser_action(parser, dest).synthetic_default = value
+
+
+def check_writable(folder: str, flag: str):
+    """Raise a RecError unless `folder` can be created and written now; the folders this creates go again."""
+    created, missing = [], os.path.abspath(folder)   # the folders missing now, deepest first
+    while not os.path.exists(missing):
+        created, missing = created + [missing], os.path.dirname(missing)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise RecError(f"{flag} {folder} cannot be created or written ({error.strerror or error}); choose a "
+                       f"writable folder") from None
+    finally:
+        for made in created:
+            with contextlib.suppress(OSError):   # not empty: another run writes there too (runs/), or never made
+                os.rmdir(made)
+
+
+def check_out_dir(args):
+    """Check that --out-dir can be created and written now, not after hours of training (the folders this creates
+    go again: a run writes nothing before it trains, `TrainingRun.save`); then what it holds must fit the command:
+    --resume needs the checkpoint of an unfinished run with the same settings (run.json), a fresh run must not
+    overwrite one. (Under torchrun rank 0 alone runs this: `resolve_args`.)"""
+    out = args.out_dir
+    if args.resume and not any(a == "--out-dir" or a.startswith("--out-dir=") for a in args.command):
+        raise RecError("--resume needs --out-dir, the folder of the interrupted run")
+    if args.resume and not os.path.isdir(out):
+        raise RecError(f"--resume: no folder {out}; give the --out-dir of the interrupted run")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise RecError(f"--out-dir {out} is an existing file, not a folder; choose another --out-dir")
+    check_writable(out, "--out-dir")
+    checkpoint, run_file = checkpoint_path(args), os.path.join(out, "run.json")
+    if args.resume:
+        if not os.path.isfile(checkpoint):
+            finished = os.path.isfile(os.path.join(out, "results.json"))
+            raise RecError(f"--resume: {out} has no checkpoint.pt" + (
+                " but a results.json: the run has finished" if finished else
+                ": the run was stopped before its first checkpoint; run it again without --resume"))
+        if not os.path.isfile(run_file):
+            raise RecError(f"--resume: {out} has a checkpoint.pt but no run.json (the run's settings); start the run "
+                           f"again in a new --out-dir")
+        with open(run_file) as f:
+            saved = json.load(f)
+        now, then = run_config(args), saved["config"]
+        if now["world_size"] != then["world_size"]:
+            raise RecError(f"--resume with {now['world_size']} process(es); the run was started with "
+                           f"{then['world_size']}, whose random streams the checkpoint holds: resume it with "
+                           f"{then['world_size']} (torchrun --nproc_per_node; 1 = python <script>)")
+        # a setting the run did not record is a flag added since: the run had it off (None, 0, False)
+        changed = [f"{_flag(k)} {now.get(k)!r} (the run's: {then.get(k)!r})"
+                   for k in sorted(now.keys() | then.keys())
+                   if k not in WHERE_AND_HOW and now.get(k) != then.get(k) and (k in then or now[k])]
+        if changed:
+            raise RecError(f"--resume with other settings than the interrupted run's: {'; '.join(changed)}. "
+                           f"Resume with the run's own command: {resume_command(saved['command'], out)}")
+    elif not args.eval_only:
+        if os.path.exists(checkpoint):
+            raise RecError(f"{out} holds the checkpoint of an unfinished run: add --resume to continue it, or "
+                           f"choose another --out-dir")
+
+
+def provenance(args) -> dict:
+    """What produced a result: the command line, the versions, the machine, the code's commit, the data file and
+    its hash."""
+    return {"command": args.command,
+            "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__},
+            "machine": machine(args.device), "git_commit": git_commit(), "data_file": args.data_file,
+            "data_sha256": args.data_sha256}
+
+
+def machine(device) -> dict:
+    """The hardware a run's seconds were measured on: CPU model, cores, threads torch used, GPU if one ran it."""
+    cpu = f"{platform.machine()} CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+@functools.lru_cache(maxsize=None)
+def git_commit() -> str | None:
+    """The commit checked out where this file lives when first asked (`prepare`, before a run); None outside a
+    git checkout or without git."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 def _terminated(signum, frame):
