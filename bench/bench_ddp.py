@@ -11,7 +11,7 @@ every run: on a shared machine a second process only helps if a core is free.
 The all-reduce row times `torch.distributed.all_reduce` of one flat float32 buffer the size of the row's
 parameters between 2 gloo processes (what `common.train_step` sends once per step), median of 50.
 
-    python bench/bench_ddp.py                          # every row (ml-100k, Beauty from ../shared/data): ~8 min
+    python bench/bench_ddp.py                          # every row (ml-100k, Beauty from --data-dir): ~8 min
     python bench/bench_ddp.py --rows lightgcn-100k,sasrec-beauty --repeats 2    # the first two rows of the table
     python bench/bench_ddp.py --rows mdcns-beauty --repeats 1 --data-dir /path/to/data
     python bench/bench_ddp.py --smoke                  # BPR-MF on synthetic data, once: the script runs, seconds
@@ -96,7 +96,7 @@ def main(argv=None):
     parser.add_argument("--rows", default=",".join(row for row in ROWS if row != "smoke"),
                         help=f"comma-separated, of: {', '.join(ROWS)}")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--data-dir", default=os.path.join(ROOT, "data"))
     parser.add_argument("--smoke", action="store_true", help="row smoke (synthetic data), one repetition, the "
                                                              "all-reduce 5 times")
     args = parser.parse_args(argv)

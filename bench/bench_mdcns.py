@@ -16,7 +16,7 @@ Kang's block (`mdcns-beauty`, 20 epochs), ml-1m under SASRec's own settings (`ml
 The targets, printed at the end from each repetition's own rows (side by side) and from the medians: an MDCNS
 epoch with the Mamba4Rec peer <= 3x the RNS epoch of the same SASRec, and a Mamba4Rec RNS epoch <= 1.3x SASRec's.
 
-    python bench/bench_mdcns.py --data-dir ../shared/data          # table3's Beauty, 2 repetitions
+    python bench/bench_mdcns.py --data-dir DIR          # table3's Beauty, 2 repetitions
     python bench/bench_mdcns.py --repeats 1 --before ec8af34       # and every row on the code of ec8af34
     python bench/bench_mdcns.py --dataset beauty --repeats 1       # the mdcns-beauty grid (Kang's block)
     python bench/bench_mdcns.py --smoke                            # synthetic, two rows, seconds: the script runs
@@ -32,7 +32,7 @@ import tarfile
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
+DATA_DIR = os.path.join(ROOT, "data")
 GRIDS = {"beauty-table3": ["--grid", "table3", "--dataset", "beauty"], "beauty": ["--grid", "mdcns-beauty"],
          "ml-1m": ["--grid", "ml1m-loo"], "synthetic": ["--quick"]}
 # row (--rows): (its name in the table, the grid's method, flags appended to its command)
@@ -105,12 +105,12 @@ def main(argv=None):
                         help="whose grid's commands to time: beauty-table3 (table3's Beauty runs, s3rec SASRec), "
                              "beauty (mdcns-beauty, Kang's block), ml-1m (ml1m-loo), synthetic (--quick) "
                              "(default beauty-table3)")
-    parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")
+    parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default data/ in the repository)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated, of: %(default)s (default: all)")
     parser.add_argument("--before", metavar="COMMIT", help="also run every row on the code of COMMIT (e.g. "
-                                                           "ec685d7, before issue 13's scan)")
+                                                           "ec685d7, before the scan's rewrite)")
     parser.add_argument("--smoke", action="store_true",
                         help="synthetic data (the --quick grid), rows RNS and MDCNS with the Mamba4Rec peer, one "
                              "repetition: checks that the script runs, in seconds")

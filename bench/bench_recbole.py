@@ -290,7 +290,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recbole-python", default=None,
                         help="python of a venv with RecBole 1.2.1 (recipe in bench/README.md); omit for ours only")
-    parser.add_argument("--data-dir", default=os.path.join(ROOT, "..", "shared", "data"))
+    parser.add_argument("--data-dir", default=os.path.join(ROOT, "data"))
     parser.add_argument("--rows", default="all", help=f"comma-separated subset of: {', '.join(r.name for r in ROWS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads, the same on both sides")
     parser.add_argument("--rounds", type=int, default=1, help="alternations per row (each round runs every side)")

@@ -10,7 +10,7 @@
 The machine is shared, so: few repetitions, the samplers alternated within each repetition, medians, and ratios
 to RNS measured in the same run rather than absolute times.
 
-    python bench/bench_samplers.py                       # reads ../shared/data/ml-1m/ml-1m.txt if present
+    python bench/bench_samplers.py                       # reads data/ml-1m/ml-1m.txt if present
     python bench/bench_samplers.py --data synthetic --epoch-repeats 1
     python bench/bench_samplers.py --smoke               # 100 synthetic users, a tiny SASRec: the script runs
 """
@@ -29,7 +29,7 @@ from baselines import SAMPLERS, build_parser, make_sampler, resolve_sampler_args
 from common import (Examples, Interactions, PositiveSets, build_backbone, fit, resolve_args,  # noqa: E402
                     seed_everything, split_dataset, standard_loss, training_positives)
 
-ML_1M = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "ml-1m", "ml-1m.txt")
+ML_1M = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "ml-1m", "ml-1m.txt")
 OUT_DIR = tempfile.TemporaryDirectory(prefix="bench-samplers-")
 SETTINGS = {"rns": [], "pns": ["--pns-alpha", "0.1"], "dns": ["--candidates", "10"],
             "dnsmn": ["--candidates", "100", "--top-m", "5"]}

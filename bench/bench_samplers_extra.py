@@ -10,7 +10,7 @@ row: fit's epoch seconds (the sampler's per-epoch work, e.g. AdaSIR's pool refre
 inside the epoch and is counted), the process's wall seconds (data loading, GNNO's Jaccard matrix, validation and
 test included) and its peak RSS.
 
-    python bench/bench_samplers_extra.py                       # Beauty from ../shared/data
+    python bench/bench_samplers_extra.py                       # Beauty from --data-dir
     python bench/bench_samplers_extra.py --repeats 1 --threads 2
     python bench/bench_samplers_extra.py --dataset synthetic   # every row on generated data
     python bench/bench_samplers_extra.py --smoke               # synthetic, RNS and MixGCF once: it runs, seconds
@@ -51,7 +51,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="beauty", choices=("beauty", "synthetic"),
                         help="beauty (the grids' data), or synthetic (the same commands on generated data)")
-    parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default ../shared/data)")
+    parser.add_argument("--data-dir", default=DATA_DIR, help="where the datasets are (default data/ in the repository)")
     parser.add_argument("--repeats", type=int, default=2, help="epochs per row, alternated (default 2)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, rows RNS and MixGCF, one repetition")

@@ -1,4 +1,4 @@
-"""Mamba's selective scan alone, before and after issue 13, side by side. CPU; not part of the test suite.
+"""Mamba's selective scan alone, before and after its rewrite (ec685d7), side by side. CPU; not part of the test suite.
 
 Rows (each timed forward + backward, and forward alone without gradients as in evaluation), alternated within
 each repetition, medians; ratios to the first row measured in the same run:
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from common import selective_scan  # noqa: E402
 
-BEFORE = "ec685d7"   # main before issue 13
+BEFORE = "ec685d7"   # main before the scan's rewrite
 
 
 def common_at(commit: str):

@@ -19,7 +19,7 @@ memory: torch.cuda.max_memory_allocated() of the process (of rank 0 under torchr
 It also runs on the CPU (--device cpu), which is how the suite tests it (tests/test_bench.py, --smoke: a few
 tests, the README's MDCNS command alone and under torchrun, one epoch each). Its table goes into bench/README.md once it has run on a GPU.
 
-    python bench/gpu_check.py                                   # CUDA, data from ../shared/data
+    python bench/gpu_check.py                                   # CUDA, data from --data-dir
     python bench/gpu_check.py --device cpu --smoke              # seconds
     python bench/gpu_check.py --steps readme-mdcns,torchrun     # some steps only
 """
@@ -217,7 +217,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="where every step runs "
                                                                                   "(default cuda)")
-    parser.add_argument("--data-dir", default=DATA_DIR, help="where ml-1m/ and beauty/ are (default ../shared/data)")
+    parser.add_argument("--data-dir", default=DATA_DIR, help="where ml-1m/ and beauty/ are (default data/ in the repository)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the ml-1m and Beauty runs (default 3)")
     parser.add_argument("--steps", default=",".join(STEPS), help="comma-separated, of: %(default)s (default: all)")
     parser.add_argument("--timeout", type=int, default=900, help="seconds per step (default 900)")

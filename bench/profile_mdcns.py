@@ -16,7 +16,7 @@ both models, candidates and positive), re-ranking and top-M (Eqs. 4-8, no gradie
 gathers of item rows into both tables' gradients), peer backward, self backward, optimizer (zero_grad + Adam step).
 RNS pieces: batch, forward, negative, scoring and loss forward, their backward, model backward, optimizer.
 
-    python bench/profile_mdcns.py --data-dir ../shared/data             # Beauty, 50 batches per row
+    python bench/profile_mdcns.py --data-dir DIR             # Beauty, 50 batches per row
     python bench/profile_mdcns.py --smoke                               # synthetic data, seconds
 """
 import argparse
@@ -37,7 +37,7 @@ import mdcns  # noqa: E402
 from common import (LOSSES, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
                     training_batches, training_positives, uniform_negatives)
 
-DATA_DIR = os.path.join(ROOT, "..", "shared", "data")
+DATA_DIR = os.path.join(ROOT, "data")
 TABLE3 = ["--split", "user", "--loss", "bce", "--valid-metric", "ndcg@20", "--ks", "5,10,20",
           "--examples-per-batch", "1024"]                                  # run_all.sh's table3 flags
 MDCNS_FLAGS = ["--gamma", "1.0", "--kd-temperature", "1.0", "--top-m", "1"]  # table3's Beauty MDCNS
@@ -212,7 +212,7 @@ def build_rows(data_flags, peer, rns_backbones, out_dir):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", default=DATA_DIR, help="where beauty/ is (default ../shared/data)")
+    parser.add_argument("--data-dir", default=DATA_DIR, help="where beauty/ is (default data/ in the repository)")
     parser.add_argument("--peer", default="mamba4rec", help="MDCNS's peer (default mamba4rec, the paper's)")
     parser.add_argument("--rns", default="sasrec,gru4rec,mamba4rec", help="backbones of the RNS rows")
     parser.add_argument("--batches", type=int, default=50, help="timed batches per row (default 50)")
