@@ -1633,7 +1633,7 @@ def base_parser(description: str, script: str | None = None) -> CommandLine:
                       help="'synthetic' (generated from --seed, offline), a registered dataset name "
                            f"({', '.join(sorted(DATASETS))}), or a path to a CSV/TSV file user,item[,rating[,ts]]")
     data.add_argument("--data-dir", default="data", help="where datasets are found or downloaded to, one "
-                      "folder per dataset (e.g. ../shared/data)")
+                      "folder per dataset (data/<name>/ by default)")
     add_data_arguments(data)
     data.add_argument("--split", default="loo", choices=SPLITS,
                       help="loo: leave-one-out by time (SASRec); ratio: per-user random 8:1:1 (RecBole/ICPNS, "
