@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import baselines  # noqa: E402
 import mdcns  # noqa: E402
-from common import (LOSSES, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
+from common import (LOSSES, adam, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
                     training_batches, training_positives, uniform_negatives)
 
 DATA_DIR = os.path.join(ROOT, "data")
@@ -161,7 +161,7 @@ class Row:
 
     def __init__(self, name, args, split, model, step, method_loss):
         self.name, self.args, self.split, self.model = name, args, split, model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.optimizer = adam(model.parameters(), args.lr)                            # fit's optimizer
         self.positives = training_positives(split, "cpu", args.exclude_held_out)
         self.generator = torch.Generator().manual_seed(args.seed + 1)
         self.batches = training_batches(split, args.batch_size, torch.Generator().manual_seed(args.seed), "cpu")
