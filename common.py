@@ -54,6 +54,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.request
 import warnings
 import zipfile
@@ -1989,6 +1990,7 @@ class _SelectiveScan(torch.autograd.Function):
     """
 
     group_elements = 1 << 17   # rows per group x d_state x d_inner: one 512 KB float32 buffer
+    tail_rows = 8              # a group's last steps of at most this many rows run as its tail (`tail`)
 
     @staticmethod
     def schedule(starts, lengths, group_rows: int):
@@ -2016,6 +2018,27 @@ class _SelectiveScan(torch.autograd.Function):
         return index, groups
 
     @staticmethod
+    def tail(steps, tail_rows: int, device):
+        """The last steps of a group's `steps` (from `schedule`) that run at most `tail_rows` rows (the few long
+        rows of a batch), or None: `first`, the index of its first step; `where` (T,), their packed positions in
+        step order (the order of their states in the group's buffer); `span`, their slice of that buffer; `steps`,
+        (slice in the T positions, rows) per step; `skip`, how many of the T are at the group's step 0 (no
+        previous state: 0 unless first = 0); `previous` (T - skip,), the buffer position of each one's h_{t-1}."""
+        first = next((i for i, (_, k) in enumerate(steps) if k.stop - k.start <= tail_rows), len(steps))
+        if first == len(steps):
+            return None
+        where, previous, local, start = [], [], [], steps[first][1].start
+        for i in range(first, len(steps)):
+            (r, k), rows = steps[i], steps[i][1].stop - steps[i][1].start
+            where.extend(range(r.start, r.stop))
+            local.append((slice(k.start - start, k.stop - start), rows))
+            if i:
+                previous.extend(range(steps[i - 1][1].start, steps[i - 1][1].start + rows))
+        as_tensor = functools.partial(torch.tensor, dtype=torch.long, device=device)
+        return types.SimpleNamespace(first=first, where=as_tensor(where), span=slice(start, steps[-1][1].stop),
+                                     steps=local, skip=0 if first else local[0][1], previous=as_tensor(previous))
+
+    @staticmethod
     def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
         N, d = x.shape
         n = A.shape[1]
@@ -2027,13 +2050,14 @@ class _SelectiveScan(torch.autograd.Function):
         A2 = At * _LOG2E                                                               # exp(dt A) = 2^(dt A log2 e)
         dtx = dtp * xp
         yp = xp.new_empty(len(index), 1, d)
+        tails = [_SelectiveScan.tail(steps, _SelectiveScan.tail_rows, x.device) for steps in groups]
         states = []                                   # per group: h_t of every step, (steps x rows, n, d)
-        for steps in groups:
+        for steps, tail in zip(groups, tails):
             rows0 = steps[0][1].stop
             decay = xp.new_empty(rows0, n, d)
             kept = xp.new_empty(steps[-1][1].stop, n, d) if keep else xp.new_empty(rows0, n, d)
             h = None
-            for r, k in steps:
+            for r, k in steps[:tail.first if tail else len(steps)]:
                 rows = k.stop - k.start
                 out = kept[k] if keep else kept[:rows]                                 # without a backward, in place
                 if h is None:
@@ -2043,12 +2067,22 @@ class _SelectiveScan(torch.autograd.Function):
                     torch.mul(h[:rows], a, out=out).addcmul_(dtx[r], Bp[r])            # h_t = a h_{t-1} + dt B x
                 h = out
                 torch.bmm(Cp[r], h, out=yp[r])                                         # C_t . h_t, (rows, 1, d)
+            if tail:                          # the steps of few rows: everything but the recurrence at once
+                where = tail.where
+                hs = kept[tail.span] if keep else xp.new_empty(len(where), n, d)       # (T, n, d)
+                torch.mul(dtx[where], Bp[where], out=hs)                               # dt B x of every tail step
+                a = torch.mul(dtp[where], A2).exp2_()                                  # exp(dt A), (T, n, d)
+                for j, (k, rows) in enumerate(tail.steps):
+                    if h is not None:
+                        hs[k].addcmul_(a[k], h[:rows])                                 # h_t = dt B x + a h_{t-1}
+                    h = hs[k]
+                yp.index_copy_(0, where, torch.bmm(Cp[where], hs))                    # C_t . h_t, (T, 1, d)
             if keep:
                 states.append(kept)
         y = (x * D).index_add_(0, index, yp.view(-1, d))                               # D x + C . h, (N, d)
         if keep:
             ctx.save_for_backward(x, xp, dtp, At, Bp, Cp, D, index, *states)
-            ctx.groups = groups
+            ctx.groups, ctx.tails = groups, tails
         return y
 
     @staticmethod
@@ -2064,12 +2098,30 @@ class _SelectiveScan(torch.autograd.Function):
         gBp, gCp = xp.new_empty(P, 1, n), xp.new_empty(P, 1, n)                        # packed, (P, 1, n)
         gdtx, gdtp = xp.new_empty(P, 1, d), xp.new_empty(P, 1, d)                      # packed, (P, 1, d)
         gAt = torch.zeros_like(At)
-        for steps, kept in zip(ctx.groups, states):
+        for steps, kept, tail in zip(ctx.groups, states, ctx.tails):
             rows0 = steps[0][1].stop
             G, decay = xp.new_empty(rows0, n, d), xp.new_empty(rows0, n, d)
             gA_rows = xp.new_zeros(rows0, n, d)                                        # sum over steps of W dt
             running = 0                          # rows of G that hold exp(dt_{t+1} A) G_{t+1} from step t + 1
-            for i in range(len(steps) - 1, -1, -1):
+            if tail:                          # the steps of few rows: everything but the recurrence at once
+                where, hs = tail.where, kept[tail.span]                                # (T,), h_t (T, n, d)
+                Gs = torch.mul(Cq[where], gyp[where])                                  # C_t gy_t, (T, n, d)
+                a = torch.mul(dtp[where], A2).exp2_()                                  # exp(dt_t A), (T, n, d)
+                for (k, rows), (k_next, rows_next) in zip(tail.steps[-2::-1], tail.steps[:0:-1]):
+                    Gs[k][:rows_next].addcmul_(a[k_next], Gs[k_next])                  # G_t += exp(dt A) G_{t+1}
+                gBp.index_copy_(0, where, torch.bmm(dtx[where], Gs.transpose(1, 2)))  # sum_d G dt x
+                gdtx.index_copy_(0, where, torch.bmm(Bq[where], Gs))                   # sum_n G B
+                gCp.index_copy_(0, where, torch.bmm(gyp[where], hs.transpose(1, 2)))   # sum_d h gy
+                Ga = Gs.mul_(a)[tail.skip:]                                            # exp(dt_t A) G_t, t > 0
+                if tail.first:
+                    G[:tail.steps[0][1]] = Ga[tail.steps[0][0]]                        # carried to the head's end
+                    running = tail.steps[0][1]
+                W = Ga.mul_(kept.index_select(0, tail.previous))                       # dLoss/d(dt_t A), t > 0
+                gAt += W.mul(dtp[where[tail.skip:]]).sum(0)                            # dLoss/dA += W dt
+                gdtp_tail = xp.new_zeros(len(where), 1, d)                             # h_{-1} = 0: none at t = 0
+                torch.sum(W.mul_(At), 1, keepdim=True, out=gdtp_tail[tail.skip:])      # dLoss/ddt: sum_n W A ...
+                gdtp.index_copy_(0, where, gdtp_tail)
+            for i in range(len(steps) - 1 if not tail else tail.first - 1, -1, -1):
                 r, k = steps[i]
                 rows = k.stop - k.start
                 G[running:rows].zero_()                                                # rows whose end is here

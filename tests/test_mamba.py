@@ -76,11 +76,14 @@ def test_schedule_packs_rows_step_major_longest_first():
     assert index.tolist() == [2, 0, 5, 3, 1, 4]              # step 0 of rows 2, 0, 3; step 1 of 2, 0; step 2 of 2
 
 
+@pytest.mark.parametrize("tail_rows", [0, 1, 8])              # no tail, the steps of one row, every step
 @pytest.mark.parametrize("lengths", [None, [5, 2, 0]])
 @pytest.mark.parametrize("group_rows", [1, 2, 3])            # rows per group: 3 groups, 2 (one partial), 1 group
-def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths, device):
-    """On --device (float64: the PyTorch scan there too), against the literal recurrence on the CPU."""
+def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths, tail_rows, device):
+    """On --device (float64: the PyTorch scan there too), against the literal recurrence on the CPU; the groups'
+    tails (`_SelectiveScan.tail`) of none, some or all of their steps."""
     monkeypatch.setattr(_SelectiveScan, "group_elements", group_rows * 3 * 4)
+    monkeypatch.setattr(_SelectiveScan, "tail_rows", tail_rows)
     inputs = scan_inputs(Bt=3)
     on_device = [t.detach().to(device).requires_grad_() for t in inputs]
     weights = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -100,11 +103,14 @@ def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengt
         close(got.cpu(), want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("tail_rows", [0, 1, 8])
 @pytest.mark.parametrize("L", [1, 7, 50, 200])
-def test_selective_scan_float32_matches_the_loop(monkeypatch, L):
+def test_selective_scan_float32_matches_the_loop(monkeypatch, L, tail_rows):
     """float32, realistic ranges (Mamba's A = -(1..n), dt up to ~2), right padding of random lengths, several row
-    groups: outputs and all six gradients within 1e-5 of the step-by-step loop, relative to each tensor's size."""
+    groups, their tails of none, some or all of their steps: outputs and all six gradients within 1e-5 of the
+    step-by-step loop, relative to each tensor's size."""
     monkeypatch.setattr(_SelectiveScan, "group_elements", 2 * 8 * 6)  # 2 rows per group
+    monkeypatch.setattr(_SelectiveScan, "tail_rows", tail_rows)
     g = torch.Generator().manual_seed(L)
     Bt, d, n = 5, 6, 8
     x, B, C = torch.randn(Bt, L, d, generator=g), torch.randn(Bt, L, n, generator=g), torch.randn(Bt, L, n, generator=g)
