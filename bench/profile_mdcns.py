@@ -80,25 +80,25 @@ def mdcns_step(args, pair, optimizer, positives, batch_of, generator, clock):
     candidates = uniform_negatives(positives, ex.users, args.n_candidates, generator)             # (P, N)
     clock.lap("candidates")
     q_self, t_self = detached(ex.queries, ex.item_table)
-    s_self = score_items(q_self, t_self, candidates)                                               # (P, N)
-    pos_self = score_items(q_self, t_self, ex.positives.unsqueeze(1))                              # (P, 1)
+    scored = torch.cat([ex.positives.unsqueeze(1), candidates], 1)                                 # (P, 1+N)
+    all_self = score_items(q_self, t_self, scored)                                                 # (P, 1+N)
     clock.lap("scoring")
     ex_peer = examples(pair.peer, batch)
     clock.lap("peer forward")
     q_peer, t_peer = detached(ex_peer.queries, ex_peer.item_table)
-    s_peer = score_items(q_peer, t_peer, candidates)                                               # (P, N)
-    pos_peer = score_items(q_peer, t_peer, ex.positives.unsqueeze(1))                              # (P, 1)
+    all_peer = score_items(q_peer, t_peer, scored)                                                 # (P, 1+N)
     clock.lap("scoring")
-    picks = mdcns.mdcns_negatives(s_self, s_peer, args.top_m, generator, args.teacher, args.divergence,
-                                  args.multi_source)                                               # (P, V)
+    N = candidates.shape[1]
+    picks = mdcns.mdcns_negatives(all_self[:, 1:], all_peer[:, 1:], args.top_m, generator, args.teacher,
+                                  args.divergence, args.multi_source)                              # (P, V)
     clock.lap("re-ranking and top-M")
-    scores = [s_self, pos_self, s_peer, pos_peer]
+    scores = [all_self, all_peer]
     cut = detached(*scores)
-    rec = mdcns.weighted_rec_loss(loss_fn, cut[1], cut[0].gather(1, picks), self_weights) + \
-        mdcns.weighted_rec_loss(loss_fn, cut[3], cut[2].gather(1, picks), peer_weights)
+    (pos_self, s_self), (pos_peer, s_peer) = (t.split([1, N], 1) for t in cut)
+    rec = mdcns.weighted_rec_loss(loss_fn, pos_self, s_self.gather(1, picks), self_weights) + \
+        mdcns.weighted_rec_loss(loss_fn, pos_peer, s_peer.gather(1, picks), peer_weights)
     clock.lap("rec loss forward")
-    support_self, support_peer = (torch.cat([cut[1], cut[0]], 1), torch.cat([cut[3], cut[2]], 1)) \
-        if args.kd_positive else (cut[0], cut[2])                                                  # (P, N+1)
+    support_self, support_peer = (cut[0], cut[1]) if args.kd_positive else (s_self, s_peer)        # (P, N+1)
     teacher = mdcns.teacher_scores(support_self, support_peer, args.teacher)
     kd = args.distillation * args.kd_weight * (mdcns.consensus_distillation(support_self, teacher, args.kd_temperature,
                                                         args.kd_reduction) +
