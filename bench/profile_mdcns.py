@@ -16,11 +16,17 @@ both models, candidates and positive), re-ranking and top-M (Eqs. 4-8, no gradie
 gathers of item rows into both tables' gradients), peer backward, self backward, optimizer (zero_grad + Adam step).
 RNS pieces: batch, forward, negative, scoring and loss forward, their backward, model backward, optimizer.
 
+With `--before COMMIT` the rows are built a second time from the code of COMMIT (`git archive`; its own
+`bench/profile_mdcns.py`, `common`, `mdcns`, `baselines`, imported in this process as separate modules) and
+every batch runs both codes' rows, alternated: a before/after comparison in one run, under the same load.
+
     python bench/profile_mdcns.py --data-dir DIR             # Beauty, 50 batches per row
+    python bench/profile_mdcns.py --data-dir DIR --before main           # and main's code, rows alternated
     python bench/profile_mdcns.py --smoke                               # synthetic data, seconds
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import sys
@@ -210,6 +216,31 @@ def build_rows(data_flags, peer, rns_backbones, out_dir):
     return rows
 
 
+METHOD_MODULES = ("common", "baselines", "mdcns", "icpns")
+
+
+def rows_of_code(folder, data_flags, peer, rns_backbones, out_dir):
+    """`build_rows` of the checkout in `folder` (its bench/profile_mdcns.py, which imports that checkout's method
+    modules): this process's own `common`, `baselines`, ... are set aside while it imports and put back after, so
+    both codes live side by side; the rows' names end in " (before)"."""
+    ours = {name: sys.modules.pop(name) for name in METHOD_MODULES if name in sys.modules}
+    path = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("profile_mdcns_before",
+                                                      os.path.join(folder, "bench", "profile_mdcns.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rows = module.build_rows(data_flags, peer, rns_backbones, out_dir)
+    finally:
+        sys.path[:] = path
+        for name in METHOD_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(ours)
+    for row in rows:
+        row.name += " (before)"
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=DATA_DIR, help="where beauty/ is (default data/ in the repository)")
@@ -218,13 +249,20 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=50, help="timed batches per row (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, 3 batches: checks the script runs")
+    parser.add_argument("--before", metavar="COMMIT", help="also every row on the code of COMMIT, alternated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data_flags = ["--dataset", "synthetic", "--max-len", "50"] if args.smoke else \
         ["--dataset", "beauty", "--data-dir", args.data_dir]
     batches = 3 if args.smoke else args.batches
+    rns = [b for b in args.rns.split(",") if b]
     with tempfile.TemporaryDirectory() as out_dir:
-        rows = build_rows(data_flags, args.peer, [b for b in args.rns.split(",") if b], out_dir)
+        rows = build_rows(data_flags, args.peer, rns, out_dir)
+        if args.before:
+            import bench_mdcns                                              # its git archive of a commit
+            before = rows_of_code(bench_mdcns.code_at(args.before, os.path.join(out_dir, "before")), data_flags,
+                                  args.peer, rns, os.path.join(out_dir, "runs"))
+            rows = [row for pair in zip(rows, before) for row in pair]      # each row beside its before
     if batches + 1 > min(row.n_batches for row in rows):
         raise SystemExit(f"error: --batches {batches} needs more batches than an epoch has "
                          f"({min(row.n_batches for row in rows)}); lower it")
@@ -242,6 +280,13 @@ def main(argv=None):
               f"{total / batches * 1e3:.1f} ms per batch, {total * scale:.2f} s per epoch")
         for piece, seconds in row.clock.seconds.items():
             print(f"  {piece:28s} {seconds / batches * 1e3:8.2f} ms {seconds * scale:8.2f} s {seconds / total:6.1%}")
+    epochs = {row.name: sum(row.clock.seconds.values()) * row.n_batches / batches for row in rows}
+    for before in (False, True) if args.before else (False,):
+        mdcns_row, *rns_rows = [name for name in epochs if name.endswith(" (before)") == before]
+        ratios = [f"MDCNS / {rns_rows[0]}: {epochs[mdcns_row] / epochs[rns_rows[0]]:.2f}x"] if rns_rows else []
+        if len(rns_rows) > 1:
+            ratios.append(f"{rns_rows[-1]} / {rns_rows[0]}: {epochs[rns_rows[-1]] / epochs[rns_rows[0]]:.2f}x")
+        print("\n" + "; ".join(ratios))
     return rows
 
 

@@ -375,6 +375,28 @@ def test_score_items_as_sparse_products_equals_one_gather(dtype, shape, device):
         assert all(not grad.any() for grad in grads)
 
 
+def test_score_items_reuses_the_item_sort_only_for_the_same_unchanged_items():
+    """The item table's gradient reuses the last candidates' sort (MDCNS's two models score the same tensor):
+    the same tensor again, the same tensor changed in place, and a new tensor give autograd's gradients."""
+    g = torch.Generator().manual_seed(5)
+    queries = torch.randn(6, 4, generator=g, requires_grad=True)
+    tables = [torch.randn(10, 4, generator=g, requires_grad=True) for _ in range(2)]
+    items = torch.randint(0, 10, (6, 7), generator=g)
+
+    def both(table):
+        got = torch.autograd.grad(common.score_items(queries, table, items).sum(), table)[0]
+        want = torch.autograd.grad(torch.einsum("pd,pnd->pn", queries, table[items]).sum(), table)[0]
+        return got, want
+
+    for table in tables:                                                # the second call reuses the sort
+        assert torch.equal(*both(table))
+    assert common._transposed_pattern.last[1] is items
+    items[0] = (items[0] + 1) % 10                                      # in place: a new version, a new sort
+    assert torch.equal(*both(tables[0]))
+    items = items.flip(0).clone()                                       # another tensor
+    assert torch.equal(*both(tables[1]))
+
+
 # ---------------------------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("backbone, flags", [
     ("linrec", ["--max-len", "20", "--dim", "16", "--dropout", "0.1"]),
