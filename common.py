@@ -2160,7 +2160,9 @@ class _ItemScores(torch.autograd.Function):
       the same terms in the same order as autograd's gather backward (its sum over n, its serial `index_add_`):
       equal to float rounding (autograd's batched matmul may group the sum over n otherwise), the item table's
       gradient on CPU bit for bit. The block-wise gather and `index_add_` this replaces cost ~2x as much
-      (bench/README.md)."""
+      (bench/README.md).
+    The patterns (int32 indices where they fit: the CPU kernels run 1.3-2x faster on them than on int64) are kept
+    for the last `items` tensor (`_patterns`): MDCNS's two models score the same candidates."""
 
     @staticmethod
     def forward(ctx, queries, item_table, items):
@@ -2171,7 +2173,8 @@ class _ItemScores(torch.autograd.Function):
         if N > len(item_table):    # more candidates a row than items (tiny tables): sampled_addmm refuses, gather
             return torch.einsum("pd,pnd->pn", queries,
                                 item_table.index_select(0, items.reshape(-1)).view(P, N, -1))
-        pattern = _candidates_csr(items, queries.new_zeros(P * N), len(item_table))
+        crow, columns = _patterns(items, len(item_table)).rows
+        pattern = _sparse_csr(crow, columns, queries.new_zeros(P * N), (P, len(item_table)))
         return torch.sparse.sampled_addmm(pattern, queries, item_table.T, beta=0.0).values().view(P, N)
 
     @staticmethod
@@ -2183,41 +2186,49 @@ class _ItemScores(torch.autograd.Function):
         if P * N == 0:
             return (torch.zeros_like(queries) if ctx.needs_input_grad[0] else None,
                     torch.zeros_like(item_table) if ctx.needs_input_grad[1] else None, None)
+        patterns, values = _patterns(items, len(item_table)), grad.reshape(-1)
         if ctx.needs_input_grad[0]:
-            grad_queries = _csr_matmul(_candidates_csr(items, grad.reshape(-1), len(item_table)), item_table)
+            crow, columns = patterns.rows
+            grad_queries = _csr_matmul(_sparse_csr(crow, columns, values, (P, len(item_table))), item_table)
         if ctx.needs_input_grad[1]:
-            crow, columns, order = _transposed_pattern(items, len(item_table))
-            transposed = _sparse_csr(crow, columns, grad.reshape(-1).index_select(0, order), (len(item_table), P))
+            crow, columns, order = patterns.transposed
+            transposed = _sparse_csr(crow, columns, values.index_select(0, order), (len(item_table), P))
             grad_table = _csr_matmul(transposed, queries)                                           # (I+1, D)
         return grad_queries, grad_table, None
 
 
-def _transposed_pattern(items, n_rows: int):
-    """The pattern of M^T (n_rows x P) for the candidates items (P, N): crow_indices (n_rows + 1,), col_indices
-    (P N,) and `order` (P N,), the entry of M each of M^T's comes from, M's entries by item, then by (p, n): a stable
-    sort (of int32 ids, twice as fast as int64). Kept for the last `items` tensor while its data are unchanged:
-    MDCNS's two models score the same candidates, so the second backward reuses the first one's sort (the cache
-    holds the tensor itself, so its memory cannot be reused by another while its pointer is the key)."""
-    key = (items.data_ptr(), items._version, items.shape, items.stride(), items.device, n_rows)
-    if _transposed_pattern.last is not None and _transposed_pattern.last[0] == key:
-        return _transposed_pattern.last[2]
-    flat = items.reshape(-1)
-    order = torch.argsort(flat.to(torch.int32), stable=True)
-    crow = flat.new_zeros(n_rows + 1)
-    torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=crow[1:])
-    pattern = crow, order.div(items.shape[1], rounding_mode="floor"), order                     # column: p
-    _transposed_pattern.last = key, items, pattern
-    return pattern
+class _CandidatePatterns:
+    """The CSR patterns of M (P x n_items) for the candidates items (P, N), N > 0, and of its transpose.
+    `rows`: (crow_indices (P+1,), col_indices (P N,)) of M, row p's columns items[p, :]. `transposed`, on first
+    use: M^T's (crow_indices (n_items+1,), col_indices (P N,), order (P N,)), order the entry of M each entry of
+    M^T comes from: M's entries by item, then by (p, n), a stable sort (of int32 ids, twice as fast as int64)."""
+
+    def __init__(self, items, n_items: int):
+        self.items, self.n_items = items, n_items
+        P, N = items.shape
+        self.dtype = torch.int32 if max(P * N, n_items) < 2 ** 31 else torch.long
+        self.rows = (torch.arange(0, P * N + 1, N, dtype=self.dtype, device=items.device),
+                     items.reshape(-1).to(self.dtype))
+
+    @functools.cached_property
+    def transposed(self):
+        order = torch.argsort(self.rows[1], stable=True)
+        crow = order.new_zeros(self.n_items + 1, dtype=self.dtype)
+        torch.cumsum(torch.bincount(self.rows[1], minlength=self.n_items), 0, out=crow[1:])
+        return crow, order.div(self.items.shape[1], rounding_mode="floor").to(self.dtype), order   # column: p
 
 
-_transposed_pattern.last = None
+def _patterns(items, n_items: int) -> _CandidatePatterns:
+    """`_CandidatePatterns` of items, kept for the last `items` tensor while its data are unchanged: the key is its
+    pointer, version, shape, strides and device, and the cache holds the tensor itself, so no other tensor can take
+    its memory while its pointer is the key."""
+    key = (items.data_ptr(), items._version, items.shape, items.stride(), items.device, n_items)
+    if _patterns.last is None or _patterns.last[0] != key:
+        _patterns.last = key, _CandidatePatterns(items, n_items)
+    return _patterns.last[1]
 
 
-def _candidates_csr(items, values, n_columns: int):
-    """The CSR matrix (P x n_columns) with values[p N + n] at (p, items[p, n]), items (P, N), N > 0."""
-    P, N = items.shape
-    return _sparse_csr(torch.arange(0, P * N + 1, N, device=items.device), items.reshape(-1), values,
-                       (P, n_columns))
+_patterns.last = None
 
 
 def _csr_matmul(sparse, dense):

@@ -390,7 +390,7 @@ def test_score_items_reuses_the_item_sort_only_for_the_same_unchanged_items():
 
     for table in tables:                                                # the second call reuses the sort
         assert torch.equal(*both(table))
-    assert common._transposed_pattern.last[1] is items
+    assert common._patterns.last[1].items is items
     items[0] = (items[0] + 1) % 10                                      # in place: a new version, a new sort
     assert torch.equal(*both(tables[0]))
     items = items.flip(0).clone()                                       # another tensor
