@@ -242,6 +242,28 @@ def test_packing_changes_nothing_at_real_positions(dtype, rtol, n_layers):
         close(got, want, rtol=tol, atol=tol * want.abs().max().item(), msg=name)
 
 
+def test_causal_conv_equals_conv1d_on_each_row_with_gradients():
+    """`MambaBlock.causal_conv` (`_CausalConv`, hand-written backward) on packed rows against nn.Conv1d on each row
+    (its left zero padding), outputs and the gradients of x, weight and bias, float64; and torch's gradcheck."""
+    torch.manual_seed(0)
+    block = MambaBlock(4, d_state=2).double()                                          # d_inner = 8, d_conv = 4
+    sequences = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [3, 5, 8, 9, 7, 0]])
+    packing = Packing(sequences)
+    x = torch.randn(len(packing.index), 8, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(len(packing.index), 8, dtype=torch.float64)
+    got = block.causal_conv(x, packing)
+    grads = torch.autograd.grad((got * weights).sum(), [x, block.conv1d.weight, block.conv1d.bias])
+    rows = torch.split(x, packing.lengths.tolist())
+    want = torch.cat([block.conv1d(row.T.unsqueeze(0))[0, :, :len(row)].T for row in rows])
+    want_grads = torch.autograd.grad((want * weights).sum(), [x, block.conv1d.weight, block.conv1d.bias])
+    close(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "weight", "bias"], grads, want_grads):
+        close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.autograd.gradcheck(lambda x, w, b: common._CausalConv.apply(x, w, b, *packing.same_row_masks(
+        4, torch.float64)), (x, block.conv1d.weight[:, 0].detach().requires_grad_(),
+                             block.conv1d.bias.detach().requires_grad_()))
+
+
 def test_packing_layout():
     sequences, real = padded_rows(L=5)
     packing = Packing(sequences)
