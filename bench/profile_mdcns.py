@@ -18,7 +18,8 @@ RNS pieces: batch, forward, negative, scoring and loss forward, their backward, 
 
 With `--before COMMIT` the rows are built a second time from the code of COMMIT (`git archive`; its own
 `bench/profile_mdcns.py`, `common`, `mdcns`, `baselines`, imported in this process as separate modules) and
-every batch runs both codes' rows, alternated: a before/after comparison in one run, under the same load.
+every batch runs both codes' rows, alternated (each row beside its before, the two in turn first): a
+before/after comparison in one run, under the same load.
 
     python bench/profile_mdcns.py --data-dir DIR             # Beauty, 50 batches per row
     python bench/profile_mdcns.py --data-dir DIR --before main           # and main's code, rows alternated
@@ -268,8 +269,11 @@ def main(argv=None):
                          f"({min(row.n_batches for row in rows)}); lower it")
     for row in rows:
         row.run(timed=False)                                              # warm-up, and the loss check
-    for _ in range(batches):
-        for row in rows:
+    # with --before, each row and its before swap places every other batch: the row run right after another method's
+    # finds the caches full of that one's data, so a fixed order would favour one code
+    swapped = [rows[i ^ 1] for i in range(len(rows))] if args.before else rows
+    for i in range(batches):
+        for row in rows if i % 2 == 0 else swapped:
             row.run(timed=True)
     print(f"{batches} timed batches per row, {args.threads} thread(s), thread CPU time; per batch (ms) and scaled to "
           f"an epoch (s); load average at the end {os.getloadavg()[0]:.2f}")
