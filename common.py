@@ -916,8 +916,8 @@ class _CausalConv(torch.autograd.Function):
     """`MambaBlock.causal_conv` with a hand-written backward: y = b + w_0 x + sum_{k>=1} w_k (m_k x_{t-k}), each tap
     one in-place addcmul_ on the shifted rows (x[:-k] feeds y[k:]), m_k = [x_{t-k} is in t's row] from
     `Packing.same_row_masks`; backward dLoss/dx_{t-k} += w_k m_k g_t, dLoss/dw_k = sum_t m_k g_t x_{t-k},
-    dLoss/db = sum_t g_t. 7 kernels forward and 16 backward against ~20 and ~25 for the same sums through autograd
-    (padded copies, mask and weight products): 1.9 -> 1.1 ms a Beauty layer (bench/README.md)."""
+    dLoss/db = sum_t g_t. The same sums as autograd's graph of padded copies, mask and weight products, in a third
+    of the kernels and without the copies: 2.5 -> 1.6 ms a Beauty layer, forward + backward (bench/README.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, *masks):                    # weight (d_inner, d_conv), as Conv1d's [:, 0]
@@ -2018,7 +2018,11 @@ class _SelectiveScan(torch.autograd.Function):
       filling it); exp(dt A) is recomputed: keeping it as well doubled the page faults and cost more than the
       exps (measured). Without gradients (evaluation) no state is kept at all;
     - exp(dt A) as exp2(dt A log2 e): PyTorch's CPU exp2 is ~2.7x cheaper than its exp (float rounding apart,
-      the same number), and the exps are most of the arithmetic.
+      the same number), and the exps are most of the arithmetic;
+    - a group's last steps of at most `tail_rows` rows (the batch's few long rows: on Beauty ~30 steps of 1-8 rows)
+      run as its tail (`tail`): there each kernel's launch costs more than its work, so everything but the
+      recurrence itself (exp(dt A), dt B x, C . h, and in the backward the four contractions and W) is computed
+      once over all the tail's positions and each step is one addcmul_ (scan 10% cheaper on Beauty).
     Tried and slower here (bench/README.md): every non-recurrent product done once per row group on all its
     positions instead of step by step (fewer, larger kernels; but they leave the L2 cache); the whole batch as
     one group.
@@ -2107,7 +2111,7 @@ class _SelectiveScan(torch.autograd.Function):
                 hs = kept[tail.span] if keep else xp.new_empty(len(where), n, d)       # (T, n, d)
                 torch.mul(dtx[where], Bp[where], out=hs)                               # dt B x of every tail step
                 a = torch.mul(dtp[where], A2).exp2_()                                  # exp(dt A), (T, n, d)
-                for j, (k, rows) in enumerate(tail.steps):
+                for k, rows in tail.steps:
                     if h is not None:
                         hs[k].addcmul_(a[k], h[:rows])                                 # h_t = dt B x + a h_{t-1}
                     h = hs[k]
