@@ -2022,7 +2022,7 @@ class _SelectiveScan(torch.autograd.Function):
     - a group's last steps of at most `tail_rows` rows (the batch's few long rows: on Beauty ~30 steps of 1-8 rows)
       run as its tail (`tail`): there each kernel's launch costs more than its work, so everything but the
       recurrence itself (exp(dt A), dt B x, C . h, and in the backward the four contractions and W) is computed
-      once over all the tail's positions and each step is one addcmul_ (scan 10% cheaper on Beauty).
+      once over all the tail's positions and each step is one addcmul_ (the scan 2-10% cheaper on Beauty).
     Tried and slower here (bench/README.md): every non-recurrent product done once per row group on all its
     positions instead of step by step (fewer, larger kernels; but they leave the L2 cache); the whole batch as
     one group.
