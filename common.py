@@ -2262,9 +2262,10 @@ def _patterns(items, n_items: int) -> _CandidatePatterns:
     pointer, version, shape, strides and device, and the cache holds the tensor itself, so no other tensor can take
     its memory while its pointer is the key."""
     key = (items.data_ptr(), items._version, items.shape, items.stride(), items.device, n_items)
-    if _patterns.last is None or _patterns.last[0] != key:
-        _patterns.last = key, _CandidatePatterns(items, n_items)
-    return _patterns.last[1]
+    last = _patterns.last                                          # one read: another thread may replace it
+    if last is None or last[0] != key:
+        last = _patterns.last = key, _CandidatePatterns(items, n_items)
+    return last[1]
 
 
 _patterns.last = None
