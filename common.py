@@ -2019,7 +2019,7 @@ class _SelectiveScan(torch.autograd.Function):
       exps (measured). Without gradients (evaluation) no state is kept at all;
     - exp(dt A) as exp2(dt A log2 e): PyTorch's CPU exp2 is ~2.7x cheaper than its exp (float rounding apart,
       the same number), and the exps are most of the arithmetic;
-    - a group's last steps of at most `tail_rows` rows (the batch's few long rows: on Beauty ~30 steps of 1-8 rows)
+    - a group's last steps of at most `tail_rows` rows (the batch's few long rows: on Beauty ~35 steps of 1-8 rows)
       run as its tail (`tail`): there each kernel's launch costs more than its work, so everything but the
       recurrence itself (exp(dt A), dt B x, C . h, and in the backward the four contractions and W) is computed
       once over all the tail's positions and each step is one addcmul_ (the scan 2-10% cheaper on Beauty).
