@@ -239,17 +239,19 @@ def mdcns_loss(draw_candidates, score, loss, *, n_candidates: int = 100, top_m: 
         candidates = draw_candidates(users, n_candidates, generator)                              # (P, N)
         if unchecked:
             check_items(candidates, item_table.shape[0] - 1, "draw_candidates' pool")
-        # Eq. (3): dot-product scores; each model scores with its own item table
-        s_self = score(queries, item_table, candidates)                                           # (P, N)
-        pos_self = score(queries, item_table, positives.unsqueeze(1))                             # (P, 1)
+        # Eq. (3): dot-product scores; each model scores with its own item table the positive and the pool, in one
+        # call (one backward into the item table instead of two)
+        scored = torch.cat([positives.unsqueeze(1), candidates], 1)                               # (P, 1+N)
+        support_self = score(queries, item_table, scored)                                         # (P, 1+N)
+        pos_self, s_self = support_self.split([1, n_candidates], 1)                               # (P, 1), (P, N)
         if pair.peer is None:                                        # Table 6 "w/o CD-DR-MS": DNS(M, N)
             unchecked = unchecked and len(positives) == 0
             picks = mdcns_negatives(s_self, None, top_m, generator)                               # (P, 1)
             return loss(pos_self, s_self.gather(1, picks))                                       # (P, 1) gather
         queries_peer, item_table_peer, _, _ = position_examples(pair.peer, batch, unchecked)  # the same examples
         unchecked = unchecked and len(positives) == 0
-        s_peer = score(queries_peer, item_table_peer, candidates)                                 # (P, N)
-        pos_peer = score(queries_peer, item_table_peer, positives.unsqueeze(1))                   # (P, 1)
+        support_peer = score(queries_peer, item_table_peer, scored)                               # (P, 1+N)
+        pos_peer, s_peer = support_peer.split([1, n_candidates], 1)                               # (P, 1), (P, N)
         # Eqs. (4)-(8): one negative per view
         picks = mdcns_negatives(s_self, s_peer, top_m, generator, teacher, divergence, multi_source)  # (P, V)
         # Eqs. (9)-(10), each model scoring the shared negatives with its own logits
@@ -257,8 +259,8 @@ def mdcns_loss(draw_candidates, score, loss, *, n_candidates: int = 100, top_m: 
             weighted_rec_loss(loss, pos_peer, s_peer.gather(1, picks), peer_weights)              # (P, V) gathers
         if distillation:
             # Eqs. (11)-(13) on raw scores. Note: the positive joins the support by default (code), not in the paper
-            support_self = torch.cat([pos_self, s_self], 1) if kd_positive else s_self             # (P, N+1)
-            support_peer = torch.cat([pos_peer, s_peer], 1) if kd_positive else s_peer             # (P, N+1)
+            support_self = support_self if kd_positive else s_self                                 # (P, N+1)
+            support_peer = support_peer if kd_positive else s_peer                                 # (P, N+1)
             s_teacher = teacher_scores(support_self, support_peer, teacher)                        # (P, N+1)
             total = total + kd_weight * (
                 consensus_distillation(support_self, s_teacher, kd_temperature, kd_reduction) +

@@ -16,11 +16,18 @@ both models, candidates and positive), re-ranking and top-M (Eqs. 4-8, no gradie
 gathers of item rows into both tables' gradients), peer backward, self backward, optimizer (zero_grad + Adam step).
 RNS pieces: batch, forward, negative, scoring and loss forward, their backward, model backward, optimizer.
 
+With `--before COMMIT` the rows are built a second time from the code of COMMIT (`git archive`; its own
+`bench/profile_mdcns.py`, `common`, `mdcns`, `baselines`, imported in this process as separate modules) and
+every batch runs both codes' rows, alternated (each row beside its before, the two in turn first): a
+before/after comparison in one run, under the same load.
+
     python bench/profile_mdcns.py --data-dir DIR             # Beauty, 50 batches per row
+    python bench/profile_mdcns.py --data-dir DIR --before main           # and main's code, rows alternated
     python bench/profile_mdcns.py --smoke                               # synthetic data, seconds
 """
 import argparse
 import contextlib
+import importlib.util
 import io
 import os
 import sys
@@ -34,7 +41,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import baselines  # noqa: E402
 import mdcns  # noqa: E402
-from common import (LOSSES, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
+from common import (LOSSES, adam, build_backbone, examples, prepare, score_items, standard_loss,  # noqa: E402
                     training_batches, training_positives, uniform_negatives)
 
 DATA_DIR = os.path.join(ROOT, "data")
@@ -80,25 +87,25 @@ def mdcns_step(args, pair, optimizer, positives, batch_of, generator, clock):
     candidates = uniform_negatives(positives, ex.users, args.n_candidates, generator)             # (P, N)
     clock.lap("candidates")
     q_self, t_self = detached(ex.queries, ex.item_table)
-    s_self = score_items(q_self, t_self, candidates)                                               # (P, N)
-    pos_self = score_items(q_self, t_self, ex.positives.unsqueeze(1))                              # (P, 1)
+    scored = torch.cat([ex.positives.unsqueeze(1), candidates], 1)                                 # (P, 1+N)
+    all_self = score_items(q_self, t_self, scored)                                                 # (P, 1+N)
     clock.lap("scoring")
     ex_peer = examples(pair.peer, batch)
     clock.lap("peer forward")
     q_peer, t_peer = detached(ex_peer.queries, ex_peer.item_table)
-    s_peer = score_items(q_peer, t_peer, candidates)                                               # (P, N)
-    pos_peer = score_items(q_peer, t_peer, ex.positives.unsqueeze(1))                              # (P, 1)
+    all_peer = score_items(q_peer, t_peer, scored)                                                 # (P, 1+N)
     clock.lap("scoring")
-    picks = mdcns.mdcns_negatives(s_self, s_peer, args.top_m, generator, args.teacher, args.divergence,
-                                  args.multi_source)                                               # (P, V)
+    N = candidates.shape[1]
+    picks = mdcns.mdcns_negatives(all_self[:, 1:], all_peer[:, 1:], args.top_m, generator, args.teacher,
+                                  args.divergence, args.multi_source)                              # (P, V)
     clock.lap("re-ranking and top-M")
-    scores = [s_self, pos_self, s_peer, pos_peer]
+    scores = [all_self, all_peer]
     cut = detached(*scores)
-    rec = mdcns.weighted_rec_loss(loss_fn, cut[1], cut[0].gather(1, picks), self_weights) + \
-        mdcns.weighted_rec_loss(loss_fn, cut[3], cut[2].gather(1, picks), peer_weights)
+    (pos_self, s_self), (pos_peer, s_peer) = (t.split([1, N], 1) for t in cut)
+    rec = mdcns.weighted_rec_loss(loss_fn, pos_self, s_self.gather(1, picks), self_weights) + \
+        mdcns.weighted_rec_loss(loss_fn, pos_peer, s_peer.gather(1, picks), peer_weights)
     clock.lap("rec loss forward")
-    support_self, support_peer = (torch.cat([cut[1], cut[0]], 1), torch.cat([cut[3], cut[2]], 1)) \
-        if args.kd_positive else (cut[0], cut[2])                                                  # (P, N+1)
+    support_self, support_peer = (cut[0], cut[1]) if args.kd_positive else (s_self, s_peer)        # (P, N+1)
     teacher = mdcns.teacher_scores(support_self, support_peer, args.teacher)
     kd = args.distillation * args.kd_weight * (mdcns.consensus_distillation(support_self, teacher, args.kd_temperature,
                                                         args.kd_reduction) +
@@ -161,7 +168,7 @@ class Row:
 
     def __init__(self, name, args, split, model, step, method_loss):
         self.name, self.args, self.split, self.model = name, args, split, model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.optimizer = adam(model.parameters(), args.lr)                            # fit's optimizer
         self.positives = training_positives(split, "cpu", args.exclude_held_out)
         self.generator = torch.Generator().manual_seed(args.seed + 1)
         self.batches = training_batches(split, args.batch_size, torch.Generator().manual_seed(args.seed), "cpu")
@@ -210,6 +217,31 @@ def build_rows(data_flags, peer, rns_backbones, out_dir):
     return rows
 
 
+METHOD_MODULES = ("common", "baselines", "mdcns", "icpns")
+
+
+def rows_of_code(folder, data_flags, peer, rns_backbones, out_dir):
+    """`build_rows` of the checkout in `folder` (its bench/profile_mdcns.py, which imports that checkout's method
+    modules): this process's own `common`, `baselines`, ... are set aside while it imports and put back after, so
+    both codes live side by side; the rows' names end in " (before)"."""
+    ours = {name: sys.modules.pop(name) for name in METHOD_MODULES if name in sys.modules}
+    path = list(sys.path)
+    try:
+        spec = importlib.util.spec_from_file_location("profile_mdcns_before",
+                                                      os.path.join(folder, "bench", "profile_mdcns.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        rows = module.build_rows(data_flags, peer, rns_backbones, out_dir)
+    finally:
+        sys.path[:] = path
+        for name in METHOD_MODULES:
+            sys.modules.pop(name, None)
+        sys.modules.update(ours)
+    for row in rows:
+        row.name += " (before)"
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=DATA_DIR, help="where beauty/ is (default data/ in the repository)")
@@ -218,20 +250,30 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=50, help="timed batches per row (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--smoke", action="store_true", help="synthetic data, 3 batches: checks the script runs")
+    parser.add_argument("--before", metavar="COMMIT", help="also every row on the code of COMMIT, alternated")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     data_flags = ["--dataset", "synthetic", "--max-len", "50"] if args.smoke else \
         ["--dataset", "beauty", "--data-dir", args.data_dir]
     batches = 3 if args.smoke else args.batches
+    rns = [b for b in args.rns.split(",") if b]
     with tempfile.TemporaryDirectory() as out_dir:
-        rows = build_rows(data_flags, args.peer, [b for b in args.rns.split(",") if b], out_dir)
+        rows = build_rows(data_flags, args.peer, rns, out_dir)
+        if args.before:
+            import bench_mdcns                                              # its git archive of a commit
+            before = rows_of_code(bench_mdcns.code_at(args.before, os.path.join(out_dir, "before")), data_flags,
+                                  args.peer, rns, os.path.join(out_dir, "runs"))
+            rows = [row for pair in zip(rows, before) for row in pair]      # each row beside its before
     if batches + 1 > min(row.n_batches for row in rows):
         raise SystemExit(f"error: --batches {batches} needs more batches than an epoch has "
                          f"({min(row.n_batches for row in rows)}); lower it")
     for row in rows:
         row.run(timed=False)                                              # warm-up, and the loss check
-    for _ in range(batches):
-        for row in rows:
+    # with --before, each row and its before swap places every other batch: the row run right after another method's
+    # finds the caches full of that one's data, so a fixed order would favour one code
+    swapped = [rows[i ^ 1] for i in range(len(rows))] if args.before else rows
+    for i in range(batches):
+        for row in rows if i % 2 == 0 else swapped:
             row.run(timed=True)
     print(f"{batches} timed batches per row, {args.threads} thread(s), thread CPU time; per batch (ms) and scaled to "
           f"an epoch (s); load average at the end {os.getloadavg()[0]:.2f}")
@@ -242,6 +284,13 @@ def main(argv=None):
               f"{total / batches * 1e3:.1f} ms per batch, {total * scale:.2f} s per epoch")
         for piece, seconds in row.clock.seconds.items():
             print(f"  {piece:28s} {seconds / batches * 1e3:8.2f} ms {seconds * scale:8.2f} s {seconds / total:6.1%}")
+    epochs = {row.name: sum(row.clock.seconds.values()) * row.n_batches / batches for row in rows}
+    for before in (False, True) if args.before else (False,):
+        mdcns_row, *rns_rows = [name for name in epochs if name.endswith(" (before)") == before]
+        ratios = [f"MDCNS / {rns_rows[0]}: {epochs[mdcns_row] / epochs[rns_rows[0]]:.2f}x"] if rns_rows else []
+        if len(rns_rows) > 1:
+            ratios.append(f"{rns_rows[-1]} / {rns_rows[0]}: {epochs[rns_rows[-1]] / epochs[rns_rows[0]]:.2f}x")
+        print("\n" + "; ".join(ratios))
     return rows
 
 

@@ -345,28 +345,56 @@ def test_dropout_takes_its_own_draw_where_it_is_exact(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("block", [1, 16, 1 << 13])                         # one row, 3 rows, all rows per block
-def test_score_items_in_blocks_equals_one_gather_bit_for_bit(monkeypatch, dtype, block, device):
-    """Scores and both gradients equal autograd's through one (P, N, D) gather, exactly: the blocks change where
-    the rows are gathered, not one sum (the item table's gradient adds the same terms in the same order; on CUDA,
-    whose index_add_ adds in no fixed order, to rounding)."""
-    monkeypatch.setattr(common._ItemScores, "block", block)
+@pytest.mark.parametrize("shape", [(11, 5), (1, 1), (40, 100)])
+def test_score_items_as_sparse_products_equals_one_gather(dtype, shape, device):
+    """Scores and both gradients against autograd's through one (P, N, D) gather, to float rounding: the scores are
+    sampled_addmm's dot products and the queries' gradient a CSR matmul, each summing in its kernel's order, not
+    the batched matmul's (a tolerance since they became sparse products; before, bit for bit). The item table's
+    gradient adds the same products in the same order as the gather's serial index_add_: on CPU bit for bit.
+    N = 100 > 9 items takes the gather fallback of the forward."""
+    P, N = shape
     g = torch.Generator().manual_seed(3)
-    queries = torch.randn(11, 6, generator=g, dtype=dtype).to(device).requires_grad_()
+    queries = torch.randn(P, 6, generator=g, dtype=dtype).to(device).requires_grad_()
     table = torch.randn(9, 6, generator=g, dtype=dtype).to(device).requires_grad_()
-    items = torch.randint(0, 9, (11, 5), generator=g).to(device)            # repeats within and across rows
-    weights = torch.randn(11, 5, generator=g, dtype=dtype).to(device)
-    same = torch.equal if device.type == "cpu" else \
-        (lambda a, b: torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item()))
+    items = torch.randint(0, 9, (P, N), generator=g).to(device)             # repeats within and across rows
+    weights = torch.randn(P, N, generator=g, dtype=dtype).to(device)
+    close = lambda a, b: torch.allclose(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12,  # noqa: E731
+                                        atol=(1e-6 if dtype == torch.float32 else 1e-14) * b.abs().max().item())
+    same_table = torch.equal if device.type == "cpu" else close   # CUDA's index_add_ adds in no fixed order
     got = common.score_items(queries, table, items)
-    want = torch.einsum("pd,pnd->pn", queries, table.index_select(0, items.view(-1)).view(11, 5, 6))
-    assert same(got, want) and got.device.type == device.type
+    want = torch.einsum("pd,pnd->pn", queries, table.index_select(0, items.view(-1)).view(P, N, 6))
+    assert close(got, want) and got.dtype == dtype and got.device.type == device.type
     for inputs in ([queries, table], [table], [queries]):
         got_grads = torch.autograd.grad((common.score_items(queries, table, items) * weights).sum(), inputs)
         want_grads = torch.autograd.grad((want * weights).sum(), inputs, retain_graph=True)
-        assert all(same(a, b) for a, b in zip(got_grads, want_grads))
-    empty = common.score_items(queries[:0], table, items[:0])
-    assert empty.shape == (0, 5)
+        assert all((same_table if x is table else close)(a, b)
+                   for x, a, b in zip(inputs, got_grads, want_grads))
+    for empty in (common.score_items(queries[:0], table, items[:0]), common.score_items(queries, table, items[:, :0])):
+        assert empty.shape == (len(empty), 0 if empty.shape[1] == 0 else N)
+        grads = torch.autograd.grad(empty.sum(), [queries, table])
+        assert all(not grad.any() for grad in grads)
+
+
+def test_score_items_reuses_the_item_sort_only_for_the_same_unchanged_items():
+    """The item table's gradient reuses the last candidates' sort (MDCNS's two models score the same tensor):
+    the same tensor again, the same tensor changed in place, and a new tensor give autograd's gradients."""
+    g = torch.Generator().manual_seed(5)
+    queries = torch.randn(6, 4, generator=g, requires_grad=True)
+    tables = [torch.randn(10, 4, generator=g, requires_grad=True) for _ in range(2)]
+    items = torch.randint(0, 10, (6, 7), generator=g)
+
+    def both(table):
+        got = torch.autograd.grad(common.score_items(queries, table, items).sum(), table)[0]
+        want = torch.autograd.grad(torch.einsum("pd,pnd->pn", queries, table[items]).sum(), table)[0]
+        return got, want
+
+    for table in tables:                                                # the second call reuses the sort
+        assert torch.equal(*both(table))
+    assert common._patterns.last[1].items is items
+    items[0] = (items[0] + 1) % 10                                      # in place: a new version, a new sort
+    assert torch.equal(*both(tables[0]))
+    items = items.flip(0).clone()                                       # another tensor
+    assert torch.equal(*both(tables[1]))
 
 
 # ---------------------------------------------------------------------------------------------- learning

@@ -76,11 +76,14 @@ def test_schedule_packs_rows_step_major_longest_first():
     assert index.tolist() == [2, 0, 5, 3, 1, 4]              # step 0 of rows 2, 0, 3; step 1 of 2, 0; step 2 of 2
 
 
+@pytest.mark.parametrize("tail_rows", [0, 1, 8])              # no tail, the steps of one row, every step
 @pytest.mark.parametrize("lengths", [None, [5, 2, 0]])
 @pytest.mark.parametrize("group_rows", [1, 2, 3])            # rows per group: 3 groups, 2 (one partial), 1 group
-def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths, device):
-    """On --device (float64: the PyTorch scan there too), against the literal recurrence on the CPU."""
+def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengths, tail_rows, device):
+    """On --device (float64: the PyTorch scan there too), against the literal recurrence on the CPU; the groups'
+    tails (`_SelectiveScan.tail`) of none, some or all of their steps."""
     monkeypatch.setattr(_SelectiveScan, "group_elements", group_rows * 3 * 4)
+    monkeypatch.setattr(_SelectiveScan, "tail_rows", tail_rows)
     inputs = scan_inputs(Bt=3)
     on_device = [t.detach().to(device).requires_grad_() for t in inputs]
     weights = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
@@ -100,11 +103,14 @@ def test_selective_scan_equals_literal_recurrence(monkeypatch, group_rows, lengt
         close(got.cpu(), want, rtol=1e-10, atol=1e-10, msg=f"gradient of {name}")
 
 
+@pytest.mark.parametrize("tail_rows", [0, 1, 8])
 @pytest.mark.parametrize("L", [1, 7, 50, 200])
-def test_selective_scan_float32_matches_the_loop(monkeypatch, L):
+def test_selective_scan_float32_matches_the_loop(monkeypatch, L, tail_rows):
     """float32, realistic ranges (Mamba's A = -(1..n), dt up to ~2), right padding of random lengths, several row
-    groups: outputs and all six gradients within 1e-5 of the step-by-step loop, relative to each tensor's size."""
+    groups, their tails of none, some or all of their steps: outputs and all six gradients within 1e-5 of the
+    step-by-step loop, relative to each tensor's size."""
     monkeypatch.setattr(_SelectiveScan, "group_elements", 2 * 8 * 6)  # 2 rows per group
+    monkeypatch.setattr(_SelectiveScan, "tail_rows", tail_rows)
     g = torch.Generator().manual_seed(L)
     Bt, d, n = 5, 6, 8
     x, B, C = torch.randn(Bt, L, d, generator=g), torch.randn(Bt, L, n, generator=g), torch.randn(Bt, L, n, generator=g)
@@ -234,6 +240,28 @@ def test_packing_changes_nothing_at_real_positions(dtype, rtol, n_layers):
     for (name, _), got, want in zip(model.named_parameters(), packed_grads, full_grads):
         tol = max(10 * rtol, 1e-6) if name.endswith("A_log") else 10 * rtol     # A = -exp(A_log.float()): float32
         close(got, want, rtol=tol, atol=tol * want.abs().max().item(), msg=name)
+
+
+def test_causal_conv_equals_conv1d_on_each_row_with_gradients():
+    """`MambaBlock.causal_conv` (`_CausalConv`, hand-written backward) on packed rows against nn.Conv1d on each row
+    (its left zero padding), outputs and the gradients of x, weight and bias, float64; and torch's gradcheck."""
+    torch.manual_seed(0)
+    block = MambaBlock(4, d_state=2).double()                                          # d_inner = 8, d_conv = 4
+    sequences = torch.tensor([[3, 1, 4, 1, 5, 9], [2, 6, 0, 0, 0, 0], [5, 0, 0, 0, 0, 0], [3, 5, 8, 9, 7, 0]])
+    packing = Packing(sequences)
+    x = torch.randn(len(packing.index), 8, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(len(packing.index), 8, dtype=torch.float64)
+    got = block.causal_conv(x, packing)
+    grads = torch.autograd.grad((got * weights).sum(), [x, block.conv1d.weight, block.conv1d.bias])
+    rows = torch.split(x, packing.lengths.tolist())
+    want = torch.cat([block.conv1d(row.T.unsqueeze(0))[0, :, :len(row)].T for row in rows])
+    want_grads = torch.autograd.grad((want * weights).sum(), [x, block.conv1d.weight, block.conv1d.bias])
+    close(got, want, rtol=1e-12, atol=1e-12)
+    for name, a, b in zip(["x", "weight", "bias"], grads, want_grads):
+        close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.autograd.gradcheck(lambda x, w, b: common._CausalConv.apply(x, w, b, *packing.same_row_masks(
+        4, torch.float64)), (x, block.conv1d.weight[:, 0].detach().requires_grad_(),
+                             block.conv1d.bias.detach().requires_grad_()))
 
 
 def test_packing_layout():
