@@ -56,6 +56,32 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture
+def trains_with():
+    """Check a method's core sampler in a loop of its own: an MF (users x D, items 0..I x D) trained 30 Adam steps
+    with BPR on the examples (user, item), one negative each from negatives_of(queries (E, D), item_table (I+1, D))
+    -> (E, 1). The loss must fall below 30 % of its start and no negative may be an item of `seen` (U, I+1)."""
+    def check(negatives_of, user, item, seen, D: int = 8):
+        U, I = seen.shape[0], seen.shape[1] - 1
+        torch.manual_seed(0)
+        users_table, items_table = torch.nn.Embedding(U, D), torch.nn.Embedding(I + 1, D)
+        optimizer = torch.optim.Adam([*users_table.parameters(), *items_table.parameters()], lr=0.05)
+        losses = []
+        for _ in range(30):
+            queries, item_table = users_table(user), items_table.weight                    # (E, D), (I+1, D)
+            negatives = negatives_of(queries, item_table)                                   # (E, 1)
+            positive = (queries * item_table[item]).sum(-1, keepdim=True)                  # (E, 1)
+            negative = (queries.unsqueeze(1) * item_table[negatives]).sum(-1)              # (E, 1)
+            loss = -torch.nn.functional.logsigmoid(positive - negative).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        assert losses[-1] < 0.3 * losses[0], losses
+        assert not bool(seen[user.unsqueeze(1), negatives].any())
+    return check
+
+
 CORE_START = "# ---- core: copy this section into your project; it needs only torch ----"
 CORE_END = "# ---- end of core ----"
 

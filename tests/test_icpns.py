@@ -233,12 +233,11 @@ def test_end_to_end(tmp_path, backbone, flags):
 # The core in a training loop of someone else's: copied out of the file (torch only), or imported
 # ---------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("source", ["copied section", "import icpns"])
-def test_core_trains_a_loop_of_its_own(source, copied_core):
+def test_core_trains_a_loop_of_its_own(source, copied_core, trains_with):
     """Two communities with their own favourite items, an MF of the loop's own, the loop's own exact draw (a
     masked multinomial) and BPR: no common.py. The loss falls."""
     core = copied_core(icpns.__file__) if source == "copied section" else icpns
-    F = torch.nn.functional
-    U, I, D = 40, 20, 8
+    U, I = 40, 20
     g = torch.Generator().manual_seed(0)
     community = torch.arange(U) % 2                                                         # (U,)
     user = torch.arange(U).repeat_interleave(4)                                             # (E,)
@@ -253,22 +252,8 @@ def test_core_trains_a_loop_of_its_own(source, copied_core):
         return torch.multinomial(rows, k, replacement=True, generator=generator)
 
     weights = core.smoothed_weights(core.in_community_popularity(community, user, item, 2, I), 0.8)
-    torch.manual_seed(0)
-    users_table, items_table = torch.nn.Embedding(U, D), torch.nn.Embedding(I + 1, D)
-    optimizer = torch.optim.Adam([*users_table.parameters(), *items_table.parameters()], lr=0.05)
-    losses = []
-    for _ in range(30):
-        negatives = core.icpns_negatives(weights, community, user, 1, g, draw=draw)         # (E, 1)
-        queries = users_table(user)                                                         # (E, D)
-        positive = (queries * items_table(item)).sum(-1, keepdim=True)                     # (E, 1)
-        negative = (queries.unsqueeze(1) * items_table(negatives)).sum(-1)                 # (E, 1)
-        loss = -F.logsigmoid(positive - negative).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.3 * losses[0], losses
-    assert not bool(seen[user.unsqueeze(1), negatives].any())
+    trains_with(lambda queries, item_table: core.icpns_negatives(weights, community, user, 1, g, draw=draw),
+                user, item, seen)
 
 
 def test_core_rejects_ids_outside_the_contract():
