@@ -57,6 +57,7 @@ SMOKE = {   # script: (extra argv after --smoke, a check of what main returns)
     "bench_samplers": ([], lambda rates: set(rates) == {"rns", "pns", "dns", "dnsmn"}),
     "bench_samplers_extra": ([], lambda medians: set(medians) == {"rns", "mixgcf"}),
     "bench_scan": ([], lambda times: len(times) == 8),
+    "compile_scan_step": ([], lambda table: sorted(table) == [1, 4, 16, 64]),
     "gpu_check": (["--device", "cpu"], check_gpu_check),
     "profile_mdcns": ([], check_profile),
     "recbole_parity": ([], lambda gap: gap == 0.0),
