@@ -75,8 +75,8 @@ TABLE6_7 = {
 PAPER.update({(dataset, "user-prefixes" if dataset == "lastfm" else "user", "sasrec", method): dict(zip(
     ("recall@5", "recall@10", "ndcg@5", "ndcg@10"), values)) for dataset, rows in TABLE6_7.items()
     for method, values in rows.items()})
-PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE); the rows without a component "
-                "Table 6, the GRU4Rec peer's Table 7" for dataset in TABLE3}
+PAPER_SOURCE = {(dataset, "sasrec"): f"MDCNS paper, Table 3 ({dataset}, SASRec, BCE)" for dataset in TABLE3}
+TABLE6_7_SOURCE = {"mdcns-no-cd": "Table 6", "mdcns-no-cd-dr": "Table 6", "mdcns-gru4rec-peer": "Table 7"}
 PAPER_SOURCE.update({(dataset, backbone): f"MDCNS paper, Table 4 ({dataset}, {backbone}, BCE; R@20 and N@20 not "
                      "reported)" for dataset, backbone in TABLE4})
 # MDCNS Table 5: BPR, Beauty; peer Mamba4Rec (SASRec for the Mamba4Rec self model); each row R@5, R@10, N@5, N@10.
@@ -332,7 +332,10 @@ def table(key, runs):
         if max(pre):   # ICPNS: pre-training epochs + fine-tuning epochs
             ran = span(pre) + " + " + ran
         lines.append(f"| {row_name(row, rs)} | {len(rs)} | " + " | ".join(cells) + f" | {seconds:.2f} | {ran} |")
-    source = PAPER_SOURCE.get((dataset, key[2])) if any(paper_cell(key, m, by_row[m, h]) for m, h in rows) else None
+    published = {m for m, h in rows if paper_cell(key, m, by_row[m, h])}
+    source = PAPER_SOURCE.get((dataset, key[2])) if published - set(TABLE6_7_SOURCE) else None
+    for table in sorted({TABLE6_7_SOURCE[m] for m in published if m in TABLE6_7_SOURCE}):
+        source = (f"{source}; " if source else "MDCNS paper, ") + f"{table} ({dataset}, SASRec, BCE)"
     if source and runs[0]["config"].get("loss") == "bpr" and any((*key[:3], m) in PAPER_BPR for m, _ in rows):
         source = f"MDCNS paper, Table 5 ({dataset}, {key[2]}, BPR)"
     note = f"Paper values: {source}." if source else "Paper values: not reported for this setting."
