@@ -3969,7 +3969,9 @@ def provenance(args) -> dict:
 
 
 def machine(device) -> dict:
-    """The hardware a run's seconds were measured on: CPU model, cores, threads torch used, GPU if one ran it."""
+    """The hardware a run's seconds were measured on: CPU model, cores, threads torch used, GPU if one ran it; and
+    the vector instruction set of PyTorch's CPU kernels (`cpu_capability`: two CPUs that differ in it round some
+    sums differently, which moves runs with top-M picks such as DNS+ and MDCNS)."""
     cpu = f"{platform.machine()} CPU"
     try:
         with open("/proc/cpuinfo") as f:
@@ -3977,7 +3979,8 @@ def machine(device) -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
 
 
 @functools.lru_cache(maxsize=None)

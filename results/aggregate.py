@@ -246,8 +246,9 @@ def training_sentence(runs):
 
 def hardware(runs):
     """The machines a table's runs recorded (results.json `machine`), or that they did not record it."""
-    found = sorted({f"{m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch thread(s), "
-                    f"{m['gpu'] or 'no GPU'}" for m in (r.get("machine") for r in runs) if m})
+    found = sorted({f"{m['cpu']}{f' ({c} kernels)' if (c := m.get('cpu_capability')) else ''}, {m['cores']} cores, "
+                    f"{m['torch_threads']} torch thread(s), {m['gpu'] or 'no GPU'}"
+                    for m in (r.get("machine") for r in runs) if m})
     missing = sum(1 for r in runs if not r.get("machine"))
     return "; ".join(found + ([f"not recorded for {missing} run(s) made before results.json kept it"]
                               if missing else []))

@@ -228,6 +228,7 @@ def test_provenance_keys(tmp_path, monkeypatch):
     assert set(result["versions"]) == {"python", "torch", "numpy"}
     assert result["machine"]["cores"] == os.cpu_count() and result["machine"]["gpu"] is None   # CPU run
     assert result["machine"]["torch_threads"] == torch.get_num_threads() and result["machine"]["cpu"]
+    assert result["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()   # e.g. AVX2, AVX512
     assert result["data_file"] is None and result["data_sha256"] is None                     # synthetic
     inside = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     assert result["git_commit"] == (inside.stdout.strip() if inside.returncode == 0 else None)
