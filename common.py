@@ -1963,12 +1963,14 @@ def packed_selective_scan(x, dt, A, B, C, D, packing: Packing):
 
 
 def _scan_rows(x, dt, A, B, C, D, starts, lengths):
-    """`_SelectiveScan` of rows stored along dim 0 of x, dt (N, d_inner), B, C (N, d_state): row b's step t at
-    starts[b] + t for t < lengths[b]; y (N, d_inner) is D x at the positions no row covers."""
+    """The selective scan of rows stored along dim 0 of x, dt (N, d_inner), B, C (N, d_state): row b's step t at
+    starts[b] + t for t < lengths[b]; y (N, d_inner) is D x at the positions no row covers. On the CPU the compiled
+    loop `_CompiledScan` where it could be built, else (and on CUDA without mamba_ssm) `_SelectiveScan`."""
     work = torch.promote_types(x.dtype, torch.float32)
     inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    return _SelectiveScan.apply(*inputs, starts, lengths, keep).to(x.dtype)
+    scan = _CompiledScan if x.device.type == "cpu" and _compiled_scan() is not None else _SelectiveScan
+    return scan.apply(*inputs, starts, lengths, keep).to(x.dtype)
 
 
 def _fused_scan(x):
@@ -1990,7 +1992,8 @@ _LOG2E = 1 / math.log(2)
 
 
 class _SelectiveScan(torch.autograd.Function):
-    """`selective_scan` on the CPU (or on CUDA without mamba_ssm), with a hand-written backward: the adjoint
+    """`selective_scan` as a PyTorch loop (on CUDA without mamba_ssm; on the CPU where `_CompiledScan`, the same
+    loop in C++, could not be built or NEGSAMPLING_SCAN=pytorch), with a hand-written backward: the adjoint
     recurrence run backwards in time,
 
         G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}      (dLoss/dh_t, (d_inner, d_state) per row)
@@ -2183,6 +2186,183 @@ class _SelectiveScan(torch.autograd.Function):
         gdt = x.new_zeros(N, d).index_copy_(0, index, gdtp)
         gB, gC = (x.new_zeros(N, n).index_copy_(0, index, g.view(P, n)) for g in (gBp, gCp))
         return gx, gdt, gAt.T, gB, gC, (gy * x).sum(0), None, None, None
+
+
+# The selective scan as one C++ loop (`_CompiledScan`): the recurrence of `selective_scan`'s docstring and the
+# adjoint of `_SelectiveScan`'s, a row at a time with its state (d_state x d_inner floats) in the L1 cache, every
+# inner loop along the channels (vectorised by the compiler); the states h_t of the real positions are kept for the
+# backward. Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up.
+_SCAN_CPP = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <vector>
+
+template <typename T>
+static void forward_rows(const T* __restrict__ x, const T* __restrict__ dt, const T* __restrict__ At,
+                         const T* __restrict__ B, const T* __restrict__ C, const T* __restrict__ D,
+                         const int64_t* starts, const int64_t* lengths, const int64_t* kept_at, int64_t first,
+                         int64_t last, int64_t d, int64_t n, T* __restrict__ y, T* __restrict__ H) {
+  std::vector<T> h(n * d), u(d), acc(d);
+  for (int64_t b = first; b < last; ++b) {
+    std::fill(h.begin(), h.end(), T(0));                                  // h_{-1} = 0
+    for (int64_t t = 0; t < lengths[b]; ++t) {
+      const int64_t p = starts[b] + t;
+      const T* xp = x + p * d; const T* dtp = dt + p * d;
+      for (int64_t c = 0; c < d; ++c) { u[c] = dtp[c] * xp[c]; acc[c] = D[c] * xp[c]; }
+      for (int64_t k = 0; k < n; ++k) {
+        const T Bk = B[p * n + k], Ck = C[p * n + k];
+        T* hk = h.data() + k * d; const T* Ak = At + k * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) {
+          const T v = std::exp(dtp[c] * Ak[c]) * hk[c] + u[c] * Bk;       // h_t = exp(dt A) h_{t-1} + dt B x
+          hk[c] = v;
+          acc[c] += Ck * v;                                               // y_t = C_t . h_t + D x_t
+        }
+      }
+      std::copy(acc.begin(), acc.end(), y + p * d);
+      if (H) std::copy(h.begin(), h.end(), H + (kept_at[b] + t) * n * d);
+    }
+  }
+}
+
+template <typename T>
+static void backward_rows(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ dt,
+                          const T* __restrict__ At, const T* __restrict__ B, const T* __restrict__ C,
+                          const T* __restrict__ D, const int64_t* starts, const int64_t* lengths,
+                          const int64_t* kept_at, int64_t first, int64_t last, int64_t d, int64_t n,
+                          const T* __restrict__ H, T* __restrict__ gx, T* __restrict__ gdt, T* __restrict__ gAt,
+                          T* __restrict__ gB, T* __restrict__ gC) {
+  std::vector<T> G(n * d), sGB(d), sWA(d), u(d);
+  for (int64_t b = first; b < last; ++b) {
+    std::fill(G.begin(), G.end(), T(0));
+    for (int64_t t = lengths[b] - 1; t >= 0; --t) {
+      const int64_t p = starts[b] + t, q = kept_at[b] + t;
+      const T* xp = x + p * d; const T* dtp = dt + p * d; const T* gyp = gy + p * d;
+      std::fill(sGB.begin(), sGB.end(), T(0)); std::fill(sWA.begin(), sWA.end(), T(0));
+      for (int64_t c = 0; c < d; ++c) u[c] = dtp[c] * xp[c];
+      for (int64_t k = 0; k < n; ++k) {
+        const T Bk = B[p * n + k], Ck = C[p * n + k];
+        T* Gk = G.data() + k * d; const T* Ak = At + k * d; const T* Hk = H + (q * n + k) * d;
+        T* gAk = gAt + k * d;
+        T sB = 0, sC = 0;
+        if (t > 0) {
+          const T* Hprev = Hk - n * d;                                    // h_{t-1}
+#pragma omp simd reduction(+:sB, sC)
+          for (int64_t c = 0; c < d; ++c) {
+            const T g = Gk[c] + Ck * gyp[c];                              // G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}
+            sB += g * u[c]; sC += gyp[c] * Hk[c]; sGB[c] += g * Bk;       // sum_d G dt x, sum_d gy h, sum_n G B
+            const T Ga = g * std::exp(dtp[c] * Ak[c]);                    // carried to t - 1
+            const T W = Ga * Hprev[c];                                    // dLoss/d(dt_t A)
+            gAk[c] += W * dtp[c]; sWA[c] += W * Ak[c];
+            Gk[c] = Ga;
+          }
+        } else {                                                          // h_{-1} = 0: no decay term
+#pragma omp simd reduction(+:sB, sC)
+          for (int64_t c = 0; c < d; ++c) {
+            const T g = Gk[c] + Ck * gyp[c];
+            sB += g * u[c]; sC += gyp[c] * Hk[c]; sGB[c] += g * Bk;
+          }
+        }
+        gB[p * n + k] = sB; gC[p * n + k] = sC;
+      }
+      for (int64_t c = 0; c < d; ++c) {
+        gx[p * d + c] = sGB[c] * dtp[c] + gyp[c] * D[c];
+        gdt[p * d + c] = sWA[c] + sGB[c] * xp[c];
+      }
+    }
+  }
+}
+
+static int64_t grain(const torch::Tensor& lengths) {                     // ~8 rows' work per task at least
+  return std::max<int64_t>(1, lengths.size(0) / std::max<int64_t>(1, 8 * at::get_num_threads()));
+}
+
+std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor B,
+                                        torch::Tensor C, torch::Tensor D, torch::Tensor starts,
+                                        torch::Tensor lengths, bool keep) {
+  const int64_t d = x.size(1), n = A.size(1);
+  auto At = A.t().contiguous();
+  auto kept_at = lengths.cumsum(0) - lengths;                             // row b's states from kept_at[b] on
+  auto y = x * D;                                                         // D x where no row runs
+  auto H = torch::empty({keep ? lengths.sum().item<int64_t>() : 0, n, d}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_forward", [&] {
+    at::parallel_for(0, lengths.size(0), grain(lengths), [&](int64_t first, int64_t last) {
+      forward_rows<scalar_t>(x.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
+                             B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(),
+                             starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(), kept_at.data_ptr<int64_t>(),
+                             first, last, d, n, y.data_ptr<scalar_t>(), keep ? H.data_ptr<scalar_t>() : nullptr);
+    });
+  });
+  return {y, H};
+}
+
+std::vector<torch::Tensor> scan_backward(torch::Tensor gy, torch::Tensor x, torch::Tensor dt, torch::Tensor A,
+                                         torch::Tensor B, torch::Tensor C, torch::Tensor D, torch::Tensor starts,
+                                         torch::Tensor lengths, torch::Tensor H) {
+  const int64_t d = x.size(1), n = A.size(1);
+  auto At = A.t().contiguous();
+  auto kept_at = lengths.cumsum(0) - lengths;
+  auto gx = gy * D, gdt = torch::zeros_like(dt), gB = torch::zeros_like(B), gC = torch::zeros_like(C);
+  auto gAt = torch::zeros({at::get_num_threads(), n, d}, x.options());   // one partial sum per thread
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_backward", [&] {
+    at::parallel_for(0, lengths.size(0), grain(lengths), [&](int64_t first, int64_t last) {
+      backward_rows<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
+                              At.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                              D.data_ptr<scalar_t>(), starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
+                              kept_at.data_ptr<int64_t>(), first, last, d, n, H.data_ptr<scalar_t>(),
+                              gx.data_ptr<scalar_t>(), gdt.data_ptr<scalar_t>(),
+                              gAt[at::get_thread_num()].data_ptr<scalar_t>(), gB.data_ptr<scalar_t>(),
+                              gC.data_ptr<scalar_t>());
+    });
+  });
+  return {gx, gdt, gAt.sum(0).t(), gB, gC, (gy * x).sum(0)};
+}
+"""
+
+
+@lru_cache(maxsize=None)
+def _compiled_scan():
+    """`_SCAN_CPP` built as a torch extension (once per machine and source: torch caches the build, ~40 s the
+    first time), or None where it cannot be built (no C++ compiler or Python headers) or NEGSAMPLING_SCAN=pytorch
+    asks for `_SelectiveScan` instead. The two agree to float rounding (tests/test_mamba.py)."""
+    if os.environ.get("NEGSAMPLING_SCAN") == "pytorch":
+        return None
+    # the vector instructions of PyTorch's own CPU kernels on this machine, in the build's name, so that a cache
+    # shared by machines of different CPUs never runs a build made for another one
+    capability = torch.backends.cpu.get_cpu_capability()
+    vector_flags = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
+                    "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
+    name = f"negsampling_scan_{capability.lower()}"
+    try:
+        from torch.utils.cpp_extension import get_default_build_root, load_inline
+        if not glob.glob(os.path.join(get_default_build_root(), "*", name, f"{name}.so")):   # torch's cache layout
+            print(f"building the C++ selective scan for this machine (once; ~1 min): {name}", file=sys.stderr)
+        with contextlib.redirect_stdout(sys.stderr):
+            return load_inline(name, cpp_sources=_SCAN_CPP, functions=["scan_forward", "scan_backward"],
+                               extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *vector_flags], verbose=False)
+    except Exception as error:   # any failure to build: the PyTorch scan does the same computation
+        warnings.warn(f"the C++ selective scan could not be built ({type(error).__name__}); using the PyTorch "
+                      f"loop, which computes the same (set NEGSAMPLING_SCAN=pytorch to skip the attempt)")
+        return None
+
+
+class _CompiledScan(torch.autograd.Function):
+    """`_SelectiveScan`'s forward and backward as `_SCAN_CPP`'s two loops (CPU tensors only): 2-3x cheaper on
+    Mamba4Rec's Beauty batches (bench/README.md), the same sums to float rounding."""
+
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
+        inputs = [t.contiguous() for t in (x, dt, A, B, C, D)] + [t.long().contiguous() for t in (starts, lengths)]
+        y, states = _compiled_scan().scan_forward(*inputs, keep)
+        if keep:
+            ctx.save_for_backward(*inputs, states)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        return (*_compiled_scan().scan_backward(gy.contiguous(), *ctx.saved_tensors), None, None, None)
 
 
 class _ItemScores(torch.autograd.Function):

@@ -1,4 +1,4 @@
-"""Mamba4Rec: the pure-PyTorch selective scan against a literal recurrence, causality, right padding, training."""
+"""Mamba4Rec: the selective scans (PyTorch and C++) against a literal recurrence, causality, right padding, training."""
 
 import pytest
 import torch
@@ -6,6 +6,17 @@ import torch.nn.functional as F
 
 import common
 from common import Mamba4Rec, MambaBlock, Packing, _SelectiveScan, packed_selective_scan, selective_scan
+
+
+@pytest.fixture(autouse=True, params=["pytorch", "compiled"])
+def scan_path(request, monkeypatch):
+    """Every test here runs on both CPU scans: `_SelectiveScan` (the PyTorch loop) and `_CompiledScan` (common.py's
+    C++ loop, where it can be built); on CUDA both params run the PyTorch loop (or mamba_ssm's kernel)."""
+    if request.param == "pytorch":
+        monkeypatch.setattr(common, "_compiled_scan", lambda: None)
+    elif common._compiled_scan() is None:
+        pytest.skip("the C++ selective scan could not be built here (no C++ compiler or Python headers)")
+    return request.param
 
 
 def close(got, want, rtol=1.3e-6, atol=1e-5, msg=""):
@@ -422,3 +433,32 @@ def test_training_with_bpr_reduces_the_loss():
         after = bpr().item()
     assert after < 0.5 * before, (before, after)
     assert model.item_embedding.weight[0].abs().max() == 0                 # padding row never trained
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_scan_equals_the_pytorch_loop(scan_path, threads):
+    """`_CompiledScan` against `_SelectiveScan` at Mamba4Rec's shapes (d_inner 128, d_state 16), packed rows of
+    Beauty-like lengths (some empty), float32, realistic ranges: the output and the six gradients agree to float
+    rounding. With 2 threads the rows run in parallel and dLoss/dA is summed per thread."""
+    if scan_path != "compiled":
+        pytest.skip("compares the C++ scan with the PyTorch one")
+    g = torch.Generator().manual_seed(threads)
+    lengths = torch.randint(1, 12, (40,), generator=g)
+    lengths[:3], lengths[5] = torch.tensor([50, 31, 17]), 0
+    starts, N, d, n = lengths.cumsum(0) - lengths, int(lengths.sum()), 128, 16
+    x, B, C = torch.randn(N, d, generator=g), torch.randn(N, n, generator=g), torch.randn(N, n, generator=g)
+    dt = F.softplus(torch.randn(N, d, generator=g) - 1)
+    A = -torch.arange(1.0, n + 1).expand(d, n) * torch.rand(d, 1, generator=g).add(0.5)
+    D, weights = torch.randn(d, generator=g), torch.randn(N, d, generator=g)
+    results = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for scan in (common._CompiledScan, _SelectiveScan):
+            inputs = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D)]
+            y = scan.apply(*inputs, starts, lengths, True)
+            results.append((y, *torch.autograd.grad((y * weights).sum(), inputs)))
+    finally:
+        torch.set_num_threads(before)
+    for name, got, want in zip("y x dt A B C D".split(), *results):
+        close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item(), msg=name)
