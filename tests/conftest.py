@@ -31,6 +31,14 @@ def pytest_configure(config):
         raise pytest.UsageError("--device cuda, but CUDA is not available here; use --device cpu")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compiled_scan_built():
+    """common.py's C++ selective scan built (or found unbuildable) once, before any test: the tests that start
+    method files as subprocesses under a timeout then never pay the first build (~30-60 s)."""
+    import common
+    return common._compiled_scan()
+
+
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--device") == "cpu":
         return
