@@ -902,10 +902,17 @@ class MambaBlock(nn.Module):
         return _CausalConv.apply(x, self.conv1d.weight[:, 0], self.conv1d.bias,
                                  *packing.same_row_masks(self.conv1d.kernel_size[0], x.dtype))
 
+    def conv_silu(self, x, packing: Packing):
+        """SiLU(causal_conv(x)): on the CPU in float32 / float64 one C++ pass (`_CompiledConvSiLU`) where it could
+        be built, else `causal_conv` and F.silu."""
+        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _compiled_mamba() is not None:
+            return _CompiledConvSiLU.apply(x, self.conv1d.weight[:, 0], self.conv1d.bias, packing.step)
+        return F.silu(self.causal_conv(x, packing))
+
     def forward(self, hidden, packing: Packing):                                       # (P, D) packed
         """hidden: the real positions of `packing`'s rows, packed (see `Packing`)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)                                   # 2 x (P, d_inner)
-        x = F.silu(self.causal_conv(x, packing))                                       # (P, d_inner)
+        x = self.conv_silu(x, packing)                                                 # (P, d_inner)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(self.dt_proj(dt))                                              # (P, d_inner)
         y = packed_selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.D, packing)  # (P, d_inner)
@@ -1969,7 +1976,7 @@ def _scan_rows(x, dt, A, B, C, D, starts, lengths):
     work = torch.promote_types(x.dtype, torch.float32)
     inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    scan = _CompiledScan if x.device.type == "cpu" and _compiled_scan() is not None else _SelectiveScan
+    scan = _CompiledScan if x.device.type == "cpu" and _compiled_mamba() is not None else _SelectiveScan
     return scan.apply(*inputs, starts, lengths, keep).to(x.dtype)
 
 
@@ -1993,7 +2000,7 @@ _LOG2E = 1 / math.log(2)
 
 class _SelectiveScan(torch.autograd.Function):
     """`selective_scan` as a PyTorch loop (on CUDA without mamba_ssm; on the CPU where `_CompiledScan`, the same
-    loop in C++, could not be built or NEGSAMPLING_SCAN=pytorch), with a hand-written backward: the adjoint
+    loop in C++, could not be built or NEGSAMPLING_MAMBA=pytorch), with a hand-written backward: the adjoint
     recurrence run backwards in time,
 
         G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}      (dLoss/dh_t, (d_inner, d_state) per row)
@@ -2188,11 +2195,13 @@ class _SelectiveScan(torch.autograd.Function):
         return gx, gdt, gAt.T, gB, gC, (gy * x).sum(0), None, None, None
 
 
-# The selective scan as one C++ loop (`_CompiledScan`): the recurrence of `selective_scan`'s docstring and the
-# adjoint of `_SelectiveScan`'s, a row at a time with its state (d_state x d_inner floats) in the L1 cache, every
-# inner loop along the channels (vectorised by the compiler); the states h_t of the real positions are kept for the
-# backward. Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up.
-_SCAN_CPP = r"""
+# Mamba4Rec's two loops over positions in C++, each equal to its PyTorch form to float rounding (tests/test_mamba.py):
+# - the selective scan (`_CompiledScan`): the recurrence of `selective_scan`'s docstring and the adjoint of
+#   `_SelectiveScan`'s, a row at a time with its state (d_state x d_inner floats) in the L1 cache, every inner loop
+#   along the channels (vectorised by the compiler); the states h_t of the real positions are kept for the
+#   backward. Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up;
+# - the causal conv and the SiLU after it (`_CompiledConvSiLU`): `_CausalConv`'s sums, one pass over the positions.
+_MAMBA_CPP = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
@@ -2318,43 +2327,113 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor gy, torch::Tensor x, torc
   });
   return {gx, gdt, gAt.sum(0).t(), gB, gC, (gy * x).sum(0)};
 }
+// u_p = silu(s_p), s_p = b + sum_{k < taps, k <= step_p} w_k x_{p-k}: the depthwise causal conv on packed rows (a
+// position's x_{t-k} is the one k positions before it, in its row while k <= its step t), then SiLU.
+template <typename T>
+static void conv_rows(const T* __restrict__ x, const T* __restrict__ wk_major, const T* __restrict__ bias,
+                      const int64_t* step, int64_t P, int64_t d, int64_t taps, T* __restrict__ s,
+                      T* __restrict__ u) {
+  for (int64_t p = 0; p < P; ++p) {
+    T* sp = s + p * d;
+    std::copy(bias, bias + d, sp);
+    for (int64_t k = 0; k <= std::min<int64_t>(step[p], taps - 1); ++k) {
+      const T* xk = x + (p - k) * d; const T* w = wk_major + k * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) sp[c] += w[c] * xk[c];
+    }
+    T* up = u + p * d;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) up[c] = sp[c] / (T(1) + std::exp(-sp[c]));        // SiLU
+  }
+}
+
+template <typename T>
+static void conv_rows_backward(const T* __restrict__ gu, const T* __restrict__ x, const T* __restrict__ wk_major,
+                               const T* __restrict__ s, const int64_t* step, int64_t P, int64_t d, int64_t taps,
+                               T* __restrict__ gx, T* __restrict__ gw, T* __restrict__ gb, T* __restrict__ gs) {
+  for (int64_t p = 0; p < P; ++p) {
+    const T* sp = s + p * d; const T* gup = gu + p * d; T* g = gs + p * d;
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) {
+      const T sigmoid = T(1) / (T(1) + std::exp(-sp[c]));
+      g[c] = gup[c] * sigmoid * (T(1) + sp[c] * (T(1) - sigmoid));                      // SiLU'(s) = s(1 + s(1 - s))
+      gb[c] += g[c];
+    }
+    for (int64_t k = 0; k <= std::min<int64_t>(step[p], taps - 1); ++k) {
+      const T* xk = x + (p - k) * d; const T* w = wk_major + k * d;
+      T* gxk = gx + (p - k) * d; T* gwk = gw + k * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) { gxk[c] += w[c] * g[c]; gwk[c] += g[c] * xk[c]; }
+    }
+  }
+}
+
+// w (d, taps): w[:, k] multiplies x_{t-k} (Conv1d's weight[:, 0] flipped)
+std::vector<torch::Tensor> conv_forward(torch::Tensor x, torch::Tensor w, torch::Tensor bias, torch::Tensor step) {
+  const int64_t P = x.size(0), d = x.size(1), taps = w.size(1);
+  auto wk_major = w.t().contiguous();
+  auto s = torch::empty_like(x), u = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_forward", [&] {
+    conv_rows<scalar_t>(x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                        step.data_ptr<int64_t>(), P, d, taps, s.data_ptr<scalar_t>(), u.data_ptr<scalar_t>());
+  });
+  return {u, s};
+}
+
+std::vector<torch::Tensor> conv_backward(torch::Tensor gu, torch::Tensor x, torch::Tensor w, torch::Tensor bias,
+                                         torch::Tensor step, torch::Tensor s) {
+  const int64_t P = x.size(0), d = x.size(1), taps = w.size(1);
+  auto wk_major = w.t().contiguous();
+  auto gx = torch::zeros_like(x), gw = torch::zeros({taps, d}, x.options()), gb = torch::zeros_like(bias);
+  auto gs = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_backward", [&] {
+    conv_rows_backward<scalar_t>(gu.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(),
+                                 s.data_ptr<scalar_t>(), step.data_ptr<int64_t>(), P, d, taps,
+                                 gx.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
+                                 gs.data_ptr<scalar_t>());
+  });
+  return {gx, gw.t(), gb};
+}
+
 """
 
 
 @lru_cache(maxsize=None)
-def _compiled_scan():
-    """`_SCAN_CPP` built as a torch extension (once per machine and source: torch caches the build, ~40 s the
-    first time), or None where it cannot be built (no C++ compiler or Python headers) or NEGSAMPLING_SCAN=pytorch
-    asks for `_SelectiveScan` instead. The two agree to float rounding (tests/test_mamba.py)."""
-    if os.environ.get("NEGSAMPLING_SCAN") == "pytorch":
+def _compiled_mamba():
+    """`_MAMBA_CPP` built as a torch extension (once per machine and source: torch caches the build, ~40 s the
+    first time), or None where it cannot be built (no C++ compiler or Python headers) or NEGSAMPLING_MAMBA=pytorch
+    asks for the PyTorch forms (`_SelectiveScan`, `_CausalConv`) instead. They agree to float rounding
+    (tests/test_mamba.py)."""
+    if os.environ.get("NEGSAMPLING_MAMBA") == "pytorch":
         return None
     # the vector instructions of PyTorch's own CPU kernels on this machine, in the build's name, so that a cache
     # shared by machines of different CPUs never runs a build made for another one
     capability = torch.backends.cpu.get_cpu_capability()
     vector_flags = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
                     "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
-    name = f"negsampling_scan_{capability.lower()}"
+    name = f"negsampling_mamba_{capability.lower()}"
     try:
         from torch.utils.cpp_extension import get_default_build_root, load_inline
         if not glob.glob(os.path.join(get_default_build_root(), "*", name, f"{name}.so")):   # torch's cache layout
-            print(f"building the C++ selective scan for this machine (once; ~1 min): {name}", file=sys.stderr)
+            print(f"building Mamba4Rec's C++ loops for this machine (once; ~1 min): {name}", file=sys.stderr)
         with contextlib.redirect_stdout(sys.stderr):
-            return load_inline(name, cpp_sources=_SCAN_CPP, functions=["scan_forward", "scan_backward"],
+            return load_inline(name, cpp_sources=_MAMBA_CPP,
+                               functions=["scan_forward", "scan_backward", "conv_forward", "conv_backward"],
                                extra_cflags=["-O3", "-ffast-math", "-fopenmp-simd", *vector_flags], verbose=False)
-    except Exception as error:   # any failure to build: the PyTorch scan does the same computation
-        warnings.warn(f"the C++ selective scan could not be built ({type(error).__name__}); using the PyTorch "
-                      f"loop, which computes the same (set NEGSAMPLING_SCAN=pytorch to skip the attempt)")
+    except Exception as error:   # any failure to build: the PyTorch forms do the same computation
+        warnings.warn(f"Mamba4Rec's C++ loops could not be built ({type(error).__name__}); using their PyTorch "
+                      f"forms, which compute the same (set NEGSAMPLING_MAMBA=pytorch to skip the attempt)")
         return None
 
 
 class _CompiledScan(torch.autograd.Function):
-    """`_SelectiveScan`'s forward and backward as `_SCAN_CPP`'s two loops (CPU tensors only): 2-3x cheaper on
+    """`_SelectiveScan`'s forward and backward as `_MAMBA_CPP`'s two loops (CPU tensors only): 2-3x cheaper on
     Mamba4Rec's Beauty batches (bench/README.md), the same sums to float rounding."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
         inputs = [t.contiguous() for t in (x, dt, A, B, C, D)] + [t.long().contiguous() for t in (starts, lengths)]
-        y, states = _compiled_scan().scan_forward(*inputs, keep)
+        y, states = _compiled_mamba().scan_forward(*inputs, keep)
         if keep:
             ctx.save_for_backward(*inputs, states)
         return y
@@ -2362,7 +2441,25 @@ class _CompiledScan(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gy):
-        return (*_compiled_scan().scan_backward(gy.contiguous(), *ctx.saved_tensors), None, None, None)
+        return (*_compiled_mamba().scan_backward(gy.contiguous(), *ctx.saved_tensors), None, None, None)
+
+
+class _CompiledConvSiLU(torch.autograd.Function):
+    """SiLU(`_CausalConv`) as `_MAMBA_CPP`'s conv loops (CPU, float32 / float64): one pass over the packed positions
+    each way, `Packing.step` telling which taps are in the row; ~1 ms a Beauty layer cheaper (bench/README.md)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, step):                      # weight (d_inner, d_conv), as Conv1d's [:, 0]
+        x, w = x.contiguous(), weight.flip(1).contiguous()                             # w[:, k] multiplies x_{t-k}
+        u, s = _compiled_mamba().conv_forward(x, w, bias.contiguous(), step)
+        ctx.save_for_backward(x, w, bias, step, s)
+        return u
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gu):
+        gx, gw, gb = _compiled_mamba().conv_backward(gu.contiguous(), *ctx.saved_tensors)
+        return gx, gw.flip(1), gb, None
 
 
 class _ItemScores(torch.autograd.Function):

@@ -36,7 +36,7 @@ def compiled_scan_built():
     """common.py's C++ selective scan built (or found unbuildable) once, before any test: the tests that start
     method files as subprocesses under a timeout then never pay the first build (~30-60 s)."""
     import common
-    return common._compiled_scan()
+    return common._compiled_mamba()
 
 
 def pytest_collection_modifyitems(config, items):

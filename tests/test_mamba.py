@@ -13,8 +13,8 @@ def scan_path(request, monkeypatch):
     """Every test here runs on both CPU scans: `_SelectiveScan` (the PyTorch loop) and `_CompiledScan` (common.py's
     C++ loop, where it can be built); on CUDA both params run the PyTorch loop (or mamba_ssm's kernel)."""
     if request.param == "pytorch":
-        monkeypatch.setattr(common, "_compiled_scan", lambda: None)
-    elif common._compiled_scan() is None:
+        monkeypatch.setattr(common, "_compiled_mamba", lambda: None)
+    elif common._compiled_mamba() is None:
         pytest.skip("the C++ selective scan could not be built here (no C++ compiler or Python headers)")
     return request.param
 
@@ -253,6 +253,29 @@ def test_packing_changes_nothing_at_real_positions(dtype, rtol, n_layers):
         close(got, want, rtol=tol, atol=tol * want.abs().max().item(), msg=name)
 
 
+def test_conv_silu_compiled_equals_pytorch(scan_path):
+    """`MambaBlock.conv_silu`: the C++ pass (`_CompiledConvSiLU`) against `causal_conv` + F.silu on packed rows of
+    several lengths (one of a single step), float64, output and the three gradients; and gradcheck of the C++ one."""
+    if scan_path != "compiled":
+        pytest.skip("compares the C++ conv with the PyTorch one")
+    torch.manual_seed(0)
+    packing = Packing(torch.tensor([[3, 4, 5, 6, 7, 0], [6, 7, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]))
+    block = MambaBlock(4).double()
+    P, d = len(packing.index), block.d_inner
+    x = torch.randn(P, d, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(P, d, dtype=torch.float64)
+    got = block.conv_silu(x, packing)
+    want = F.silu(block.causal_conv(x, packing))
+    params = [x, block.conv1d.weight, block.conv1d.bias]
+    for name, a, b in zip(["output", "x", "weight", "bias"], [got, *torch.autograd.grad((got * weights).sum(), params)],
+                          [want, *torch.autograd.grad((want * weights).sum(), params)]):
+        close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.autograd.gradcheck(lambda x, w, b: common._CompiledConvSiLU.apply(x, w, b, packing.step),
+                                    (x.detach()[:, :3].clone().requires_grad_(),
+                                     block.conv1d.weight[:3, 0].detach().clone().requires_grad_(),
+                                     block.conv1d.bias[:3].detach().clone().requires_grad_()))
+
+
 def test_causal_conv_equals_conv1d_on_each_row_with_gradients():
     """`MambaBlock.causal_conv` (`_CausalConv`, hand-written backward) on packed rows against nn.Conv1d on each row
     (its left zero padding), outputs and the gradients of x, weight and bias, float64; and torch's gradcheck."""
@@ -436,7 +459,7 @@ def test_training_with_bpr_reduces_the_loss():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_compiled_scan_equals_the_pytorch_loop(scan_path, threads):
+def test_compiled_mamba_equals_the_pytorch_loop(scan_path, threads):
     """`_CompiledScan` against `_SelectiveScan` at Mamba4Rec's shapes (d_inner 128, d_state 16), packed rows of
     Beauty-like lengths (some empty), float32, realistic ranges: the output and the six gradients agree to float
     rounding. With 2 threads the rows run in parallel and dLoss/dA is summed per thread."""
