@@ -17,7 +17,8 @@ that decides a metric:
  7. The shared command line: flags, their per-backbone defaults and checks, `prepare`.
 Part II, machinery that changes no number:
  8. Fast paths, each equal to what a Part I function states to float rounding (tested): packed and fused
-    selective scans, blockwise item scores, a cheaper exact Dropout.
+    selective scans (on the CPU Mamba4Rec's scan and causal conv as C++ loops torch builds on first use), sparse
+    item scores, a cheaper exact Dropout.
  9. More backbones: Kang's SASRec, GRU4Rec, LinRec, FMLP4Rec, NGCF.
 10. The dataset registry, readers, download and cache.
 11. Checkpoints, resume, the pace line and --time-budget, --eval-only.
