@@ -2201,7 +2201,8 @@ class _SelectiveScan(torch.autograd.Function):
 #   `_SelectiveScan`'s, a row at a time with its state (d_state x d_inner floats) in the L1 cache, every inner loop
 #   along the channels (vectorised by the compiler); the states h_t of the real positions are kept for the
 #   backward. Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up;
-# - the causal conv and the SiLU after it (`_CompiledConvSiLU`): `_CausalConv`'s sums, one pass over the positions.
+# - the causal conv and the SiLU after it (`_CompiledConvSiLU`): `_CausalConv`'s sums, one pass over the positions,
+#   the channels split over torch's threads.
 _MAMBA_CPP = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -2332,30 +2333,31 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor gy, torch::Tensor x, torc
 // position's x_{t-k} is the one k positions before it, in its row while k <= its step t), then SiLU.
 template <typename T>
 static void conv_rows(const T* __restrict__ x, const T* __restrict__ wk_major, const T* __restrict__ bias,
-                      const int64_t* step, int64_t P, int64_t d, int64_t taps, T* __restrict__ s,
-                      T* __restrict__ u) {
+                      const int64_t* step, int64_t P, int64_t d, int64_t taps, int64_t c0, int64_t c1,
+                      T* __restrict__ s, T* __restrict__ u) {             // channels c0 .. c1 - 1
   for (int64_t p = 0; p < P; ++p) {
     T* sp = s + p * d;
-    std::copy(bias, bias + d, sp);
+    std::copy(bias + c0, bias + c1, sp + c0);
     for (int64_t k = 0; k <= std::min<int64_t>(step[p], taps - 1); ++k) {
       const T* xk = x + (p - k) * d; const T* w = wk_major + k * d;
 #pragma omp simd
-      for (int64_t c = 0; c < d; ++c) sp[c] += w[c] * xk[c];
+      for (int64_t c = c0; c < c1; ++c) sp[c] += w[c] * xk[c];
     }
     T* up = u + p * d;
 #pragma omp simd
-    for (int64_t c = 0; c < d; ++c) up[c] = sp[c] / (T(1) + std::exp(-sp[c]));        // SiLU
+    for (int64_t c = c0; c < c1; ++c) up[c] = sp[c] / (T(1) + std::exp(-sp[c]));      // SiLU
   }
 }
 
 template <typename T>
 static void conv_rows_backward(const T* __restrict__ gu, const T* __restrict__ x, const T* __restrict__ wk_major,
                                const T* __restrict__ s, const int64_t* step, int64_t P, int64_t d, int64_t taps,
-                               T* __restrict__ gx, T* __restrict__ gw, T* __restrict__ gb, T* __restrict__ gs) {
+                               int64_t c0, int64_t c1, T* __restrict__ gx, T* __restrict__ gw, T* __restrict__ gb,
+                               T* __restrict__ gs) {                      // channels c0 .. c1 - 1
   for (int64_t p = 0; p < P; ++p) {
     const T* sp = s + p * d; const T* gup = gu + p * d; T* g = gs + p * d;
 #pragma omp simd
-    for (int64_t c = 0; c < d; ++c) {
+    for (int64_t c = c0; c < c1; ++c) {
       const T sigmoid = T(1) / (T(1) + std::exp(-sp[c]));
       g[c] = gup[c] * sigmoid * (T(1) + sp[c] * (T(1) - sigmoid));                      // SiLU'(s) = s(1 + s(1 - s))
       gb[c] += g[c];
@@ -2364,7 +2366,7 @@ static void conv_rows_backward(const T* __restrict__ gu, const T* __restrict__ x
       const T* xk = x + (p - k) * d; const T* w = wk_major + k * d;
       T* gxk = gx + (p - k) * d; T* gwk = gw + k * d;
 #pragma omp simd
-      for (int64_t c = 0; c < d; ++c) { gxk[c] += w[c] * g[c]; gwk[c] += g[c] * xk[c]; }
+      for (int64_t c = c0; c < c1; ++c) { gxk[c] += w[c] * g[c]; gwk[c] += g[c] * xk[c]; }
     }
   }
 }
@@ -2375,8 +2377,11 @@ std::vector<torch::Tensor> conv_forward(torch::Tensor x, torch::Tensor w, torch:
   auto wk_major = w.t().contiguous();
   auto s = torch::empty_like(x), u = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_forward", [&] {
-    conv_rows<scalar_t>(x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                        step.data_ptr<int64_t>(), P, d, taps, s.data_ptr<scalar_t>(), u.data_ptr<scalar_t>());
+    at::parallel_for(0, d, 16, [&](int64_t c0, int64_t c1) {             // channels are independent
+      conv_rows<scalar_t>(x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+                          step.data_ptr<int64_t>(), P, d, taps, c0, c1, s.data_ptr<scalar_t>(),
+                          u.data_ptr<scalar_t>());
+    });
   });
   return {u, s};
 }
@@ -2388,10 +2393,12 @@ std::vector<torch::Tensor> conv_backward(torch::Tensor gu, torch::Tensor x, torc
   auto gx = torch::zeros_like(x), gw = torch::zeros({taps, d}, x.options()), gb = torch::zeros_like(bias);
   auto gs = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_backward", [&] {
-    conv_rows_backward<scalar_t>(gu.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(),
-                                 s.data_ptr<scalar_t>(), step.data_ptr<int64_t>(), P, d, taps,
-                                 gx.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
-                                 gs.data_ptr<scalar_t>());
+    at::parallel_for(0, d, 16, [&](int64_t c0, int64_t c1) {
+      conv_rows_backward<scalar_t>(gu.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), wk_major.data_ptr<scalar_t>(),
+                                   s.data_ptr<scalar_t>(), step.data_ptr<int64_t>(), P, d, taps, c0, c1,
+                                   gx.data_ptr<scalar_t>(), gw.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(),
+                                   gs.data_ptr<scalar_t>());
+    });
   });
   return {gx, gw.t(), gb};
 }

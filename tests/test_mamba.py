@@ -253,21 +253,29 @@ def test_packing_changes_nothing_at_real_positions(dtype, rtol, n_layers):
         close(got, want, rtol=tol, atol=tol * want.abs().max().item(), msg=name)
 
 
-def test_conv_silu_compiled_equals_pytorch(scan_path):
-    """`MambaBlock.conv_silu`: the C++ pass (`_CompiledConvSiLU`) against `causal_conv` + F.silu on packed rows of
-    several lengths (one of a single step), float64, output and the three gradients; and gradcheck of the C++ one."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_silu_compiled_equals_pytorch(scan_path, threads):
+    """`MambaBlock.conv_silu`: the C++ pass (`_CompiledConvSiLU`; with 2 threads its 32 channels in two blocks)
+    against `causal_conv` + F.silu on packed rows of several lengths (one of a single step), float64, output and
+    the three gradients; and gradcheck of the C++ one."""
     if scan_path != "compiled":
         pytest.skip("compares the C++ conv with the PyTorch one")
     torch.manual_seed(0)
     packing = Packing(torch.tensor([[3, 4, 5, 6, 7, 0], [6, 7, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6]]))
-    block = MambaBlock(4).double()
+    block = MambaBlock(16).double()
     P, d = len(packing.index), block.d_inner
     x = torch.randn(P, d, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(P, d, dtype=torch.float64)
-    got = block.conv_silu(x, packing)
-    want = F.silu(block.causal_conv(x, packing))
     params = [x, block.conv1d.weight, block.conv1d.bias]
-    for name, a, b in zip(["output", "x", "weight", "bias"], [got, *torch.autograd.grad((got * weights).sum(), params)],
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = block.conv_silu(x, packing)
+        got_grads = torch.autograd.grad((got * weights).sum(), params)
+    finally:
+        torch.set_num_threads(before)
+    want = F.silu(block.causal_conv(x, packing))
+    for name, a, b in zip(["output", "x", "weight", "bias"], [got, *got_grads],
                           [want, *torch.autograd.grad((want * weights).sum(), params)]):
         close(a, b, rtol=1e-12, atol=1e-12, msg=name)
     assert torch.autograd.gradcheck(lambda x, w, b: common._CompiledConvSiLU.apply(x, w, b, packing.step),
