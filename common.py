@@ -2414,12 +2414,13 @@ def _compiled_mamba():
     (tests/test_mamba.py)."""
     if os.environ.get("NEGSAMPLING_MAMBA") == "pytorch":
         return None
-    # the vector instructions of PyTorch's own CPU kernels on this machine, in the build's name, so that a cache
-    # shared by machines of different CPUs never runs a build made for another one
+    # the vector instructions of PyTorch's own CPU kernels on this machine and the source's hash in the build's
+    # name: a cache shared by machines of different CPUs, or by checkouts of different versions, never runs (or
+    # rebuilds over) a build made for another
     capability = torch.backends.cpu.get_cpu_capability()
     vector_flags = {"AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
                     "AVX2": ["-mavx2", "-mfma"]}.get(capability, [])
-    name = f"negsampling_mamba_{capability.lower()}"
+    name = f"negsampling_mamba_{capability.lower()}_{hashlib.sha256(_MAMBA_CPP.encode()).hexdigest()[:10]}"
     try:
         from torch.utils.cpp_extension import get_default_build_root, load_inline
         if not glob.glob(os.path.join(get_default_build_root(), "*", name, f"{name}.so")):   # torch's cache layout
