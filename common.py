@@ -906,7 +906,7 @@ class MambaBlock(nn.Module):
     def conv_silu(self, x, packing: Packing):
         """SiLU(causal_conv(x)): on the CPU in float32 / float64 one C++ pass (`_CompiledConvSiLU`) where it could
         be built, else `causal_conv` and F.silu."""
-        if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and _compiled_mamba() is not None:
+        if _compiled_mamba_for(x) is not None:
             return _CompiledConvSiLU.apply(x, self.conv1d.weight[:, 0], self.conv1d.bias, packing.step)
         return F.silu(self.causal_conv(x, packing))
 
@@ -1977,7 +1977,7 @@ def _scan_rows(x, dt, A, B, C, D, starts, lengths):
     work = torch.promote_types(x.dtype, torch.float32)
     inputs = [t.to(work) for t in (x, dt, A, B, C, D)]
     keep = torch.is_grad_enabled() and any(t.requires_grad for t in inputs)
-    scan = _CompiledScan if x.device.type == "cpu" and _compiled_mamba() is not None else _SelectiveScan
+    scan = _CompiledScan if _compiled_mamba_for(inputs[0]) is not None else _SelectiveScan
     return scan.apply(*inputs, starts, lengths, keep).to(x.dtype)
 
 
@@ -2433,6 +2433,11 @@ def _compiled_mamba():
         warnings.warn(f"Mamba4Rec's C++ loops could not be built ({type(error).__name__}); using their PyTorch "
                       f"forms, which compute the same (set NEGSAMPLING_MAMBA=pytorch to skip the attempt)")
         return None
+
+
+def _compiled_mamba_for(t):
+    """`_compiled_mamba()` where its loops take t (a float32 / float64 CPU tensor), else None."""
+    return _compiled_mamba() if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) else None
 
 
 class _CompiledScan(torch.autograd.Function):

@@ -32,8 +32,8 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def compiled_scan_built():
-    """common.py's C++ selective scan built (or found unbuildable) once, before any test: the tests that start
+def compiled_mamba_built():
+    """common.py's C++ loops of Mamba4Rec built (or found unbuildable) once, before any test: the tests that start
     method files as subprocesses under a timeout then never pay the first build (~30-60 s)."""
     import common
     return common._compiled_mamba()
