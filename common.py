@@ -2199,8 +2199,10 @@ class _SelectiveScan(torch.autograd.Function):
 # Mamba4Rec's two loops over positions in C++, each equal to its PyTorch form to float rounding (tests/test_mamba.py):
 # - the selective scan (`_CompiledScan`): the recurrence of `selective_scan`'s docstring and the adjoint of
 #   `_SelectiveScan`'s, a row at a time with its state (d_state x d_inner floats) in the L1 cache, every inner loop
-#   along the channels (vectorised by the compiler); the states h_t of the real positions are kept for the
-#   backward. Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up;
+#   along the channels (vectorised by the compiler). Nothing of size (positions, d_state, d_inner) is kept: the
+#   backward recomputes a row's states h_t and decays exp(dt_t A) into a buffer of one row (<= 2 L d_state d_inner
+#   floats, in the L2 cache), then runs back through them, as mamba_ssm's CUDA kernel recomputes rather than stores.
+#   Rows run in parallel over torch's threads; dLoss/dA is summed per thread, then added up;
 # - the causal conv and the SiLU after it (`_CompiledConvSiLU`): `_CausalConv`'s sums, one pass over the positions,
 #   the channels split over torch's threads.
 _MAMBA_CPP = r"""
@@ -2212,8 +2214,8 @@ _MAMBA_CPP = r"""
 template <typename T>
 static void forward_rows(const T* __restrict__ x, const T* __restrict__ dt, const T* __restrict__ At,
                          const T* __restrict__ B, const T* __restrict__ C, const T* __restrict__ D,
-                         const int64_t* starts, const int64_t* lengths, const int64_t* kept_at, int64_t first,
-                         int64_t last, int64_t d, int64_t n, T* __restrict__ y, T* __restrict__ H) {
+                         const int64_t* starts, const int64_t* lengths, int64_t first, int64_t last, int64_t d,
+                         int64_t n, T* __restrict__ y) {
   std::vector<T> h(n * d), u(d), acc(d);
   for (int64_t b = first; b < last; ++b) {
     std::fill(h.begin(), h.end(), T(0));                                  // h_{-1} = 0
@@ -2232,7 +2234,6 @@ static void forward_rows(const T* __restrict__ x, const T* __restrict__ dt, cons
         }
       }
       std::copy(acc.begin(), acc.end(), y + p * d);
-      if (H) std::copy(h.begin(), h.end(), H + (kept_at[b] + t) * n * d);
     }
   }
 }
@@ -2240,22 +2241,37 @@ static void forward_rows(const T* __restrict__ x, const T* __restrict__ dt, cons
 template <typename T>
 static void backward_rows(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ dt,
                           const T* __restrict__ At, const T* __restrict__ B, const T* __restrict__ C,
-                          const T* __restrict__ D, const int64_t* starts, const int64_t* lengths,
-                          const int64_t* kept_at, int64_t first, int64_t last, int64_t d, int64_t n,
-                          const T* __restrict__ H, T* __restrict__ gx, T* __restrict__ gdt, T* __restrict__ gAt,
-                          T* __restrict__ gB, T* __restrict__ gC) {
-  std::vector<T> G(n * d), sGB(d), sWA(d), u(d);
+                          const T* __restrict__ D, const int64_t* starts, const int64_t* lengths, int64_t first,
+                          int64_t last, int64_t d, int64_t n, int64_t L, T* __restrict__ gx, T* __restrict__ gdt,
+                          T* __restrict__ gAt, T* __restrict__ gB, T* __restrict__ gC) {
+  // one row's states h_{-1} .. h_{L-1} and decays exp(dt_t A), recomputed as the forward computed them
+  std::vector<T> H((L + 1) * n * d, T(0)), decay(L * n * d), G(n * d), sGB(d), sWA(d), u(d);
   for (int64_t b = first; b < last; ++b) {
+    for (int64_t t = 0; t < lengths[b]; ++t) {
+      const int64_t p = starts[b] + t;
+      const T* xp = x + p * d; const T* dtp = dt + p * d;
+      for (int64_t c = 0; c < d; ++c) u[c] = dtp[c] * xp[c];
+      for (int64_t k = 0; k < n; ++k) {
+        const T Bk = B[p * n + k];
+        const T* hprev = H.data() + (t * n + k) * d; T* hk = H.data() + ((t + 1) * n + k) * d;
+        T* ak = decay.data() + (t * n + k) * d; const T* Ak = At + k * d;
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) {
+          ak[c] = std::exp(dtp[c] * Ak[c]);
+          hk[c] = ak[c] * hprev[c] + u[c] * Bk;                           // h_t = exp(dt A) h_{t-1} + dt B x
+        }
+      }
+    }
     std::fill(G.begin(), G.end(), T(0));
     for (int64_t t = lengths[b] - 1; t >= 0; --t) {
-      const int64_t p = starts[b] + t, q = kept_at[b] + t;
+      const int64_t p = starts[b] + t;
       const T* xp = x + p * d; const T* dtp = dt + p * d; const T* gyp = gy + p * d;
       std::fill(sGB.begin(), sGB.end(), T(0)); std::fill(sWA.begin(), sWA.end(), T(0));
       for (int64_t c = 0; c < d; ++c) u[c] = dtp[c] * xp[c];
       for (int64_t k = 0; k < n; ++k) {
         const T Bk = B[p * n + k], Ck = C[p * n + k];
-        T* Gk = G.data() + k * d; const T* Ak = At + k * d; const T* Hk = H + (q * n + k) * d;
-        T* gAk = gAt + k * d;
+        T* Gk = G.data() + k * d; const T* Ak = At + k * d; const T* Hk = H.data() + ((t + 1) * n + k) * d;
+        const T* ak = decay.data() + (t * n + k) * d; T* gAk = gAt + k * d;
         T sB = 0, sC = 0;
         if (t > 0) {
           const T* Hprev = Hk - n * d;                                    // h_{t-1}
@@ -2263,7 +2279,7 @@ static void backward_rows(const T* __restrict__ gy, const T* __restrict__ x, con
           for (int64_t c = 0; c < d; ++c) {
             const T g = Gk[c] + Ck * gyp[c];                              // G_t = C_t gy_t + exp(dt_{t+1} A) G_{t+1}
             sB += g * u[c]; sC += gyp[c] * Hk[c]; sGB[c] += g * Bk;       // sum_d G dt x, sum_d gy h, sum_n G B
-            const T Ga = g * std::exp(dtp[c] * Ak[c]);                    // carried to t - 1
+            const T Ga = g * ak[c];                                       // carried to t - 1
             const T W = Ga * Hprev[c];                                    // dLoss/d(dt_t A)
             gAk[c] += W * dtp[c]; sWA[c] += W * Ak[c];
             Gk[c] = Ga;
@@ -2289,40 +2305,35 @@ static int64_t grain(const torch::Tensor& lengths) {                     // ~8 r
   return std::max<int64_t>(1, lengths.size(0) / std::max<int64_t>(1, 8 * at::get_num_threads()));
 }
 
-std::vector<torch::Tensor> scan_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor B,
-                                        torch::Tensor C, torch::Tensor D, torch::Tensor starts,
-                                        torch::Tensor lengths, bool keep) {
+torch::Tensor scan_forward(torch::Tensor x, torch::Tensor dt, torch::Tensor A, torch::Tensor B, torch::Tensor C,
+                           torch::Tensor D, torch::Tensor starts, torch::Tensor lengths) {
   const int64_t d = x.size(1), n = A.size(1);
   auto At = A.t().contiguous();
-  auto kept_at = lengths.cumsum(0) - lengths;                             // row b's states from kept_at[b] on
   auto y = x * D;                                                         // D x where no row runs
-  auto H = torch::empty({keep ? lengths.sum().item<int64_t>() : 0, n, d}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_forward", [&] {
     at::parallel_for(0, lengths.size(0), grain(lengths), [&](int64_t first, int64_t last) {
       forward_rows<scalar_t>(x.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(), At.data_ptr<scalar_t>(),
                              B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), D.data_ptr<scalar_t>(),
-                             starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(), kept_at.data_ptr<int64_t>(),
-                             first, last, d, n, y.data_ptr<scalar_t>(), keep ? H.data_ptr<scalar_t>() : nullptr);
+                             starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(), first, last, d, n,
+                             y.data_ptr<scalar_t>());
     });
   });
-  return {y, H};
+  return y;
 }
 
 std::vector<torch::Tensor> scan_backward(torch::Tensor gy, torch::Tensor x, torch::Tensor dt, torch::Tensor A,
                                          torch::Tensor B, torch::Tensor C, torch::Tensor D, torch::Tensor starts,
-                                         torch::Tensor lengths, torch::Tensor H) {
-  const int64_t d = x.size(1), n = A.size(1);
+                                         torch::Tensor lengths) {
+  const int64_t d = x.size(1), n = A.size(1), L = lengths.numel() ? lengths.max().item<int64_t>() : 0;
   auto At = A.t().contiguous();
-  auto kept_at = lengths.cumsum(0) - lengths;
   auto gx = gy * D, gdt = torch::zeros_like(dt), gB = torch::zeros_like(B), gC = torch::zeros_like(C);
   auto gAt = torch::zeros({at::get_num_threads(), n, d}, x.options());   // one partial sum per thread
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_backward", [&] {
     at::parallel_for(0, lengths.size(0), grain(lengths), [&](int64_t first, int64_t last) {
       backward_rows<scalar_t>(gy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), dt.data_ptr<scalar_t>(),
                               At.data_ptr<scalar_t>(), B.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
-                              D.data_ptr<scalar_t>(), starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(),
-                              kept_at.data_ptr<int64_t>(), first, last, d, n, H.data_ptr<scalar_t>(),
-                              gx.data_ptr<scalar_t>(), gdt.data_ptr<scalar_t>(),
+                              D.data_ptr<scalar_t>(), starts.data_ptr<int64_t>(), lengths.data_ptr<int64_t>(), first,
+                              last, d, n, L, gx.data_ptr<scalar_t>(), gdt.data_ptr<scalar_t>(),
                               gAt[at::get_thread_num()].data_ptr<scalar_t>(), gB.data_ptr<scalar_t>(),
                               gC.data_ptr<scalar_t>());
     });
@@ -2441,16 +2452,16 @@ def _compiled_mamba_for(t):
 
 
 class _CompiledScan(torch.autograd.Function):
-    """`_SelectiveScan`'s forward and backward as `_MAMBA_CPP`'s two loops (CPU tensors only): 2-3x cheaper on
-    Mamba4Rec's Beauty batches (bench/README.md), the same sums to float rounding."""
+    """`_SelectiveScan`'s forward and backward as `_MAMBA_CPP`'s two loops (CPU tensors only): 3-4x cheaper on
+    Mamba4Rec's Beauty batches (bench/README.md), the same sums to float rounding. Only the inputs are saved: the
+    backward recomputes the states."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, starts, lengths, keep):
         inputs = [t.contiguous() for t in (x, dt, A, B, C, D)] + [t.long().contiguous() for t in (starts, lengths)]
-        y, states = _compiled_mamba().scan_forward(*inputs, keep)
         if keep:
-            ctx.save_for_backward(*inputs, states)
-        return y
+            ctx.save_for_backward(*inputs)
+        return _compiled_mamba().scan_forward(*inputs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
