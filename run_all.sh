@@ -29,7 +29,7 @@
 #   gnno-sweep            GNNO's M
 #   table4                MDCNS Table 4: Beauty and Sports, LinRec, FMLP4Rec as the self model -> *-user-*-table4
 #   table3-paired         Table 3's MDCNS, DNS+ and RNS again, with per-row test results (the paired comparisons)
-#   ablation              MDCNS Table 6: w/o CD, w/o CD-DR, Beauty and Sports -> *-sasrec-ablation
+#   ablation              MDCNS Table 6: w/o CD, w/o CD-DR (and DNS+ at M = 10), Beauty and Sports -> *-sasrec-ablation
 #   weak-peer             MDCNS Table 7: a GRU4Rec peer, Beauty, Sports, LastFM -> *-sasrec-weak-peer
 #   table5                MDCNS Table 5: BPR, Beauty, SASRec, GRU4Rec, Mamba4Rec self -> beauty-user-*-table5
 #   dnsplus-bpr-*-sweep   DNS+'s M at BPR per backbone (sasrec, gru4rec, mamba4rec), for table5
@@ -284,6 +284,8 @@ grid_lines() {
   #    the reference rows of the two tables below. Seed-major, so each seed completes a paired set.
   #    ablation (MDCNS Table 6, Beauty and Sports): w/o CD (--no-distillation) and w/o CD-DR (--no-distillation
   #    --no-divergence) at the published gamma, tau; "MDCNS" and "w/o CD-DR-MS" (= DNS+) are table3-paired's.
+  #    Beside them DNS+ at M = 10, the M of the official DNS+ logs whose test lines the published DNS+ cells match
+  #    (notes: sports-user-sasrec-table3.md), where table3-paired's DNS+ runs at the M its validation sweep chose.
   #    weak-peer (MDCNS Table 7): SASRec with a GRU4Rec peer (MDCNS_wts) beside table3-paired's Mamba4Rec peer, at
   #    the gamma, tau of the official log whose test line is the published cell (results/official_selection.py,
   #    MDCNS_Code/Exp6_WeaktoStrong: Beauty 3.0 / 2.0, Sports 0.3 / 2.0, LastFM 3.5 / 10).
@@ -299,6 +301,7 @@ grid_lines() {
       if [ "$1" != lastfm ]; then
         echo "ablation $1 $4 sasrec mdcns-no-cd $s -- $mdcns_flags --no-distillation"
         echo "ablation $1 $4 sasrec mdcns-no-cd-dr $s -- $mdcns_flags --no-distillation --no-divergence"
+        echo "ablation $1 $4 sasrec dnsmn-m10 $s -- $table3 $baseline_stop --candidates 100 --top-m 10"
       fi
       echo "weak-peer $1 $4 sasrec mdcns-gru4rec-peer $s -- $wts_flags --peer gru4rec"
     done

@@ -95,6 +95,14 @@ def test_ablation_and_peer_runs_are_rows_of_their_own():
         == "mdcns"
 
 
+def test_the_ablation_grids_dns_plus_at_the_official_m_is_paired_as_a_row_apart():
+    dnsmn = {"method": "dnsmn", "backbone": "sasrec", "config": {"top_m": 10}}
+    assert aggregate.paired_row({**dnsmn, "grid": "ablation"}) == "dnsmn-m10"
+    assert aggregate.paired_row({**dnsmn, "grid": "table3-paired"}) == "dnsmn"
+    assert aggregate.paired_row({"method": "mdcns", "backbone": "sasrec", "grid": "ablation",
+                                 "config": {"distillation": False}}) == "mdcns-no-cd"
+
+
 def test_a_bpr_row_is_set_beside_table_5_and_a_bce_row_beside_table_3():
     key = ("beauty", "user", "sasrec", "table5")
     bpr, bce = [{"config": {"loss": "bpr"}}], [{"config": {"loss": "bce"}}]
