@@ -437,7 +437,7 @@ def summary_table(groups, out_dir):
                 else ""
             where = paper_table(key, row[0], rs)
             cells.append(((where, key[0], key[2], row_rank(row), key[3]),
-                          f"| {where} | {key[0]} · {key[2]} | {row_name(row)} | `{key[3]}` | "
+                          f"| {where} | {key[0]} · {key[2]} | {row_name(row, rs)} | `{key[3]}` | "
                           f"{len(rs)} | " + " | ".join(values) + f" | {note} |"))
     return "\n".join(lines + [line for _, line in sorted(cells)]) if cells else None
 
