@@ -2452,7 +2452,7 @@ def _compiled_mamba_for(t):
 
 
 class _CompiledScan(torch.autograd.Function):
-    """`_SelectiveScan`'s forward and backward as `_MAMBA_CPP`'s two loops (CPU tensors only): 3-4x cheaper on
+    """`_SelectiveScan`'s forward and backward as `_MAMBA_CPP`'s two loops (CPU tensors only): ~3x cheaper on
     Mamba4Rec's Beauty batches (bench/README.md), the same sums to float rounding. Only the inputs are saved: the
     backward recomputes the states."""
 
