@@ -310,18 +310,21 @@ grid_lines() {
   #    SASRec) x RNS, DNS+ and MDCNS at table3's protocol and budget with --loss bpr. DNS+'s M is chosen at BPR per
   #    backbone as dnsplus-sweep chose it at BCE (dnsplus-bpr-<backbone>-sweep: seed 42, 20 epochs per M); MDCNS at
   #    the gamma, tau of the official log whose test line is the published cell (MDCNS_Code/EXP2_BPR: SASRec
-  #    1.0 / 1.0, GRU4Rec 1.5 / 10, Mamba4Rec 3.5 / 0.7).
+  #    1.0 / 1.0, GRU4Rec 1.5 / 10, Mamba4Rec 3.5 / 0.7). Every backbone as the MDCNS code and its Baselines build
+  #    it, 2 layers and dropout 0.5 (mdcns.py's defaults); baselines.py's GRU4Rec defaults are RecBole's (1 layer,
+  #    dropout 0.2), so GRU4Rec's lines say so.
   local bpr="${table3/--loss bce/--loss bpr}"
-  for b in "sasrec 1.0 1.0" "gru4rec 1.5 10.0" "mamba4rec 3.5 0.7"; do
+  for b in "sasrec 1.0 1.0" "gru4rec 1.5 10.0 --layers 2 --dropout 0.5" "mamba4rec 3.5 0.7"; do
     set -- $b
+    local flags="$bpr ${*:4}"
     local best; best=$(best_m "dnsplus-bpr-$1-sweep" beauty 14)
     for s in ${SEEDS:-42 43 44}; do
-      echo "table5 beauty user $1 mdcns $s -- $bpr $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
-      [ -n "$best" ] && echo "table5 beauty user $1 dnsmn $s -- $bpr $baseline_stop --candidates 100 --top-m $best"
-      echo "table5 beauty user $1 rns $s -- $bpr $baseline_stop"
+      echo "table5 beauty user $1 mdcns $s -- $flags $mdcns_stop --gamma $2 --kd-temperature $3 --top-m 1"
+      [ -n "$best" ] && echo "table5 beauty user $1 dnsmn $s -- $flags $baseline_stop --candidates 100 --top-m $best"
+      echo "table5 beauty user $1 rns $s -- $flags $baseline_stop"
     done
     for m in 1 2 3 4 5 10 20 30 40 50 60 70 80 90; do
-      echo "dnsplus-bpr-$1-sweep beauty user $1 dnsmn-m$m 42 -- $bpr --epochs 20 --patience 20 --candidates 100 --top-m $m"
+      echo "dnsplus-bpr-$1-sweep beauty user $1 dnsmn-m$m 42 -- $flags --epochs 20 --patience 20 --candidates 100 --top-m $m"
     done
   done
 }
