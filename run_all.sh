@@ -33,7 +33,8 @@
 #   weak-peer             MDCNS Table 7: a GRU4Rec peer, Beauty, Sports, LastFM -> *-sasrec-weak-peer
 #   table5                MDCNS Table 5: BPR, Beauty, SASRec, GRU4Rec, Mamba4Rec self -> beauty-user-*-table5
 #   dnsplus-bpr-*-sweep   DNS+'s M at BPR per backbone (sasrec, gru4rec, mamba4rec), for table5
-#   dnsplus-m10           DNS+ at the official logs' M = 10, Beauty and Sports -> *-sasrec-dnsplus-m10
+#   dnsplus-m10           DNS+ at the official logs' M = 10, Beauty and Sports (SASRec; Sports' FMLP4Rec too)
+#                         -> *-dnsplus-m10
 #   dns-warmup            DNS(1, 100) after 30 epochs of uniform negatives -> *-sasrec-dns-warmup
 #   mixgcf-bpr            MixGCF at BPR, the released script's loss -> beauty-user-sasrec-mixgcf-bpr
 #   mixgcfplus-bpr-sweep  MixGCF+'s M at BPR, then
@@ -257,9 +258,11 @@ grid_lines() {
   # 12. dnsplus-m10: DNS+ at M = 10, the M of the official DNS+ logs of Sports and Beauty
   #     (MDCNS_Code/EXP5/cankao_DNS+/<dataset>-SASRec_0_N100_M10.log, seed 42, whose test lines sit within 1-5% of
   #     the published DNS+ rows), at table3's protocol and seed 42: our DNS(M,N) beside the official code's own log
+  #     Sports' FMLP4Rec too: at table4's M = 20 its DNS+ tests 15-16 % above Table 4's cell. Is M = 10 the paper's?
   for d in sports beauty; do
     echo "dnsplus-m10 $d user sasrec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
   done
+  echo "dnsplus-m10 sports user fmlp4rec dnsmn 42 -- $table3 $baseline_stop --candidates 100 --top-m 10"
   # 13. mixgcf-bpr: Beauty's table3 MixGCF at BPR, the loss the released posmix script runs (it passes
   #     no --loss_type, and run_finetune_full.py defaults to BPR; it sets --start_epoch 0, as table3 runs), seed
   #     42: at BCE our MixGCF stalls at the loss of equal scores, 42% below Table 3. Does the loss explain it?
