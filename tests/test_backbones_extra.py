@@ -383,18 +383,18 @@ def test_score_items_reuses_the_item_sort_only_for_the_same_unchanged_items():
     tables = [torch.randn(10, 4, generator=g, requires_grad=True) for _ in range(2)]
     items = torch.randint(0, 10, (6, 7), generator=g)
 
-    def both(table):
+    def gradient_matches_autograd(table):
         got = torch.autograd.grad(common.score_items(queries, table, items).sum(), table)[0]
         want = torch.autograd.grad(torch.einsum("pd,pnd->pn", queries, table[items]).sum(), table)[0]
         return torch.allclose(got, want, rtol=1e-5, atol=1e-6 * want.abs().max().item())
 
     for table in tables:                                                # the second call reuses the sort
-        assert both(table)
+        assert gradient_matches_autograd(table)
     assert common._patterns.last[1].items is items
     items[0] = (items[0] + 1) % 10                                      # in place: a new version, a new sort
-    assert both(tables[0])
+    assert gradient_matches_autograd(tables[0])
     items = items.flip(0).clone()                                       # another tensor
-    assert both(tables[1])
+    assert gradient_matches_autograd(tables[1])
 
 
 # ---------------------------------------------------------------------------------------------- learning
